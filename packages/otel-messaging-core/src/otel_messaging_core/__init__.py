@@ -1,0 +1,45 @@
+"""Shared core of the otel-pika, otel-aiopika and otel-kombu instrumentations.
+
+It never imports a client library. It holds every RabbitMQ rule the plugins share: destination and
+span names (:mod:`~otel_messaging_core.attributes`), header propagation tolerant of any header
+content (:mod:`~otel_messaging_core.propagation`), the consumer-context policy
+(:mod:`~otel_messaging_core.consumer`), the hook :class:`~otel_messaging_core.envelope.Envelope`,
+the four semconv instruments (:mod:`~otel_messaging_core.metrics`), the validated options
+(:mod:`~otel_messaging_core.options`), and the per-message operations
+(:mod:`~otel_messaging_core.telemetry`).
+"""
+
+from otel_messaging_core.attributes import Destination, DestinationCache
+from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
+from otel_messaging_core.envelope import Envelope
+from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.propagation import extract_context, headers_getter, inject_into_copy
+from otel_messaging_core.telemetry import (
+    Consume,
+    Delivery,
+    MessagingTelemetry,
+    Publish,
+    Settle,
+    is_suppressed,
+)
+from otel_messaging_core.version import __version__
+
+__all__ = [
+    "Consume",
+    "ContextActivation",
+    "Delivery",
+    "Destination",
+    "DestinationCache",
+    "Envelope",
+    "InstrumentationOptions",
+    "MessageContext",
+    "MessagingTelemetry",
+    "Publish",
+    "Settle",
+    "__version__",
+    "extract_context",
+    "handling_parent",
+    "headers_getter",
+    "inject_into_copy",
+    "is_suppressed",
+]

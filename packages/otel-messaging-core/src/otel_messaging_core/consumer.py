@@ -1,0 +1,144 @@
+"""Which context a consumer span starts in, and making the handling context current.
+
+Consumer context (SPEC):
+
+* ``"parent"``: with no span active, the process/receive span is a child of the message's creation
+  context and also links to it; with a span active, that span is the parent and the creation
+  context is a link.
+* ``"link"``: the creation context is only a link; the span starts a new trace (or, with a span
+  active, continues the caller's trace, never the producer's).
+
+In both modes the message's baggage is current while the handler runs, so a publish the handler
+makes carries it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import Token
+from typing import Final, Literal
+
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, Link, SpanContext
+
+__all__ = [
+    "CONSUMER_CONTEXT_MODES",
+    "ConsumerContextMode",
+    "ContextActivation",
+    "MessageContext",
+    "creation_span_context",
+    "handling_parent",
+]
+
+_logger = logging.getLogger(__name__)
+
+ConsumerContextMode = Literal["parent", "link"]
+CONSUMER_CONTEXT_MODES: Final = ("parent", "link")
+
+# opentelemetry.context.detach() logs an ERROR with a traceback when a token is reset from a
+# different contextvars.Context (an asyncio task other than the one that attached, a generator
+# closed by the garbage collector). That is expected here and not worth a traceback, so the
+# runtime context is called directly when it is available.
+_RUNTIME_CONTEXT = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+
+
+def creation_span_context(creation: Context) -> SpanContext | None:
+    """The producer's span context carried by a message, or ``None`` when it carried none."""
+    span_context = trace.get_current_span(creation).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def handling_parent(
+    creation: Context,
+    mode: ConsumerContextMode,
+    current: Context | None = None,
+) -> tuple[Context, list[Link]]:
+    """The context to start a consumer span in, and its links, under the parent-or-link rule.
+
+    ``creation`` is what the message carried (from :func:`~otel_messaging_core.propagation.extract_context`);
+    ``current`` defaults to the caller's current context. The returned context also holds the
+    message's baggage, so the handling context built on the new span keeps it.
+    """
+    creation_sc = creation_span_context(creation)
+    links = [Link(creation_sc)] if creation_sc is not None else []
+    if current is None:
+        current = otel_context.get_current()
+    if trace.get_current_span(current).get_span_context().is_valid:
+        # A span is active (a pull inside a request handler, a consumer loop inside a span):
+        # it stays the parent in both modes; the message's baggage joins it.
+        return _with_baggage_of(creation, current), links
+    if mode == "parent" and creation_sc is not None:
+        return creation, links
+    # A new trace: the message's context minus its span (keeps baggage, drops the parent).
+    return trace.set_span_in_context(INVALID_SPAN, creation), links
+
+
+def _with_baggage_of(source: Context, target: Context) -> Context:
+    entries = baggage.get_all(source)
+    for name, value in entries.items():
+        target = baggage.set_baggage(name, value, target)
+    return target
+
+
+class ContextActivation:
+    """Make a context current and restore the previous one; safe from sync code, generators and tasks.
+
+    ``deactivate()`` is idempotent and never raises. If it runs in another execution context than
+    ``activate()`` (a generator closed by the garbage collector, an iterator closed from another
+    asyncio task), there is nothing of ours left to restore there and it only logs at debug level.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self) -> None:
+        self._token: Token[Context] | None = None
+
+    @property
+    def active(self) -> bool:
+        """True between :meth:`activate` and :meth:`deactivate`."""
+        return self._token is not None
+
+    def activate(self, context: Context) -> None:
+        """Make ``context`` current, replacing (and first undoing) a previous activation."""
+        if self._token is not None:
+            self.deactivate()
+        self._token = otel_context.attach(context)
+
+    def deactivate(self) -> None:
+        """Restore the context that was current before :meth:`activate`."""
+        token = self._token
+        if token is None:
+            return
+        self._token = None
+        try:
+            if _RUNTIME_CONTEXT is not None:
+                _RUNTIME_CONTEXT.detach(token)
+            else:  # pragma: no cover - every opentelemetry-api release so far has it
+                otel_context.detach(token)
+        except ValueError:
+            _logger.debug("handling context ended in another execution context; nothing to restore")
+        except Exception:  # pragma: no cover - defensive: never raise into user code
+            _logger.debug("could not restore the previous context", exc_info=True)
+
+
+class MessageContext:
+    """``with MessageContext(ctx):`` makes a message's handling context current for the block.
+
+    The object behind each plugin's ``message_context(message)``: a plain (sync) context manager,
+    so it works the same in sync code and inside coroutines.
+    """
+
+    __slots__ = ("_activation", "_context")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._activation = ContextActivation()
+
+    def __enter__(self) -> Context:
+        self._activation.activate(self._context)
+        return self._context
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._activation.deactivate()

@@ -1,0 +1,98 @@
+"""The four semantic-convention messaging instruments, created once per instrumentor."""
+
+from __future__ import annotations
+
+from typing import Final, Mapping
+
+from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.semconv._incubating.metrics import messaging_metrics as _mm
+from opentelemetry.util.types import AttributeValue
+
+from otel_messaging_core.attributes import ERROR_TYPE
+
+__all__ = ["DURATION_BUCKETS", "MessagingMetrics"]
+
+# The boundaries the messaging semantic conventions recommend for both duration histograms.
+DURATION_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+Attributes = Mapping[str, AttributeValue]
+
+
+def _with_error(attributes: Attributes, error_type: str | None) -> Attributes:
+    if error_type is None:
+        return attributes
+    return {**attributes, ERROR_TYPE: error_type}
+
+
+class MessagingMetrics:
+    """``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
+    ``messaging.client.operation.duration`` and ``messaging.process.duration``.
+
+    Attribute dicts come precomputed from :class:`~otel_messaging_core.attributes.Destination`
+    (low-cardinality names), so recording costs no formatting.
+    """
+
+    __slots__ = ("_consumed", "_operation_duration", "_process_duration", "_sent")
+
+    def __init__(
+        self,
+        instrumentation_name: str,
+        version: str,
+        meter_provider: MeterProvider | None = None,
+        schema_url: str | None = None,
+    ) -> None:
+        meter = get_meter(instrumentation_name, version, meter_provider, schema_url=schema_url)
+        self._sent = meter.create_counter(
+            _mm.MESSAGING_CLIENT_SENT_MESSAGES,
+            unit="{message}",
+            description="Number of messages producer attempted to send to the broker.",
+        )
+        self._consumed = meter.create_counter(
+            _mm.MESSAGING_CLIENT_CONSUMED_MESSAGES,
+            unit="{message}",
+            description="Number of messages that were delivered to the application.",
+        )
+        self._operation_duration = meter.create_histogram(
+            _mm.MESSAGING_CLIENT_OPERATION_DURATION,
+            unit="s",
+            description="Duration of messaging operation initiated by a producer or consumer client.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._process_duration = meter.create_histogram(
+            _mm.MESSAGING_PROCESS_DURATION,
+            unit="s",
+            description="Duration of processing operation.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+
+    def published(
+        self, attributes: Attributes, duration: float, error_type: str | None = None
+    ) -> None:
+        """One publish attempt and how long the client call took."""
+        attrs = _with_error(attributes, error_type)
+        self._sent.add(1, attrs)
+        self._operation_duration.record(duration, attrs)
+
+    def received(
+        self, attributes: Attributes, duration: float, error_type: str | None = None
+    ) -> None:
+        """One message pulled (``receive``) and how long the pull or its handling took."""
+        attrs = _with_error(attributes, error_type)
+        self._consumed.add(1, attrs)
+        self._operation_duration.record(duration, attrs)
+
+    def processed(
+        self, attributes: Attributes, duration: float, error_type: str | None = None
+    ) -> None:
+        """One pushed message handed to the application and how long its handler ran."""
+        attrs = _with_error(attributes, error_type)
+        self._consumed.add(1, attrs)
+        self._process_duration.record(duration, attrs)
+
+    def settled(
+        self, attributes: Attributes, duration: float, error_type: str | None = None
+    ) -> None:
+        """One ack, nack or reject call."""
+        self._operation_duration.record(duration, _with_error(attributes, error_type))

@@ -1,0 +1,568 @@
+"""The per-message operations every plugin performs: publish, consume (process/receive) and settle.
+
+A plugin's wrapper reads the library call's arguments, gets a :class:`Destination` from a
+:class:`DestinationCache`, and then::
+
+    op = telemetry.start_publish(destination, headers, ...)   # never raises
+    try:
+        result = original(..., headers=op.headers)              # the user's call, unchanged
+    except BaseException as exc:
+        op.end(exc)
+        raise
+    op.end()
+
+Every ``start_*`` method and every method of the returned operation objects catches its own
+failures (logged once per place), so instrumentation can never break the user's call. Work that
+only a recording span needs (hooks, envelopes, header capture) is skipped for unsampled messages.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from types import MappingProxyType
+from typing import Any, Final, Mapping, Sequence
+
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+from opentelemetry.util.types import AttributeValue
+
+from otel_messaging_core._guard import call_hook, log_internal_error
+from otel_messaging_core.attributes import (
+    ERROR_TYPE,
+    HEADER_ATTRIBUTE_PREFIX,
+    MESSAGING_BATCH_MESSAGE_COUNT,
+    MESSAGING_BODY_SIZE,
+    MESSAGING_CONVERSATION_ID,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_RABBITMQ_DELIVERY_TAG,
+    SYSTEM_RABBITMQ,
+    Destination,
+    DestinationCache,
+    error_type_of,
+)
+from otel_messaging_core.consumer import ContextActivation, handling_parent
+from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
+from otel_messaging_core.metrics import MessagingMetrics
+from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.propagation import extract_context, header_texts
+
+__all__ = [
+    "Consume",
+    "Delivery",
+    "MessagingTelemetry",
+    "Publish",
+    "Settle",
+    "is_suppressed",
+]
+
+_SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+_SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
+_SETTLE_REJECTED: Final = "rejected"
+
+Attributes = dict[str, AttributeValue]
+
+
+def is_suppressed(context: Context | None = None) -> bool:
+    """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
+    return bool(otel_context.get_value(_SUPPRESS_KEY, context))
+
+
+def _set_error(
+    span: Span, error_type: str, exc: BaseException | None, description: str | None
+) -> None:
+    if not span.is_recording():
+        return
+    if exc is not None:
+        span.record_exception(exc)
+        description = description or f"{type(exc).__name__}: {exc}"
+    span.set_attribute(ERROR_TYPE, error_type)
+    span.set_status(Status(StatusCode.ERROR, description or error_type))
+
+
+def _message_attributes(
+    destination: Destination,
+    message_id: object,
+    correlation_id: object,
+    body_size: int | None,
+    delivery_tag: int | None,
+) -> Attributes:
+    attributes = dict(destination.attributes)
+    if message_id:
+        attributes[MESSAGING_MESSAGE_ID] = (
+            message_id if type(message_id) is str else str(message_id)
+        )
+    if correlation_id:
+        attributes[MESSAGING_CONVERSATION_ID] = (
+            correlation_id if type(correlation_id) is str else str(correlation_id)
+        )
+    if body_size is not None:
+        attributes[MESSAGING_BODY_SIZE] = body_size
+    if (
+        delivery_tag is not None
+        and destination.attributes.get("messaging.system") == SYSTEM_RABBITMQ
+    ):
+        attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
+    return attributes
+
+
+class Publish:
+    """One publish in flight: its span, and the headers (a copy, with context) to send instead."""
+
+    __slots__ = ("_metrics", "_start", "_telemetry", "destination", "headers", "span")
+
+    def __init__(
+        self,
+        telemetry: MessagingTelemetry | None,
+        destination: Destination | None,
+        span: Span,
+        headers: dict[Any, Any],
+    ) -> None:
+        self._telemetry = telemetry
+        self.destination = destination
+        self.span = span
+        self.headers = headers
+        self._start = perf_counter()
+
+    def end(
+        self,
+        exc: BaseException | None = None,
+        *,
+        error_type: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """End the span; with ``exc`` or ``error_type`` it ends as ERROR. Never raises."""
+        telemetry = self._telemetry
+        if telemetry is None:  # suppressed or failed to start: nothing was recorded
+            return
+        self._telemetry = None
+        try:
+            duration = perf_counter() - self._start
+            if exc is not None and error_type is None:
+                error_type = error_type_of(exc)
+            if error_type is not None:
+                _set_error(self.span, error_type, exc, description)
+            self.span.end()
+            assert self.destination is not None
+            telemetry.metrics.published(self.destination.metric_attributes, duration, error_type)
+        except Exception as internal:  # pragma: no cover - defensive
+            log_internal_error("publish end", internal)
+
+
+class Delivery:
+    """What a later ack/nack/reject needs to know about one delivery; small, kept per unsettled message."""
+
+    __slots__ = ("creation", "delivery_tag", "destination", "span_context")
+
+    def __init__(
+        self,
+        destination: Destination,
+        delivery_tag: int | None,
+        creation: SpanContext | None,
+        span_context: SpanContext | None,
+    ) -> None:
+        self.destination = destination
+        self.delivery_tag = delivery_tag
+        self.creation = creation
+        self.span_context = span_context
+
+
+class Consume:
+    """One delivered message: its process/receive span and the context its handler runs in."""
+
+    __slots__ = (
+        "_activation",
+        "_start",
+        "_telemetry",
+        "context",
+        "delivery",
+        "destination",
+        "span",
+    )
+
+    def __init__(
+        self,
+        telemetry: MessagingTelemetry | None,
+        destination: Destination | None,
+        span: Span,
+        context: Context | None,
+        delivery: Delivery | None,
+    ) -> None:
+        self._telemetry = telemetry
+        self.destination = destination
+        self.span = span
+        self.context = context
+        self.delivery = delivery
+        self._activation = ContextActivation()
+        self._start = perf_counter()
+
+    def activate(self) -> None:
+        """Make the handling context (span + message baggage) current."""
+        if self.context is not None:
+            self._activation.activate(self.context)
+
+    def deactivate(self) -> None:
+        """Restore the context that was current before :meth:`activate`. Never raises."""
+        self._activation.deactivate()
+
+    def end(
+        self,
+        exc: BaseException | None = None,
+        *,
+        error_type: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Restore the previous context and end the span (ERROR with ``exc``/``error_type``)."""
+        self._activation.deactivate()
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        self._telemetry = None
+        try:
+            duration = perf_counter() - self._start
+            if exc is not None and error_type is None:
+                error_type = error_type_of(exc)
+            if error_type is not None:
+                _set_error(self.span, error_type, exc, description)
+            self.span.end()
+            assert self.destination is not None
+            if self.destination.operation == "process":
+                telemetry.metrics.processed(
+                    self.destination.metric_attributes, duration, error_type
+                )
+            else:
+                telemetry.metrics.received(self.destination.metric_attributes, duration, error_type)
+        except Exception as internal:  # pragma: no cover - defensive
+            log_internal_error("consume end", internal)
+
+
+class Settle:
+    """One ack/nack/reject call; a span only when SPEC asks for one."""
+
+    __slots__ = ("_error_type", "_metric_attributes", "_start", "_telemetry", "span")
+
+    def __init__(
+        self,
+        telemetry: MessagingTelemetry | None,
+        span: Span | None,
+        metric_attributes: Mapping[str, AttributeValue] | None,
+        error_type: str | None,
+    ) -> None:
+        self._telemetry = telemetry
+        self.span = span
+        self._metric_attributes = metric_attributes
+        self._error_type = error_type
+        self._start = perf_counter()
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """End the settle span; a failed settle call records its exception. Never raises."""
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        self._telemetry = None
+        try:
+            duration = perf_counter() - self._start
+            error_type = error_type_of(exc) if exc is not None else self._error_type
+            span = self.span
+            if span is not None:
+                if exc is not None:
+                    _set_error(span, error_type or "error", exc, None)
+                span.end()
+            if self._metric_attributes is not None:
+                telemetry.metrics.settled(self._metric_attributes, duration, error_type)
+        except Exception as internal:  # pragma: no cover - defensive
+            log_internal_error("settle end", internal)
+
+
+_NOOP_CONSUME_FIELDS: Final = (None, None, INVALID_SPAN, None, None)
+
+
+class MessagingTelemetry:
+    """Tracer, meter and options of one instrumentor; makes the spans of every operation.
+
+    One instance per ``instrument()`` / ``instrument_channel()`` call. Plugins keep a
+    :class:`DestinationCache` per connection (from :meth:`destinations`) so names and constant
+    attributes are built once per destination, not per message.
+    """
+
+    def __init__(
+        self,
+        options: InstrumentationOptions,
+        *,
+        instrumentation_name: str,
+        version: str,
+    ) -> None:
+        self.options = options
+        self.tracer = trace.get_tracer(
+            instrumentation_name, version, options.tracer_provider, schema_url=_SCHEMA_URL
+        )
+        self.metrics = MessagingMetrics(
+            instrumentation_name, version, options.meter_provider, schema_url=_SCHEMA_URL
+        )
+        self._publish_hook = options.publish_hook
+        self._consume_hook = options.consume_hook
+        self._parent_mode = options.consumer_context
+        self._settle_spans = options.settle_spans
+        self._capture = tuple(options.capture_headers)
+        self._baggage_names = tuple(options.baggage_attributes)
+        self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def destinations(
+        self,
+        server_address: str | None = None,
+        server_port: int | None = None,
+        system: str = SYSTEM_RABBITMQ,
+    ) -> DestinationCache:
+        """The destination cache shared by every channel of one broker address."""
+        key = (system, server_address, server_port)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = DestinationCache(
+                system=system, server_address=server_address, server_port=server_port
+            )
+        return cache
+
+    # -- per-message helpers ---------------------------------------------------------------------
+
+    def _add_optional_attributes(
+        self, attributes: Attributes, headers: Mapping[Any, Any] | None, context: Context | None
+    ) -> None:
+        if self._baggage_names:
+            entries = baggage.get_all(context)
+            if entries:
+                for name in self._baggage_names:
+                    value = entries.get(name)
+                    if value is not None:
+                        attributes[name] = str(value)
+        if self._capture and headers:
+            for name, text in header_texts(headers, self._capture).items():
+                attributes[HEADER_ATTRIBUTE_PREFIX + name] = text
+
+    # -- publish -----------------------------------------------------------------------------------
+
+    def start_publish(
+        self,
+        destination: Destination,
+        headers: Mapping[Any, Any] | None,
+        *,
+        message_id: object = None,
+        correlation_id: object = None,
+        body: bytes | None = None,
+        body_size: int | None = None,
+        raw: Any = None,
+    ) -> Publish:
+        """Start the PRODUCER span and build the headers to send: a copy with the context injected."""
+        try:
+            if is_suppressed():
+                carrier = dict(headers) if headers else {}
+                propagate.inject(carrier)
+                return Publish(None, None, INVALID_SPAN, carrier)
+            if body_size is None and body is not None:
+                body_size = len(body)
+            attributes = _message_attributes(
+                destination, message_id, correlation_id, body_size, None
+            )
+            self._add_optional_attributes(attributes, headers, None)
+            span = self.tracer.start_span(
+                destination.span_name, kind=SpanKind.PRODUCER, attributes=attributes
+            )
+            carrier = dict(headers) if headers else {}
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            if self._publish_hook is not None and span.is_recording():
+                envelope = Envelope(
+                    exchange=destination.exchange,
+                    routing_key=destination.routing_key,
+                    body=body,
+                    headers=_readonly(carrier),
+                    message_id=_opt_str(message_id),
+                    correlation_id=_opt_str(correlation_id),
+                    raw=raw,
+                )
+                call_hook(self._publish_hook, span, envelope)
+            return Publish(self, destination, span, carrier)
+        except Exception as internal:
+            log_internal_error("publish start", internal)
+            return Publish(None, None, INVALID_SPAN, dict(headers) if headers else {})
+
+    # -- consume -----------------------------------------------------------------------------------
+
+    def start_consume(
+        self,
+        destination: Destination,
+        headers: Mapping[Any, Any] | None,
+        *,
+        delivery_tag: int | None = None,
+        message_id: object = None,
+        correlation_id: object = None,
+        body: bytes | None = None,
+        body_size: int | None = None,
+        redelivered: bool | None = None,
+        raw: Any = None,
+        track_delivery: bool = False,
+    ) -> Consume:
+        """Start the process (CONSUMER) or receive (CLIENT) span of a delivered message.
+
+        The returned :class:`Consume` carries the handling context; the plugin makes it current
+        around the user's handler (:meth:`Consume.activate`/:meth:`Consume.end`) or, for a single
+        pull, leaves the caller's context alone. ``track_delivery=True`` (manual acks) keeps a
+        small :class:`Delivery` record for the settle span.
+        """
+        try:
+            if is_suppressed():
+                return Consume(*_NOOP_CONSUME_FIELDS)
+            creation = extract_context(headers)
+            parent, links = handling_parent(creation, self._parent_mode)
+            if body_size is None and body is not None:
+                body_size = len(body)
+            attributes = _message_attributes(
+                destination, message_id, correlation_id, body_size, delivery_tag
+            )
+            self._add_optional_attributes(attributes, headers, parent)
+            span = self.tracer.start_span(
+                destination.span_name,
+                context=parent,
+                kind=SpanKind.CONSUMER if destination.operation == "process" else SpanKind.CLIENT,
+                attributes=attributes,
+                links=links,
+            )
+            if self._consume_hook is not None and span.is_recording():
+                envelope = Envelope(
+                    exchange=destination.exchange,
+                    routing_key=destination.routing_key,
+                    queue=destination.queue,
+                    body=body,
+                    headers=_readonly(headers),
+                    message_id=_opt_str(message_id),
+                    correlation_id=_opt_str(correlation_id),
+                    delivery_tag=delivery_tag,
+                    redelivered=redelivered,
+                    raw=raw,
+                )
+                call_hook(self._consume_hook, span, envelope)
+            delivery = None
+            if track_delivery:
+                delivery = Delivery(
+                    destination,
+                    delivery_tag,
+                    links[0].context if links else None,
+                    span.get_span_context(),
+                )
+            return Consume(
+                self, destination, span, trace.set_span_in_context(span, parent), delivery
+            )
+        except Exception as internal:
+            log_internal_error("consume start", internal)
+            return Consume(*_NOOP_CONSUME_FIELDS)
+
+    # -- settle ------------------------------------------------------------------------------------
+
+    def start_settle(
+        self,
+        operation: str,
+        deliveries: Sequence[Delivery | None],
+        *,
+        requeue: bool = True,
+        delivery_tag: int | None = None,
+        fallback: Destination | None = None,
+    ) -> Settle:
+        """Time an ack/nack/reject call; start its span when ``settle_spans`` or when the message is lost.
+
+        ``deliveries`` are the records of the settled messages (several for ``multiple=True``);
+        ``fallback`` names the destination when none is known (a message consumed before
+        instrumentation). A nack/reject with ``requeue=False`` is always an ERROR span with
+        ``error.type=rejected``: it is how a message gets dropped or dead-lettered.
+        """
+        try:
+            if is_suppressed():
+                return Settle(None, None, None, None)
+            known = [d for d in deliveries if d is not None]
+            destination = known[-1].destination if known else fallback
+            lost = operation != "ack" and not requeue
+            error_type = _SETTLE_REJECTED if lost else None
+            if destination is None:
+                return Settle(self, None, None, error_type)
+            settle_destination = self.destinations_for(destination).get(
+                operation, destination.exchange, destination.routing_key, destination.queue
+            )
+            span: Span | None = None
+            if lost or self._settle_spans:
+                span = self._start_settle_span(settle_destination, known, delivery_tag)
+                if lost:
+                    _set_error(
+                        span,
+                        _SETTLE_REJECTED,
+                        None,
+                        f"{operation} without requeue: message dropped or dead-lettered",
+                    )
+            return Settle(self, span, settle_destination.metric_attributes, error_type)
+        except Exception as internal:
+            log_internal_error("settle start", internal)
+            return Settle(None, None, None, None)
+
+    def destinations_for(self, destination: Destination) -> DestinationCache:
+        """The cache that made ``destination`` (same system and server)."""
+        attributes = destination.attributes
+        return self.destinations(
+            attributes.get("server.address"),  # type: ignore[arg-type]
+            attributes.get("server.port"),  # type: ignore[arg-type]
+            str(attributes.get("messaging.system", SYSTEM_RABBITMQ)),
+        )
+
+    def _start_settle_span(
+        self, destination: Destination, known: list[Delivery], delivery_tag: int | None
+    ) -> Span:
+        attributes = dict(destination.attributes)
+        if delivery_tag is None and len(known) == 1:
+            delivery_tag = known[0].delivery_tag
+        if (
+            delivery_tag is not None
+            and destination.attributes.get("messaging.system") == SYSTEM_RABBITMQ
+        ):
+            attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
+        if len(known) > 1:
+            attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(known)
+        links = [Link(d.creation) for d in known if d.creation is not None]
+        parent: Context | None = None
+        if not trace.get_current_span().get_span_context().is_valid and len(known) == 1:
+            # Settled outside its handler: keep it in the delivery's own trace, under its span.
+            consume_sc = known[0].span_context
+            if consume_sc is not None and consume_sc.is_valid:
+                parent = trace.set_span_in_context(NonRecordingSpan(consume_sc))
+        return self.tracer.start_span(
+            destination.span_name,
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            links=links,
+        )
+
+    # -- pulled messages ---------------------------------------------------------------------------
+
+    def handling_context(self, headers: Mapping[Any, Any] | None) -> Context:
+        """The context to handle a message in when no receive span was recorded for it."""
+        parent, _links = handling_parent(extract_context(headers), self._parent_mode)
+        return parent
+
+
+def _opt_str(value: object) -> str | None:
+    if value is None:
+        return None
+    return value if type(value) is str else str(value)
+
+
+def _readonly(headers: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
+    if not headers:
+        return EMPTY_HEADERS
+    return MappingProxyType(dict(headers))

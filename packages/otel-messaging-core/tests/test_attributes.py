@@ -1,0 +1,145 @@
+"""Naming rules: destination names, span names and the constant attributes, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from otel_messaging_core.attributes import (
+    DestinationCache,
+    build_destination,
+    consume_destination_name,
+    error_type_of,
+    publish_destination_name,
+)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "expected"),
+    [
+        ("orders", "order.created", "orders:order.created"),
+        ("", "orders", "orders"),
+        ("orders", "", "orders"),
+        ("", "", "amq.default"),
+        ("", "amq.gen-Xa2", "amq.gen-Xa2"),
+    ],
+)
+def test_publish_destination_name(exchange: str, routing_key: str, expected: str) -> None:
+    """Publish destinations are exchange:routing_key with empty parts dropped."""
+    assert publish_destination_name(exchange, routing_key) == expected
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "queue", "expected"),
+    [
+        ("orders", "order.created", "srm", "orders:order.created:srm"),
+        ("", "srm", "srm", "srm"),
+        ("orders", "srm", "srm", "orders:srm"),
+        ("orders", "", "srm", "orders:srm"),
+        ("", "", "srm", "srm"),
+        ("", "jobs", "", "jobs"),
+        ("", "", "", "amq.default"),
+    ],
+)
+def test_consume_destination_name(
+    exchange: str, routing_key: str, queue: str, expected: str
+) -> None:
+    """Consume destinations drop empty parts and keep a routing key equal to the queue once."""
+    assert consume_destination_name(exchange, routing_key, queue) == expected
+
+
+@pytest.mark.parametrize(
+    ("operation", "exchange", "routing_key", "queue", "span_name", "anonymous"),
+    [
+        ("publish", "orders", "order.created", "", "publish orders", False),
+        ("publish", "", "srm", "", "publish amq.default", False),
+        ("publish", "", "amq.gen-abc", "", "publish amq.default", True),
+        ("process", "orders", "order.created", "srm", "process srm", False),
+        ("receive", "", "amq.gen-JzTY20BRgKO", "amq.gen-JzTY20BRgKO", "receive amq.gen", True),
+        ("ack", "", "srm", "srm", "ack srm", False),
+        ("nack", "orders", "x", "amq.gen-1", "nack amq.gen", True),
+        ("reject", "", "", "", "reject", False),
+    ],
+)
+def test_span_names_stay_low_cardinality(
+    operation: str, exchange: str, routing_key: str, queue: str, span_name: str, anonymous: bool
+) -> None:
+    """Span names use amq.default for the default exchange and amq.gen for server-named queues."""
+    destination = build_destination(operation, exchange, routing_key, queue)
+    assert destination.span_name == span_name
+    assert destination.anonymous is anonymous
+    assert destination.attributes.get("messaging.destination.anonymous", False) is anonymous
+
+
+def test_attributes_of_a_consume_destination() -> None:
+    """The constant attributes carry system, operation, destination, routing key and server."""
+    destination = build_destination(
+        "process", "orders", "order.created", "srm", server_address="mq.internal", server_port=5672
+    )
+    assert dict(destination.attributes) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "orders:order.created:srm",
+        "messaging.rabbitmq.destination.routing_key": "order.created",
+        "server.address": "mq.internal",
+        "server.port": 5672,
+    }
+    assert dict(destination.metric_attributes) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "orders:order.created:srm",
+        "server.address": "mq.internal",
+        "server.port": 5672,
+    }
+
+
+def test_metric_destination_collapses_server_named_queues() -> None:
+    """Metric attributes name server-generated queues amq.gen so series do not grow per queue."""
+    destination = build_destination("receive", "", "amq.gen-Q1", "amq.gen-Q1")
+    assert destination.destination_name == "amq.gen-Q1"
+    assert destination.metric_destination_name == "amq.gen"
+    publish = build_destination("publish", "", "amq.gen-Q1", "")
+    assert publish.metric_attributes["messaging.destination.name"] == "amq.gen"
+
+
+def test_operation_types() -> None:
+    """Each operation name maps to its semconv operation type."""
+    types = {
+        op: build_destination(op, "x", "y", "z").attributes["messaging.operation.type"]
+        for op in ("publish", "process", "receive", "ack", "nack", "reject")
+    }
+    assert types == {
+        "publish": "send",
+        "process": "process",
+        "receive": "receive",
+        "ack": "settle",
+        "nack": "settle",
+        "reject": "settle",
+    }
+
+
+def test_other_transports_leave_out_amqp_attributes() -> None:
+    """On a non-AMQP transport (kombu on Redis) the system is the transport and rabbitmq.* is absent."""
+    destination = build_destination("publish", "tasks", "celery", "", system="redis")
+    assert destination.attributes["messaging.system"] == "redis"
+    assert not any(k.startswith("messaging.rabbitmq.") for k in destination.attributes)
+
+
+def test_cache_returns_the_same_destination_and_stays_bounded() -> None:
+    """The cache builds a destination once and never holds more than maxsize entries."""
+    cache = DestinationCache(maxsize=4)
+    first = cache.get("publish", "orders", "a")
+    assert cache.get("publish", "orders", "a") is first
+    for i in range(10):
+        cache.get("publish", "orders", f"key-{i}")
+    assert len(cache._entries) <= 4
+
+
+def test_error_type_names() -> None:
+    """error.type is the exception's class name, fully qualified outside builtins."""
+    assert error_type_of(ValueError("x")) == "ValueError"
+
+    class CorruptFile(Exception):
+        pass
+
+    assert error_type_of(CorruptFile()) == f"{__name__}.test_error_type_names.<locals>.CorruptFile"

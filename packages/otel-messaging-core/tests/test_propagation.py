@@ -1,0 +1,152 @@
+"""Header propagation: any header content is read without raising; injection never mutates the caller's headers."""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from otel_messaging_core.propagation import (
+    extract_context,
+    header_texts,
+    headers_getter,
+    inject_into_copy,
+)
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0xB7AD6B7169203331
+TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
+
+# What an AMQP field table may hold, as decoded by pika, aiormq/pamqp and py-amqp.
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(allow_nan=False, allow_infinity=False, places=4),
+    st.text(max_size=300),
+    st.binary(max_size=300),
+    st.binary(max_size=64).map(bytearray),
+    st.datetimes(),
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=20), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+header_keys = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(
+        ["traceparent", "Traceparent", "TRACEPARENT", "tracestate", "baggage", "Baggage"]
+    ),
+)
+tables = st.dictionaries(header_keys, values, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(table=tables, key=header_keys)
+def test_getter_never_raises_and_returns_text_or_none(table: dict[str, Any], key: str) -> None:
+    """For any header table the getter returns None or a non-empty list of str, never raises."""
+    result = headers_getter.get(table, key)
+    assert result is None or (result and all(type(v) is str for v in result))
+    assert all(type(k) is str for k in headers_getter.keys(table))
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=tables)
+def test_extract_never_raises(table: dict[str, Any]) -> None:
+    """Extraction from any header table gives a context, valid span or none."""
+    ctx = extract_context(table)
+    assert isinstance(ctx, Context)
+
+
+@given(
+    table=st.dictionaries(st.text(max_size=10), values, max_size=5),
+    garbage=st.one_of(st.binary(max_size=80), st.text(max_size=80), st.integers()),
+)
+def test_malformed_traceparent_starts_no_parent(table: dict[str, Any], garbage: object) -> None:
+    """A traceparent that is not a valid W3C value extracts no span context."""
+    table = {**table, "traceparent": garbage}
+    span_context = trace.get_current_span(extract_context(table)).get_span_context()
+    if span_context.is_valid:  # only a real traceparent can survive
+        assert str(garbage).startswith("00-") or (
+            isinstance(garbage, bytes) and garbage.startswith(b"00-")
+        )
+
+
+def test_bytes_traceparent_is_decoded() -> None:
+    """A traceparent sent as bytes (another language's client) continues its trace."""
+    for value in (
+        TRACEPARENT.encode(),
+        bytearray(TRACEPARENT.encode()),
+        memoryview(TRACEPARENT.encode()),
+    ):
+        span_context = trace.get_current_span(
+            extract_context({"traceparent": value})
+        ).get_span_context()
+        assert span_context.trace_id == TRACE_ID
+        assert span_context.span_id == SPAN_ID
+        assert span_context.is_remote
+
+
+def test_key_case_fallback_prefers_exact_match() -> None:
+    """An exact lowercase key wins over differently cased duplicates; a lone odd-case key is still read."""
+    other = f"00-{1:032x}-{2:016x}-01"
+    assert headers_getter.get(
+        {"Traceparent": other, "traceparent": TRACEPARENT}, "traceparent"
+    ) == [TRACEPARENT]
+    assert headers_getter.get({"TRACEPARENT": TRACEPARENT}, "traceparent") == [TRACEPARENT]
+    assert headers_getter.get({b"traceparent": TRACEPARENT}, "traceparent") == [TRACEPARENT]
+
+
+def test_getter_reads_numbers_and_ignores_tables() -> None:
+    """Numbers become their text; tables, None and booleans are unreadable and ignored."""
+    assert headers_getter.get({"x": 42}, "x") == ["42"]
+    assert headers_getter.get({"x": Decimal("1.5")}, "x") == ["1.5"]
+    assert headers_getter.get({"x": {"nested": "table"}}, "x") is None
+    assert headers_getter.get({"x": None}, "x") is None
+    assert headers_getter.get({"x": True}, "x") is None
+    assert headers_getter.get({"x": datetime.datetime(2026, 1, 1)}, "x") is None
+    assert headers_getter.get({"x": [b"a", 1, {"t": 1}]}, "x") == ["a", "1"]
+    assert headers_getter.get({"x": b"\xff\xfeok"}, "x") == ["\ufffd\ufffdok"]
+    assert headers_getter.get(None, "x") is None
+    assert headers_getter.keys(None) == []
+
+
+def test_inject_into_copy_leaves_the_callers_headers_alone() -> None:
+    """Injection writes into a new dict: the caller's headers are unchanged and reusable."""
+    parent = SpanContext(TRACE_ID, SPAN_ID, is_remote=False, trace_flags=TraceFlags(1))
+    ctx = baggage.set_baggage("order.id", "17", trace.set_span_in_context(NonRecordingSpan(parent)))
+    headers = {"x-app": "shop"}
+    sent = inject_into_copy(headers, ctx)
+    assert headers == {"x-app": "shop"}
+    assert sent is not headers
+    assert sent["x-app"] == "shop"
+    assert sent["traceparent"] == TRACEPARENT
+    assert sent["baggage"] == "order.id=17"
+    assert inject_into_copy(None, ctx)["traceparent"] == TRACEPARENT
+
+
+def test_baggage_round_trip() -> None:
+    """Baggage injected on publish comes back out of the headers on consume."""
+    ctx = baggage.set_baggage("order.id", "17", Context())
+    extracted = extract_context(inject_into_copy({}, ctx))
+    assert baggage.get_baggage("order.id", extracted) == "17"
+
+
+def test_header_texts_for_capture() -> None:
+    """capture_headers reads named headers as text, case-insensitively, skipping unreadable ones."""
+    headers = {"X-Tenant": b"acme", "x-retry": 3, "x-table": {"a": 1}}
+    assert header_texts(headers, ("x-tenant", "x-retry", "x-table", "absent")) == {
+        "x-tenant": "acme",
+        "x-retry": "3",
+    }

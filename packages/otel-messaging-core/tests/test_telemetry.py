@@ -1,0 +1,247 @@
+"""Per-message operations of the core, without a broker: spans, links, status, metrics, hooks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from broker_harness import Recorder
+from otel_messaging_core.envelope import Envelope
+from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.telemetry import MessagingTelemetry
+
+
+def make(otel: Recorder, **kwargs: Any) -> MessagingTelemetry:
+    options = InstrumentationOptions.from_kwargs(
+        {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider, **kwargs},
+        environ={},
+    )
+    return MessagingTelemetry(options, instrumentation_name="otel_test", version="0.1.0")
+
+
+def publish(telemetry: MessagingTelemetry, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    destination = telemetry.destinations("mq.internal", 5672).get(
+        "publish", "orders", "order.created"
+    )
+    op = telemetry.start_publish(
+        destination, headers, message_id="m-1", correlation_id="c-1", body=b"{}"
+    )
+    op.end()
+    return op.headers
+
+
+def test_publish_span_and_injected_headers(otel: Recorder) -> None:
+    """A publish makes one PRODUCER span with every attribute and injects its context into a copy."""
+    telemetry = make(otel)
+    caller_headers = {"x-app": "shop"}
+    sent = publish(telemetry, caller_headers)
+    (span,) = otel.spans()
+    assert caller_headers == {"x-app": "shop"}
+    assert span.name == "publish orders"
+    assert span.kind is SpanKind.PRODUCER
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": "orders:order.created",
+        "messaging.rabbitmq.destination.routing_key": "order.created",
+        "messaging.message.id": "m-1",
+        "messaging.message.conversation_id": "c-1",
+        "messaging.message.body.size": 2,
+        "server.address": "mq.internal",
+        "server.port": 5672,
+    }
+    assert sent["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
+    ((attrs, count),) = otel.points("messaging.client.sent.messages")
+    assert count == 1
+    assert attrs["messaging.destination.name"] == "orders:order.created"
+    ((_, histogram_count),) = otel.points("messaging.client.operation.duration")
+    assert histogram_count == 1
+
+
+def test_consume_is_child_of_and_linked_to_the_producer(otel: Recorder) -> None:
+    """A processed message's span is a child of its publish span, links to it, and is current in the handler."""
+    telemetry = make(otel)
+    sent = publish(telemetry)
+    destination = telemetry.destinations("mq.internal", 5672).get(
+        "process", "orders", "order.created", "srm"
+    )
+    op = telemetry.start_consume(destination, sent, delivery_tag=7, body=b"{}")
+    op.activate()
+    inside = trace.get_current_span().get_span_context()
+    op.end()
+    assert not trace.get_current_span().get_span_context().is_valid
+    producer, consumer = otel.spans()
+    assert consumer.name == "process srm"
+    assert consumer.kind is SpanKind.CONSUMER
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == producer.context.span_id
+    assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+    assert inside.span_id == consumer.context.span_id
+    assert consumer.attributes["messaging.rabbitmq.message.delivery_tag"] == 7  # type: ignore[index]
+    assert otel.points("messaging.process.duration")[0][1] == 1
+
+
+def test_link_mode_starts_a_new_trace(otel: Recorder) -> None:
+    """With consumer_context='link' the consumer is a root span linked to the producer."""
+    telemetry = make(otel, consumer_context="link")
+    sent = publish(telemetry)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    telemetry.start_consume(destination, sent).end()
+    producer, consumer = otel.spans()
+    assert consumer.parent is None
+    assert consumer.context.trace_id != producer.context.trace_id
+    assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+
+
+def test_handler_exception_marks_error(otel: Recorder) -> None:
+    """An exception passed to end() records it, sets ERROR and error.type, and counts it in metrics."""
+    telemetry = make(otel)
+    destination = telemetry.destinations().get("process", "", "srm", "srm")
+    op = telemetry.start_consume(destination, {})
+    op.end(KeyError("sku"))
+    (span,) = otel.spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "KeyError"  # type: ignore[index]
+    assert span.events[0].name == "exception"
+    ((attrs, _),) = otel.points("messaging.process.duration")
+    assert attrs["error.type"] == "KeyError"
+
+
+def test_baggage_attributes_and_capture_headers(otel: Recorder) -> None:
+    """Configured baggage entries and headers become attributes at span start."""
+    telemetry = make(otel, baggage_attributes=("order.id",), capture_headers=("X-Tenant",))
+    token = otel_context.attach(baggage.set_baggage("order.id", "17"))
+    try:
+        sent = publish(telemetry, {"x-tenant": b"acme"})
+    finally:
+        otel_context.detach(token)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    op = telemetry.start_consume(destination, sent)
+    op.activate()
+    assert baggage.get_baggage("order.id") == "17"
+    op.end()
+    for span in otel.spans():
+        assert span.attributes["order.id"] == "17"  # type: ignore[index]
+        assert span.attributes["messaging.header.x-tenant"] == "acme"  # type: ignore[index]
+
+
+def test_hooks_get_the_envelope_and_a_raising_hook_is_harmless(
+    otel: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hooks receive span and Envelope; a hook that raises is logged and the operation completes."""
+    seen: list[Envelope] = []
+
+    def publish_hook(span: trace.Span, envelope: Envelope) -> None:
+        seen.append(envelope)
+        span.set_attribute("app.hooked", True)
+
+    def consume_hook(span: trace.Span, envelope: Envelope) -> None:
+        raise RuntimeError("hook bug")
+
+    telemetry = make(otel, publish_hook=publish_hook, consume_hook=consume_hook)
+    with caplog.at_level(logging.WARNING):
+        sent = publish(telemetry, {"x": 1})
+        destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+        telemetry.start_consume(destination, sent, body=b"{}").end()
+    (envelope,) = seen
+    assert envelope.exchange == "orders"
+    assert envelope.routing_key == "order.created"
+    assert envelope.body == b"{}"
+    assert "traceparent" in envelope.headers
+    with pytest.raises(TypeError):
+        envelope.headers["x"] = 2  # type: ignore[index]
+    assert otel.spans()[0].attributes["app.hooked"] is True  # type: ignore[index]
+    assert len(otel.spans()) == 2
+    assert "hook bug" in caplog.text
+
+
+def test_settle_rules(otel: Recorder) -> None:
+    """Ack makes no span by default; reject without requeue is always an ERROR span linked to the producer."""
+    telemetry = make(otel)
+    sent = publish(telemetry)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    op = telemetry.start_consume(destination, sent, delivery_tag=1, track_delivery=True)
+    op.end()
+    telemetry.start_settle("ack", [op.delivery]).end()
+    telemetry.start_settle("nack", [op.delivery], requeue=True).end()
+    assert [s.name for s in otel.spans()] == ["publish orders", "process srm"]
+    telemetry.start_settle("reject", [op.delivery], requeue=False).end()
+    producer, consumer, reject = otel.spans()
+    assert reject.name == "reject srm"
+    assert reject.kind is SpanKind.CLIENT
+    assert reject.status.status_code is StatusCode.ERROR
+    assert reject.attributes["error.type"] == "rejected"  # type: ignore[index]
+    assert reject.attributes["messaging.operation.type"] == "settle"  # type: ignore[index]
+    assert [link.context.span_id for link in reject.links] == [producer.context.span_id]
+    # settled outside the handler: it stays in the delivery's trace, under its consume span
+    assert reject.parent is not None
+    assert reject.parent.span_id == consumer.context.span_id
+
+
+def test_settle_spans_option_and_multiple(otel: Recorder) -> None:
+    """settle_spans=True gives every ack a span; several deliveries give one span with a link each."""
+    telemetry = make(otel, settle_spans=True)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    deliveries = []
+    for tag in (1, 2, 3):
+        op = telemetry.start_consume(
+            destination, publish(telemetry), delivery_tag=tag, track_delivery=True
+        )
+        op.end()
+        deliveries.append(op.delivery)
+    telemetry.start_settle("ack", deliveries, delivery_tag=3).end()
+    ack = otel.spans()[-1]
+    assert ack.name == "ack srm"
+    assert ack.attributes["messaging.batch.message_count"] == 3  # type: ignore[index]
+    assert ack.attributes["messaging.rabbitmq.message.delivery_tag"] == 3  # type: ignore[index]
+    assert len(ack.links) == 3
+
+
+def test_suppressed_publish_injects_but_records_nothing(otel: Recorder) -> None:
+    """Inside suppress_instrumentation() no span or metric is made, yet the current context is injected."""
+    telemetry = make(otel)
+    tracer = otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("request") as request, suppress_instrumentation():
+        sent = publish(telemetry)
+    assert [s.name for s in otel.spans()] == ["request"]
+    assert sent["traceparent"].split("-")[2] == f"{request.get_span_context().span_id:016x}"
+    assert otel.points("messaging.client.sent.messages") == []
+
+
+def test_unsampled_message_skips_hooks_but_still_propagates(otel: Recorder) -> None:
+    """An unsampled publish calls no hook but still injects a not-sampled traceparent."""
+    calls: list[object] = []
+    options = InstrumentationOptions.from_kwargs(
+        {
+            "tracer_provider": TracerProvider(sampler=ALWAYS_OFF),
+            "publish_hook": lambda *a: calls.append(a),
+        },
+        environ={},
+    )
+    telemetry = MessagingTelemetry(options, instrumentation_name="t", version="0")
+    sent = publish(telemetry)
+    assert calls == []
+    flags = int(sent["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 0x01 == 0  # the sampled bit is clear
+
+
+def test_internal_failure_never_raises(otel: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in our own code (here: a broken destination) is logged and a usable no-op is returned."""
+    telemetry = make(otel)
+    with caplog.at_level(logging.WARNING):
+        op = telemetry.start_publish(None, {"a": 1})  # type: ignore[arg-type]
+        op.end()
+        consume = telemetry.start_consume(None, {"a": 1})  # type: ignore[arg-type]
+        consume.activate()
+        consume.end()
+    assert op.headers == {"a": 1}
+    assert "instrumentation error" in caplog.text
