@@ -1,0 +1,3 @@
+"""Shared by every integration test: the broker harness plugin provides ``rabbitmq``, ``unique`` and ``otel``."""
+
+pytest_plugins = ["broker_harness.pytest_plugin"]
