@@ -1,0 +1,339 @@
+"""``python -m benchmarks`` (or ``nox -s bench``): cost per message against a real RabbitMQ.
+
+For each plugin and path (publish; push consume; pull consume) it runs, interleaved A B A B so that
+machine drift cancels: uninstrumented, ours (several SDK configurations) and, for pika and aio-pika,
+the contrib package, each measurement in a fresh process. It also measures the floor: the bare SDK
+cost of one span with the same attributes plus inject or extract. It prints messages/s, the ratio to
+uninstrumented (median of per-run ratios), µs added per message and µs beyond the floor, checks the
+goals, and writes JSON under benchmarks/results/.
+
+``--memory`` runs 100,000 messages per path with our plugin (manual acks on consume paths, so
+per-delivery settle state exists) and reports RSS and tracemalloc growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from broker_harness.broker import broker_session, redacted
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+LIBS = ("pika", "aiopika", "kombu")
+PATHS = ("publish", "consume", "pull")
+VARIANTS = ("bare", "ours", "contrib", "ours_metrics", "ours_10pct", "ours_unsampled")
+HAS_CONTRIB = {
+    "pika": "opentelemetry-instrumentation-pika",
+    "aiopika": "opentelemetry-instrumentation-aio-pika",
+}
+
+# messages per measurement (before --scale); a warmup of a tenth runs untimed first
+MESSAGES = {
+    ("pika", "publish"): 20_000,
+    ("pika", "consume"): 20_000,
+    ("pika", "pull"): 20_000,
+    ("aiopika", "publish"): 5_000,
+    ("aiopika", "consume"): 20_000,
+    ("aiopika", "pull"): 20_000,
+    ("kombu", "publish"): 10_000,
+    ("kombu", "consume"): 10_000,
+    ("kombu", "pull"): 5_000,
+}
+
+# Goals of issue 7: ratio of ours to uninstrumented throughput, same run.
+RATIO_GOALS = {
+    ("pika", "publish"): 0.55,
+    ("pika", "consume"): 0.39,
+    ("aiopika", "publish"): 0.66,
+    ("aiopika", "consume"): 0.63,
+    ("kombu", "publish"): 0.55,
+    ("kombu", "consume"): 0.55,
+}
+UNSAMPLED_US_GOAL = 10.0
+MEMORY_GOAL_BYTES = 5 * 1024 * 1024
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=HERE.parent,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"worker failed for {spec['lib']}/{spec['path']}/{spec['variant']}:\n{done.stderr[-3000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {
+        d: _installed(d)
+        for d in (
+            "pika",
+            "aio-pika",
+            "kombu",
+            "opentelemetry-sdk",
+            "opentelemetry-instrumentation-pika",
+            "opentelemetry-instrumentation-aio-pika",
+            "otel-pika",
+            "otel-aiopika",
+            "otel-kombu",
+        )
+    }
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    cells = [(lib, path) for lib in args.libs for path in args.paths]
+    variants = [v for v in args.variants]
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    floors: dict[str, list[float]] = {"publish": [], "consume": []}
+    for run in range(args.runs):
+        for kind in floors:
+            n = int(50_000 * args.scale)
+            res = measure(
+                {
+                    "lib": "floor",
+                    "path": kind,
+                    "variant": "floor",
+                    "messages": n,
+                    "warmup": n // 10,
+                    "url": url,
+                }
+            )
+            floors[kind].append(1e6 / res["rate"])
+        for lib, path in cells:
+            for variant in variants:
+                if variant == "contrib" and (
+                    lib not in HAS_CONTRIB or not _installed(HAS_CONTRIB[lib])
+                ):
+                    continue
+                n = int(MESSAGES[(lib, path)] * args.scale)
+                res = measure(
+                    {
+                        "lib": lib,
+                        "path": path,
+                        "variant": variant,
+                        "messages": n,
+                        "warmup": n // 10,
+                        "url": url,
+                    }
+                )
+                rates.setdefault((lib, path, variant), []).append(res["rate"])
+                print(
+                    f"  run {run + 1}/{args.runs} {lib:8} {path:8} {variant:15} {res['rate']:10.0f} msg/s",
+                    flush=True,
+                )
+    floor_us = {k: statistics.median(v) for k, v in floors.items()}
+    rows = []
+    for lib, path in cells:
+        bare = rates.get((lib, path, "bare"))
+        if not bare:
+            continue
+        bare_us = 1e6 / statistics.median(bare)
+        for variant in variants:
+            got = rates.get((lib, path, variant))
+            if not got:
+                continue
+            ratios = [r / b for r, b in zip(got, bare, strict=False)]
+            added = [1e6 / r - 1e6 / b for r, b in zip(got, bare, strict=False)]
+            floor = floor_us["publish" if path == "publish" else "consume"]
+            rows.append(
+                {
+                    "lib": lib,
+                    "path": path,
+                    "variant": variant,
+                    "rate_median": statistics.median(got),
+                    "rates": got,
+                    "ratio": statistics.median(ratios),
+                    "us_per_message": 1e6 / statistics.median(got),
+                    "us_added": statistics.median(added),
+                    "us_beyond_floor": statistics.median(added) - floor
+                    if variant != "bare"
+                    else 0.0,
+                    "bare_us_per_message": bare_us,
+                }
+            )
+    return {"floor_us": floor_us, "rows": rows}
+
+
+def run_memory(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    out = []
+    for lib in args.libs:
+        for path in args.paths:
+            n = int(100_000 * args.memory_scale)
+            res = measure(
+                {
+                    "lib": lib,
+                    "path": path,
+                    "variant": "ours",
+                    "messages": n,
+                    "warmup": 2_000,
+                    "url": url,
+                    "memory": True,
+                    "manual_ack": path != "publish",
+                }
+            )
+            samples = res["memory"]
+            first, last = samples[0], samples[-1]
+            row = {
+                "lib": lib,
+                "path": path,
+                "messages": n,
+                "rss_growth": last[1] - first[1],
+                "traced_growth": last[2] - first[2],
+                "samples": samples,
+            }
+            out.append(row)
+            print(
+                f"  memory {lib:8} {path:8} RSS {row['rss_growth'] / 1e6:+7.2f} MB  "
+                f"tracemalloc {row['traced_growth'] / 1e6:+7.2f} MB over {n} messages",
+                flush=True,
+            )
+    return out
+
+
+def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    checks: list[tuple[str, bool, str]] = []
+    rows = {
+        (r["lib"], r["path"], r["variant"]): r for r in result.get("throughput", {}).get("rows", [])
+    }
+    for (lib, path), goal in RATIO_GOALS.items():
+        ours = rows.get((lib, path, "ours"))
+        if ours:
+            checks.append(
+                (f"{lib} {path} ratio >= {goal}", ours["ratio"] >= goal, f"{ours['ratio']:.2f}")
+            )
+        contrib = rows.get((lib, path, "contrib"))
+        if ours and contrib:
+            need = 1.5 if (lib, path) == ("pika", "publish") else 1.0
+            speedup = ours["rate_median"] / contrib["rate_median"]
+            checks.append(
+                (f"{lib} {path} ours >= {need}x contrib", speedup >= need, f"{speedup:.2f}x")
+            )
+    for (lib, path, variant), row in rows.items():
+        if variant == "ours_unsampled":
+            checks.append(
+                (
+                    f"{lib} {path} unsampled adds <= {UNSAMPLED_US_GOAL:.0f} µs",
+                    row["us_added"] <= UNSAMPLED_US_GOAL,
+                    f"{row['us_added']:.1f} µs",
+                )
+            )
+    for mem in result.get("memory", []):
+        grow = max(mem["rss_growth"], mem["traced_growth"])
+        checks.append(
+            (
+                f"{mem['lib']} {mem['path']} memory growth < 5 MB",
+                grow < MEMORY_GOAL_BYTES,
+                f"{grow / 1e6:.2f} MB",
+            )
+        )
+    return checks
+
+
+def print_report(result: dict[str, Any]) -> None:
+    tp = result.get("throughput")
+    if tp:
+        print()
+        print(
+            f"floor (bare SDK): publish {tp['floor_us']['publish']:.1f} µs, consume {tp['floor_us']['consume']:.1f} µs per message"
+        )
+        print(
+            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9}"
+        )
+        for r in tp["rows"]:
+            print(
+                f"{r['lib']:8} {r['path']:8} {r['variant']:15} {r['rate_median']:9.0f} {r['ratio']:6.2f} "
+                f"{r['us_per_message']:8.1f} {r['us_added']:7.1f} {r['us_beyond_floor']:9.1f}"
+            )
+    checks = goals(result)
+    if checks:
+        print()
+        for name, ok, value in checks:
+            print(f"  {'PASS' if ok else 'MISS'}  {name}: {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--runs", type=int, default=5, help="interleaved runs per variant (medians over them)"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
+    parser.add_argument(
+        "--memory", action="store_true", help="also run the 100,000-message memory check"
+    )
+    parser.add_argument("--memory-only", action="store_true", help="only the memory check")
+    parser.add_argument("--memory-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)"
+    )
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "machine": machine(),
+        "runs": args.runs,
+    }
+    with broker_session() as broker:
+        result["broker"] = {"url": redacted(broker.url), "source": broker.source}
+        print(
+            f"broker: {redacted(broker.url)} ({broker.source}); machine: {result['machine']['cpu']}, {result['machine']['cores']} cores"
+        )
+        if not args.memory_only:
+            result["throughput"] = run_throughput(args, broker.url)
+        if args.memory or args.memory_only:
+            result["memory"] = run_memory(args, broker.url)
+    result["goals"] = [{"goal": n, "met": ok, "value": v} for n, ok, v in goals(result)]
+    print_report(result)
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / f"{result['when'].replace(':', '')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,551 @@
+"""One measurement, in a process of its own: ``python -m benchmarks.worker '<json spec>'``.
+
+A fresh process per measurement keeps instrumentations from leaking into each other (the contrib
+packages patch classes and connection factories globally) and lets the runner interleave variants
+A B A B so that machine drift cancels out. The worker prints one JSON line on stdout.
+
+Variants:
+
+* ``bare``: the client library alone.
+* ``ours`` / ``contrib``: our plugin / the OpenTelemetry contrib package, SDK as in production:
+  ``BatchSpanProcessor`` to an exporter that drops, no MeterProvider.
+* ``ours_metrics``: ``ours`` plus a MeterProvider with a periodic reader (exporter that drops).
+* ``ours_10pct``: ``ours`` under ``ParentBased(TraceIdRatioBased(0.1))``; consumed messages carry a
+  traceparent sampled one time in ten.
+* ``ours_unsampled``: ``ours`` where no message is sampled (ratio 0, consumed parents not sampled):
+  the cost of an unsampled message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import random
+import sys
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BODY = b"x" * 256
+OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled"}
+
+
+@dataclass
+class Spec:
+    lib: str  # pika | aiopika | kombu
+    path: str  # publish | consume | pull
+    variant: str
+    messages: int
+    warmup: int
+    url: str
+    memory: bool = False  # sample RSS/tracemalloc while running (slower; separate mode)
+    manual_ack: bool = False  # consume with manual acks (per-delivery settle state exists)
+
+
+# --------------------------------------------------------------------------------------------
+# SDK and instrumentation per variant
+
+
+class _DropSpans:
+    """A SpanExporter that drops everything (what is measured is the cost up to the exporter)."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _providers(variant: str) -> tuple[Any, Any]:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    ratio = {"ours_10pct": 0.1, "ours_unsampled": 0.0}.get(variant)
+    sampler = ParentBased(TraceIdRatioBased(ratio)) if ratio is not None else None
+    tracer_provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))  # type: ignore[arg-type]
+    trace.set_tracer_provider(tracer_provider)
+    meter_provider = None
+    if variant == "ours_metrics":
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import (
+            MetricExporter,
+            MetricExportResult,
+            PeriodicExportingMetricReader,
+        )
+
+        class DropMetrics(MetricExporter):
+            def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kw: Any) -> Any:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 10_000) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
+                pass
+
+        meter_provider = MeterProvider(
+            metric_readers=[PeriodicExportingMetricReader(DropMetrics(), 60_000)]
+        )
+        metrics.set_meter_provider(meter_provider)
+    return tracer_provider, meter_provider
+
+
+def instrument(spec: Spec) -> Callable[[], None]:
+    """Instrument per variant; returns a function that flushes the SDK at the end."""
+    if spec.variant == "bare":
+        return lambda: None
+    tracer_provider, meter_provider = _providers(spec.variant)
+    kwargs: dict[str, Any] = {"tracer_provider": tracer_provider}
+    if spec.variant in OURS:
+        kwargs["meter_provider"] = meter_provider
+        if spec.lib == "pika":
+            from otel_pika import PikaInstrumentor as Instrumentor
+        elif spec.lib == "aiopika":
+            from otel_aiopika import AioPikaInstrumentor as Instrumentor  # type: ignore[assignment]
+        else:
+            from otel_kombu import KombuInstrumentor as Instrumentor  # type: ignore[assignment]
+    elif spec.variant == "contrib":
+        if spec.lib == "pika":
+            from opentelemetry.instrumentation.pika import PikaInstrumentor as Instrumentor  # type: ignore[assignment]
+        elif spec.lib == "aiopika":
+            from opentelemetry.instrumentation.aio_pika import (  # type: ignore[assignment]
+                AioPikaInstrumentor as Instrumentor,
+            )
+        else:
+            raise SystemExit("no contrib instrumentation exists for kombu")
+    else:
+        raise SystemExit(f"unknown variant {spec.variant}")
+    Instrumentor().instrument(**kwargs)
+
+    def flush() -> None:
+        tracer_provider.force_flush()
+        tracer_provider.shutdown()
+        if meter_provider is not None:
+            meter_provider.shutdown()
+
+    return flush
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-filling consume queues (before instrumenting, with a plain pika connection)
+
+
+def _traceparents(spec: Spec, count: int) -> list[str]:
+    """What an upstream producer would have sent: sampled per the variant's sampling rate."""
+    rate = {"ours_10pct": 0.1, "ours_unsampled": 0.0}.get(spec.variant, 1.0)
+    rng = random.Random(42)
+    return [
+        f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-{'01' if rng.random() < rate else '00'}"
+        for _ in range(count)
+    ]
+
+
+def declare_and_fill(spec: Spec, queue: str, count: int) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(spec.url))
+    channel = connection.channel()
+    channel.queue_declare(queue, auto_delete=False, arguments={"x-expires": 600_000})
+    for traceparent in _traceparents(spec, count):
+        channel.basic_publish(
+            "",
+            queue,
+            BODY,
+            pika.BasicProperties(
+                headers={"traceparent": traceparent},
+                content_type="application/octet-stream",
+                content_encoding="binary",
+            ),
+        )
+    # wait until the broker has them all
+    while channel.queue_declare(queue, passive=True).method.message_count < count:
+        time.sleep(0.05)
+    connection.close()
+
+
+def delete_queue(spec: Spec, queue: str) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(spec.url))
+    connection.channel().queue_delete(queue)
+    connection.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Memory sampling
+
+
+class Sampler:
+    """RSS and tracemalloc samples at fixed message counts (memory mode only)."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.enabled = spec.memory
+        self.every = max(1, spec.messages // 10)
+        self.samples: list[tuple[int, int, int]] = []
+        if self.enabled:
+            tracemalloc.start()
+
+    def __call__(self, n: int) -> None:
+        if self.enabled and n % self.every == 0:
+            gc.collect()
+            self.samples.append((n, _rss(), tracemalloc.get_traced_memory()[0]))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------------------------
+# Workloads: each returns seconds for spec.messages messages after spec.warmup untimed ones
+
+
+def pika_publish(spec: Spec, sample: Sampler) -> float:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(spec.url))
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    props = pika.BasicProperties(content_type="application/octet-stream")
+    for _ in range(spec.warmup):
+        channel.basic_publish("", queue, BODY, props)
+    start = time.perf_counter()
+    for i in range(1, spec.messages + 1):
+        channel.basic_publish("", queue, BODY, props)
+        sample(i)
+    connection.process_data_events(0)
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return elapsed
+
+
+def pika_consume(spec: Spec, sample: Sampler, queue: str) -> float:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(spec.url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    total = spec.warmup + spec.messages
+    state = {"n": 0, "start": 0.0, "end": 0.0}
+    manual = spec.manual_ack
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        n = state["n"] = state["n"] + 1
+        if manual:
+            ch.basic_ack(method.delivery_tag)
+        if n == spec.warmup:
+            state["start"] = time.perf_counter()
+        elif n > spec.warmup:
+            sample(n - spec.warmup)
+        if n == total:
+            state["end"] = time.perf_counter()
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message, auto_ack=not manual)
+    if spec.warmup == 0:
+        state["start"] = time.perf_counter()
+    channel.start_consuming()
+    connection.close()
+    return state["end"] - state["start"]
+
+
+def pika_pull(spec: Spec, sample: Sampler, queue: str) -> float:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(spec.url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    total = spec.warmup + spec.messages
+    start = time.perf_counter()
+    messages = channel.consume(queue, auto_ack=not spec.manual_ack, inactivity_timeout=30)
+    for n, (method, _props, _body) in enumerate(messages, start=1):
+        if method is None:
+            raise SystemExit("pull: the queue ran dry")
+        if spec.manual_ack:
+            channel.basic_ack(method.delivery_tag)
+        if n == spec.warmup:
+            start = time.perf_counter()
+        elif n > spec.warmup:
+            sample(n - spec.warmup)
+        if n == total:
+            break
+    elapsed = time.perf_counter() - start
+    channel.cancel()
+    connection.close()
+    return elapsed
+
+
+async def _aiopika_publish(spec: Spec, sample: Sampler) -> float:
+    import aio_pika
+
+    connection = await aio_pika.connect(spec.url)
+    # Without publisher confirms: with them every publish waits a broker round trip (~0.5 ms
+    # here) and the instrumentation's cost disappears in it; this is the CPU-bound worst case.
+    channel = await connection.channel(publisher_confirms=False)
+    queue = await channel.declare_queue("", exclusive=True)
+    exchange = channel.default_exchange
+    for _ in range(spec.warmup):
+        await exchange.publish(aio_pika.Message(BODY), queue.name)
+    start = time.perf_counter()
+    for i in range(1, spec.messages + 1):
+        await exchange.publish(aio_pika.Message(BODY), queue.name)
+        sample(i)
+    elapsed = time.perf_counter() - start
+    await connection.close()
+    return elapsed
+
+
+async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
+    import aio_pika
+
+    connection = await aio_pika.connect(spec.url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.declare_queue(queue_name, passive=True)
+    total = spec.warmup + spec.messages
+    done = asyncio.get_running_loop().create_future()
+    state = {"n": 0, "start": time.perf_counter()}
+    manual = spec.manual_ack
+
+    async def on_message(message: Any) -> None:
+        n = state["n"] = state["n"] + 1
+        if manual:
+            await message.ack()
+        if n == spec.warmup:
+            state["start"] = time.perf_counter()
+        elif n > spec.warmup:
+            sample(n - spec.warmup)
+        if n == total and not done.done():
+            done.set_result(time.perf_counter())
+
+    await queue.consume(on_message, no_ack=not manual)
+    end = await asyncio.wait_for(done, 300)
+    await connection.close()
+    return end - state["start"]
+
+
+async def _aiopika_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
+    import aio_pika
+
+    connection = await aio_pika.connect(spec.url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.declare_queue(queue_name, passive=True)
+    total = spec.warmup + spec.messages
+    start = time.perf_counter()
+    n = 0
+    async with queue.iterator(no_ack=not spec.manual_ack) as messages:
+        async for message in messages:
+            n += 1
+            if spec.manual_ack:
+                await message.ack()
+            if n == spec.warmup:
+                start = time.perf_counter()
+            elif n > spec.warmup:
+                sample(n - spec.warmup)
+            if n == total:
+                break
+    elapsed = time.perf_counter() - start
+    await connection.close()
+    return elapsed
+
+
+def _kombu_connection(spec: Spec) -> Any:
+    import kombu
+
+    return kombu.Connection(spec.url.replace("amqp://", "pyamqp://", 1))
+
+
+def kombu_publish(spec: Spec, sample: Sampler) -> float:
+    import kombu
+
+    with _kombu_connection(spec) as connection:
+        channel = connection.channel()
+        queue = kombu.Queue(f"bench.{uuid.uuid4().hex}", exclusive=True, channel=channel)
+        queue.declare()
+        producer = kombu.Producer(channel)
+        publish = producer.publish
+        kw = {
+            "routing_key": queue.name,
+            "content_type": "application/octet-stream",
+            "content_encoding": "binary",
+        }
+        for _ in range(spec.warmup):
+            publish(BODY, **kw)
+        start = time.perf_counter()
+        for i in range(1, spec.messages + 1):
+            publish(BODY, **kw)
+            sample(i)
+        return time.perf_counter() - start
+
+
+def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
+    import kombu
+
+    total = spec.warmup + spec.messages
+    state = {"n": 0, "start": time.perf_counter()}
+    manual = spec.manual_ack
+
+    def on_message(body: Any, message: Any) -> None:
+        n = state["n"] = state["n"] + 1
+        if manual:
+            message.ack()
+        if n == spec.warmup:
+            state["start"] = time.perf_counter()
+        elif n > spec.warmup:
+            sample(n - spec.warmup)
+
+    with _kombu_connection(spec) as connection:
+        queue = kombu.Queue(queue_name, no_declare=True)
+        consumer = kombu.Consumer(
+            connection.channel(),
+            queues=[queue],
+            callbacks=[on_message],
+            no_ack=not manual,
+            accept=["application/octet-stream"],
+            prefetch_count=1000,
+        )
+        with consumer:
+            while state["n"] < total:
+                connection.drain_events(timeout=30)
+        return time.perf_counter() - state["start"]
+
+
+def kombu_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
+    import kombu
+    from kombu.simple import SimpleQueue
+
+    total = spec.warmup + spec.messages
+    with _kombu_connection(spec) as connection:
+        queue = SimpleQueue(
+            connection, kombu.Queue(queue_name, no_declare=True), no_ack=not spec.manual_ack
+        )
+        start = time.perf_counter()
+        for n in range(1, total + 1):
+            message = queue.get(block=True, timeout=30)
+            if spec.manual_ack:
+                message.ack()
+            if n == spec.warmup:
+                start = time.perf_counter()
+            elif n > spec.warmup:
+                sample(n - spec.warmup)
+        elapsed = time.perf_counter() - start
+        queue.close()
+        return elapsed
+
+
+def floor(spec: Spec) -> float:
+    """The bare SDK cost the goals are measured against: one span with the same attributes plus
+    inject (publish) or extract (consume), no broker, no client library, no instrumentation."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind
+
+    tracer_provider, _ = _providers("ours")
+    tracer = tracer_provider.get_tracer("floor")
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "publish" if spec.path == "publish" else "process",
+        "messaging.operation.type": "send" if spec.path == "publish" else "process",
+        "messaging.destination.name": "orders",
+        "messaging.rabbitmq.destination.routing_key": "orders",
+        "messaging.message.body.size": 256,
+        "server.address": "127.0.0.1",
+    }
+    parents = [{"traceparent": tp} for tp in _traceparents(spec, 1000)]
+    set_span_in_context = trace.set_span_in_context
+    inject, extract = propagate.inject, propagate.extract
+    total = spec.warmup + spec.messages
+    start = time.perf_counter()
+    for n in range(total):
+        if n == spec.warmup:
+            start = time.perf_counter()
+        if spec.path == "publish":
+            span = tracer.start_span(
+                "publish orders", kind=SpanKind.PRODUCER, attributes=attributes
+            )
+            inject({}, context=set_span_in_context(span))
+        else:
+            ctx = extract(parents[n % 1000])
+            span = tracer.start_span(
+                "process orders", context=ctx, kind=SpanKind.CONSUMER, attributes=attributes
+            )
+        span.end()
+    elapsed = time.perf_counter() - start
+    tracer_provider.shutdown()
+    return elapsed
+
+
+def run(spec: Spec) -> dict[str, Any]:
+    if spec.lib == "floor":
+        seconds = floor(spec)
+        return {
+            "lib": "floor",
+            "path": spec.path,
+            "variant": "floor",
+            "messages": spec.messages,
+            "seconds": seconds,
+            "rate": spec.messages / seconds,
+        }
+    sample = Sampler(spec)
+    queue = ""
+    if spec.path != "publish":
+        queue = f"otel-bench.{spec.lib}.{spec.path}.{uuid.uuid4().hex[:10]}"
+        declare_and_fill(spec, queue, spec.warmup + spec.messages)
+    flush = instrument(spec)
+    try:
+        if spec.lib == "pika":
+            seconds = (
+                pika_publish(spec, sample)
+                if spec.path == "publish"
+                else (pika_consume if spec.path == "consume" else pika_pull)(spec, sample, queue)
+            )
+        elif spec.lib == "aiopika":
+            if spec.path == "publish":
+                seconds = asyncio.run(_aiopika_publish(spec, sample))
+            else:
+                fn = _aiopika_consume if spec.path == "consume" else _aiopika_pull
+                seconds = asyncio.run(fn(spec, sample, queue))
+        else:
+            seconds = (
+                kombu_publish(spec, sample)
+                if spec.path == "publish"
+                else (kombu_consume if spec.path == "consume" else kombu_pull)(spec, sample, queue)
+            )
+        flush()
+    finally:
+        if queue:
+            delete_queue(spec, queue)
+    result: dict[str, Any] = {
+        "lib": spec.lib,
+        "path": spec.path,
+        "variant": spec.variant,
+        "messages": spec.messages,
+        "seconds": seconds,
+        "rate": spec.messages / seconds,
+    }
+    if spec.memory:
+        result["memory"] = sample.samples
+    return result
+
+
+def main(argv: list[str]) -> None:
+    spec = Spec(**json.loads(argv[1]))
+    print(json.dumps(run(spec)))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
