@@ -150,3 +150,59 @@ def test_header_texts_for_capture() -> None:
         "x-tenant": "acme",
         "x-retry": "3",
     }
+
+
+hex_ids = st.one_of(
+    st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+    st.just("0" * 32),
+    st.text(alphabet="0123456789abcdefABCDEF", min_size=30, max_size=34),
+)
+traceparents = st.builds(
+    lambda version, trace_id, span_id, flags, tail: f"{version}-{trace_id}-{span_id}-{flags}{tail}",
+    st.sampled_from(["00", "01", "ff", "0g"]),
+    hex_ids,
+    st.one_of(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16), st.just("0" * 16)),
+    st.sampled_from(["00", "01", "02", "03", "ff", "1"]),
+    st.sampled_from(["", "-extra", " ", "\t"]),
+)
+fast_path_tables = st.dictionaries(
+    st.one_of(
+        st.sampled_from(["traceparent", "Traceparent", "tracestate", "baggage", "x-app"]),
+        st.text(max_size=8),
+    ),
+    st.one_of(traceparents, st.text(max_size=20), st.binary(max_size=8), st.integers()),
+    max_size=4,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(table=fast_path_tables, mixed_in=traceparents)
+def test_fast_extract_agrees_with_the_propagators(table: dict[str, Any], mixed_in: str) -> None:
+    """The fast path yields exactly what the configured propagators yield, for any header table."""
+    from opentelemetry import propagate
+
+    from otel_messaging_core.propagation import _EMPTY_CONTEXT
+
+    for candidate in (table, {**table, "traceparent": mixed_in}, {"traceparent": mixed_in}):
+        fast = extract_context(candidate)
+        slow = propagate.extract(candidate, context=_EMPTY_CONTEXT, getter=headers_getter)
+        assert (
+            trace.get_current_span(fast).get_span_context()
+            == trace.get_current_span(slow).get_span_context()
+        )
+        assert dict(baggage.get_all(fast)) == dict(baggage.get_all(slow))
+
+
+def test_default_propagators_take_the_fast_path() -> None:
+    """With the default propagators a plain traceparent is decoded by the fast path."""
+    from opentelemetry import propagate
+
+    from otel_messaging_core import propagation
+
+    span_context = trace.get_current_span(
+        extract_context({"traceparent": TRACEPARENT})
+    ).get_span_context()
+    assert span_context.trace_id == TRACE_ID
+    assert propagation._default_textmap is propagate.get_global_textmap()
+    assert propagation._fast_extract({"traceparent": TRACEPARENT}) is not None
+    assert propagation._fast_extract({"traceparent": TRACEPARENT, "Baggage": "a=1"}) is None
