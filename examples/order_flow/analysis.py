@@ -1,0 +1,442 @@
+"""Pure functions over received telemetry: orders, where each one stopped, hops, percentiles.
+
+No I/O and no rendering here: the demo's report and the cross-process tests call the same
+functions on the same records (:class:`SpanRecord`, :class:`HistogramPoint`), which the OTLP
+receiver builds from what the services exported.
+
+How an order is found: every messaging span carries ``order.id`` (the services instrument with
+``baggage_attributes=("order.id",)`` and the id rides in baggage). Spans are joined into groups
+through parent ids *and* links, so the same grouping works when every hop is its own trace
+(``consumer_context="link"``); a group's ``order.id`` names the order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "ORDER_KEY",
+    "Fate",
+    "Histogram",
+    "HistogramPoint",
+    "Hop",
+    "SpanRecord",
+    "SumPoint",
+    "WaterfallRow",
+    "duplicate_span_ids",
+    "exact_percentile",
+    "group_orders",
+    "hops",
+    "merge_histograms",
+    "order_fate",
+    "percentile",
+    "publishes_per_service",
+    "sum_total",
+    "waterfall",
+]
+
+ORDER_KEY: Final = "order.id"
+ERROR: Final = "ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """One exported span, decoded from OTLP; ids as lowercase hex."""
+
+    service: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str  # INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER
+    start_ns: int
+    end_ns: int
+    status: str  # UNSET, OK, ERROR
+    status_message: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    links: tuple[tuple[str, str], ...] = ()  # (trace_id, span_id) of each link
+    events: tuple[str, ...] = ()
+    scope: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def error_type(self) -> str | None:
+        value = self.attributes.get("error.type")
+        return None if value is None else str(value)
+
+    @property
+    def order_id(self) -> str | None:
+        value = self.attributes.get(ORDER_KEY)
+        return None if value is None else str(value)
+
+    @property
+    def operation_type(self) -> str | None:
+        value = self.attributes.get("messaging.operation.type")
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramPoint:
+    """One OTLP histogram data point."""
+
+    service: str
+    instance: str  # service.instance.id: two processes of one service are two series
+    metric: str
+    attributes: Mapping[str, Any]
+    start_ns: int
+    time_ns: int
+    count: int
+    sum: float
+    bounds: tuple[float, ...]
+    bucket_counts: tuple[int, ...]
+    cumulative: bool
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SumPoint:
+    """One OTLP sum (counter) data point."""
+
+    service: str
+    instance: str
+    metric: str
+    attributes: Mapping[str, Any]
+    start_ns: int
+    time_ns: int
+    value: float
+    cumulative: bool
+
+
+# -- orders ------------------------------------------------------------------------------------
+
+
+class _Groups:
+    """Union-find over span ids."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, item: str) -> str:
+        root = self.parent.setdefault(item, item)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        while item != root:  # path compression
+            self.parent[item], item = root, self.parent[item]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def group_orders(spans: Iterable[SpanRecord], key: str = ORDER_KEY) -> dict[str, list[SpanRecord]]:
+    """Spans per order id: groups joined by parent ids and links, named by their ``key`` attribute.
+
+    A group carrying two different ids is listed under both (that would be a propagation bug, and
+    the tests look for it); spans of groups without any id are left out. Spans within an order
+    are sorted by start time.
+    """
+    spans = list(spans)
+    groups = _Groups()
+    for span in spans:
+        groups.find(span.span_id)
+        if span.parent_span_id:
+            groups.union(span.span_id, span.parent_span_id)
+        for _trace_id, linked in span.links:
+            groups.union(span.span_id, linked)
+    ids_of: dict[str, set[str]] = defaultdict(set)
+    for span in spans:
+        value = span.attributes.get(key)
+        if value is not None:
+            ids_of[groups.find(span.span_id)].add(str(value))
+    orders: dict[str, list[SpanRecord]] = defaultdict(list)
+    for span in spans:
+        for order_id in ids_of.get(groups.find(span.span_id), ()):
+            orders[order_id].append(span)
+    return {
+        order_id: sorted(members, key=lambda s: (s.start_ns, s.end_ns))
+        for order_id, members in sorted(orders.items(), key=lambda item: _id_sort_key(item[0]))
+    }
+
+
+def _id_sort_key(order_id: str) -> tuple[int, int, str]:
+    return (0, int(order_id), "") if order_id.isdigit() else (1, 0, order_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """Where an order went: ``completed``, ``lost`` (where, why) or ``in flight`` (last seen where)."""
+
+    order_id: str
+    status: str  # completed | lost | in flight
+    service: str | None
+    span: str | None  # name of the span that decided it
+    error_type: str | None = None
+    message: str = ""
+
+
+def order_fate(
+    order_id: str,
+    spans: Sequence[SpanRecord],
+    completed: Callable[[SpanRecord], bool],
+) -> Fate:
+    """Decide one order's fate from its spans.
+
+    Lost: the order has an ERROR span; the earliest-started one says where and why (a handler that
+    raises and then gets its message rejected shows both, and the raise came first). Completed: no
+    ERROR span and some span satisfies ``completed``. Otherwise it is still in flight, last seen
+    at the service of its latest span.
+    """
+    errors = [s for s in spans if s.status == ERROR]
+    if errors:
+        first = min(errors, key=lambda s: (s.start_ns, s.end_ns))
+        return Fate(
+            order_id, "lost", first.service, first.name, first.error_type, first.status_message
+        )
+    done = [s for s in spans if completed(s)]
+    if done:
+        last = max(done, key=lambda s: s.end_ns)
+        return Fate(order_id, "completed", last.service, last.name)
+    if not spans:
+        return Fate(order_id, "in flight", None, None)
+    last = max(spans, key=lambda s: s.end_ns)
+    return Fate(order_id, "in flight", last.service, last.name)
+
+
+# -- hops: how a consumer span is tied to the publish that created its message ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One message crossing from a publish span to the process/receive span that consumed it."""
+
+    publish: SpanRecord
+    consume: SpanRecord
+    parent: bool  # the consumer span is a child of the publish span
+    link: bool  # the consumer span links to the publish span
+
+    @property
+    def same_trace(self) -> bool:
+        return self.publish.trace_id == self.consume.trace_id
+
+
+def hops(spans: Sequence[SpanRecord]) -> list[Hop]:
+    """Every consumer span (process/receive) paired with the publish span it is tied to, in time order."""
+    publishes = {s.span_id: s for s in spans if s.operation_type == "send"}
+    found: list[Hop] = []
+    for span in spans:
+        if span.operation_type not in ("process", "receive"):
+            continue
+        linked = {sid for _tid, sid in span.links if sid in publishes}
+        parent = span.parent_span_id if span.parent_span_id in publishes else None
+        found.extend(
+            Hop(publishes[publish_id], span, publish_id == parent, publish_id in linked)
+            for publish_id in sorted({*linked, *([parent] if parent else [])})
+        )
+    return sorted(found, key=lambda h: h.consume.start_ns)
+
+
+def duplicate_span_ids(spans: Iterable[SpanRecord]) -> list[str]:
+    """Span ids exported more than once (should be none)."""
+    counts = Counter(s.span_id for s in spans)
+    return sorted(span_id for span_id, n in counts.items() if n > 1)
+
+
+def publishes_per_service(spans: Iterable[SpanRecord]) -> dict[str, int]:
+    """How many publish (``send``) spans each service exported for one order."""
+    return dict(Counter(s.service for s in spans if s.operation_type == "send"))
+
+
+# -- waterfall ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WaterfallRow:
+    """One line of an order's waterfall: depth in the tree, offset and duration from the order's start."""
+
+    span: SpanRecord
+    depth: int
+    offset_s: float
+    duration_s: float
+    relation: str  # root | child | child+link | link
+
+
+def waterfall(spans: Sequence[SpanRecord]) -> list[WaterfallRow]:
+    """The order's spans as a tree, depth-first in start order.
+
+    A span hangs under its parent when the parent is among ``spans``; otherwise under the span it
+    links to (a hop that started its own trace, ``consumer_context="link"``); otherwise it is a root.
+    """
+    if not spans:
+        return []
+    by_id = {s.span_id: s for s in spans}
+    origin = min(s.start_ns for s in spans)
+    children: dict[str | None, list[tuple[SpanRecord, str]]] = defaultdict(list)
+    for span in spans:
+        linked_ids = [sid for _tid, sid in span.links if sid in by_id]
+        if span.parent_span_id in by_id:
+            relation = "child+link" if span.parent_span_id in linked_ids else "child"
+            children[span.parent_span_id].append((span, relation))
+        elif linked_ids:
+            children[linked_ids[0]].append((span, "link"))
+        else:
+            children[None].append((span, "root"))
+    rows: list[WaterfallRow] = []
+
+    def visit(parent_id: str | None, depth: int) -> None:
+        for span, relation in sorted(children.get(parent_id, ()), key=lambda c: c[0].start_ns):
+            rows.append(
+                WaterfallRow(span, depth, (span.start_ns - origin) / 1e9, span.duration_s, relation)
+            )
+            visit(span.span_id, depth + 1)
+
+    visit(None, 0)
+    return rows
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A histogram merged over series: explicit bucket bounds and counts (``len(bounds) + 1``)."""
+
+    bounds: tuple[float, ...]
+    bucket_counts: tuple[int, ...]
+    count: int
+    sum: float
+    min: float | None = None
+    max: float | None = None
+
+
+def _series_key(point: HistogramPoint | SumPoint) -> tuple[Any, ...]:
+    return (
+        point.service,
+        point.instance,
+        point.metric,
+        tuple(sorted((k, str(v)) for k, v in point.attributes.items())),
+    )
+
+
+def _current(points: Iterable[HistogramPoint | SumPoint]) -> list[Any]:
+    """Cumulative series: the latest point of each; delta points: all of them (they add up)."""
+    latest: dict[tuple[Any, ...], HistogramPoint | SumPoint] = {}
+    deltas: list[HistogramPoint | SumPoint] = []
+    for point in points:
+        if not point.cumulative:
+            deltas.append(point)
+            continue
+        key = _series_key(point)
+        seen = latest.get(key)
+        if seen is None or point.time_ns >= seen.time_ns:
+            latest[key] = point
+    return [*latest.values(), *deltas]
+
+
+def _matches(
+    point: HistogramPoint | SumPoint,
+    metric: str,
+    service: str | None,
+    where: Mapping[str, Any] | None,
+) -> bool:
+    if point.metric != metric or (service is not None and point.service != service):
+        return False
+    return all(point.attributes.get(k) == v for k, v in (where or {}).items())
+
+
+def merge_histograms(
+    points: Iterable[HistogramPoint],
+    metric: str,
+    *,
+    service: str | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> Histogram | None:
+    """One histogram from every matching series (cumulative: latest point; delta: summed)."""
+    selected = [p for p in points if _matches(p, metric, service, where)]
+    current: list[HistogramPoint] = _current(selected)
+    if not current:
+        return None
+    bounds = current[0].bounds
+    if any(p.bounds != bounds for p in current):
+        raise ValueError(f"{metric}: series with different bucket bounds cannot be merged")
+    counts = [0] * (len(bounds) + 1)
+    for point in current:
+        for i, n in enumerate(point.bucket_counts):
+            counts[i] += n
+    mins = [p.min for p in current if p.min is not None and p.count]
+    maxes = [p.max for p in current if p.max is not None and p.count]
+    return Histogram(
+        bounds,
+        tuple(counts),
+        sum(p.count for p in current),
+        sum(p.sum for p in current),
+        min(mins) if mins else None,
+        max(maxes) if maxes else None,
+    )
+
+
+def sum_total(
+    points: Iterable[SumPoint],
+    metric: str,
+    *,
+    service: str | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> float:
+    """The total of a counter over every matching series."""
+    selected = [p for p in points if _matches(p, metric, service, where)]
+    current: list[SumPoint] = _current(selected)
+    return sum(p.value for p in current)
+
+
+def percentile(histogram: Histogram, q: float) -> float:
+    """The ``q``-quantile (0..1) estimated from bucket counts, interpolating linearly in a bucket.
+
+    The first bucket starts at the recorded minimum (else 0) and the overflow bucket ends at the
+    recorded maximum (else its lower bound); the result is clamped to [min, max] when those are known.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be within 0..1, got {q}")
+    if histogram.count <= 0:
+        return math.nan
+    rank = q * histogram.count
+    bounds = histogram.bounds
+    low_edge = histogram.min if histogram.min is not None else 0.0
+    cumulative = 0
+    value = math.nan
+    for i, n in enumerate(histogram.bucket_counts):
+        if n == 0:
+            continue
+        if cumulative + n >= rank:
+            lower = bounds[i - 1] if i > 0 else min(low_edge, bounds[0]) if bounds else low_edge
+            if i < len(bounds):
+                upper = bounds[i]
+            else:
+                upper = histogram.max if histogram.max is not None else lower
+            value = lower + (upper - lower) * max(0.0, rank - cumulative) / n
+            break
+        cumulative += n
+    if histogram.min is not None:
+        value = max(value, histogram.min)
+    if histogram.max is not None:
+        value = min(value, histogram.max)
+    return value
+
+
+def exact_percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile of raw values, interpolating between closest ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)

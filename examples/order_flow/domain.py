@@ -1,0 +1,158 @@
+"""The orders of one run and what should become of each: plain data the services and the report share.
+
+Nothing in the services says "lose order 17". The plan gives a few orders the data that loses
+them in real systems: a region no queue is bound to, a SKU the stock list does not know, a file
+whose checksum does not match. The services just do their jobs on that data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "COMPLETED",
+    "LOST",
+    "SERVICES",
+    "STOCK",
+    "CorruptFile",
+    "Expectation",
+    "Order",
+    "UnknownSku",
+    "check_stock",
+    "job_for",
+    "plan_orders",
+    "verify_file",
+]
+
+SHOP, SRM, MES = "shop-api", "srm-api", "mes"
+SERVICES: Final = (SHOP, SRM, MES)
+COMPLETED: Final = "completed"
+LOST: Final = "lost"
+
+# What srm-api can build. Anything else is an UnknownSku.
+STOCK: Final = {"SKU-1001": 40, "SKU-1002": 25, "SKU-1003": 60, "SKU-1004": 15}
+REGIONS: Final = ("eu", "us")  # the regions srm-api's queue is bound to
+
+
+class UnknownSku(LookupError):
+    """The stock list does not know the ordered SKU (srm-api's handler raises it)."""
+
+
+class CorruptFile(ValueError):
+    """A production file whose checksum does not match its content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the flow is designed to do with one order: completed, or lost at a service with an error type."""
+
+    status: str
+    service: str
+    error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One order as the shop takes it."""
+
+    order_id: int
+    region: str
+    sku: str
+    quantity: int
+    file: str  # the production file (G-code, say) the order ships with
+    checksum: str
+    work_ms: int  # how long MES takes to process the file
+    expected: Expectation
+
+    def payload(self) -> dict[str, Any]:
+        """The order message shop-api publishes."""
+        return {
+            "order_id": self.order_id,
+            "region": self.region,
+            "sku": self.sku,
+            "quantity": self.quantity,
+            "file": self.file,
+            "checksum": self.checksum,
+            "work_ms": self.work_ms,
+        }
+
+    @property
+    def routing_key(self) -> str:
+        return f"orders.{self.region}"
+
+
+def _file_for(order_id: int, sku: str) -> str:
+    lines = [f"; order {order_id} {sku}"]
+    lines.extend(f"G1 X{(order_id * 7 + i * 13) % 200} Y{(i * 29) % 150} F1200" for i in range(12))
+    return "\n".join(lines)
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lost_order_ids(count: int) -> tuple[int, int, int]:
+    """The ids of the unroutable, the unknown-SKU and the corrupt-file order."""
+    if count < 4:
+        raise ValueError("the flow needs at least 4 orders (3 get lost, at least 1 completes)")
+    if count >= 17:
+        return 7, 13, 17
+    return count - 2, count - 1, count
+
+
+def plan_orders(count: int = 20) -> list[Order]:
+    """``count`` orders, ids 1..count; three of them carry what gets them lost (see module doc)."""
+    unroutable, unknown_sku, corrupt = lost_order_ids(count)
+    skus = sorted(STOCK)
+    orders = []
+    for order_id in range(1, count + 1):
+        region = REGIONS[order_id % len(REGIONS)]
+        sku = skus[order_id % len(skus)]
+        expected = Expectation(COMPLETED, MES)
+        if order_id == unroutable:
+            region = "apac"  # no queue is bound to orders.apac: the broker returns the message
+            expected = Expectation(LOST, SHOP, "unroutable")
+        elif order_id == unknown_sku:
+            sku = "SKU-404"
+            expected = Expectation(LOST, SRM, f"{UnknownSku.__module__}.{UnknownSku.__qualname__}")
+        file = _file_for(order_id, sku)
+        checksum = _checksum(file)
+        if order_id == corrupt:
+            file = file[: len(file) // 2]  # truncated on the way: the checksum no longer matches
+            expected = Expectation(LOST, MES, "rejected")
+        # 20-140 ms, varying with the order so p50 and p95 differ
+        work_ms = 20 + (order_id * 53) % 121
+        orders.append(
+            Order(order_id, region, sku, 1 + order_id % 5, file, checksum, work_ms, expected)
+        )
+    return orders
+
+
+def check_stock(order: dict[str, Any]) -> int:
+    """The units in stock for the order's SKU; :class:`UnknownSku` for a SKU we do not build."""
+    sku = order.get("sku")
+    if sku not in STOCK:
+        raise UnknownSku(f"order {order.get('order_id')}: unknown SKU {sku!r}")
+    return STOCK[sku]
+
+
+def job_for(order: dict[str, Any]) -> bytes:
+    """The production job srm-api sends to MES for an order (JSON bytes)."""
+    job = {
+        "order_id": order["order_id"],
+        "sku": order["sku"],
+        "quantity": order["quantity"],
+        "file": order["file"],
+        "checksum": order["checksum"],
+        "work_ms": order["work_ms"],
+    }
+    return json.dumps(job).encode()
+
+
+def verify_file(job: dict[str, Any]) -> None:
+    """Raise :class:`CorruptFile` when the job's file does not match its checksum."""
+    if _checksum(str(job.get("file", ""))) != job.get("checksum"):
+        raise CorruptFile(f"order {job.get('order_id')}: file checksum mismatch")
