@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -245,3 +246,34 @@ def test_internal_failure_never_raises(otel: Recorder, caplog: pytest.LogCapture
         consume.end()
     assert op.headers == {"a": 1}
     assert "instrumentation error" in caplog.text
+
+
+def test_receive_started_earlier_covers_the_pull(otel: Recorder) -> None:
+    """A receive span given the pull's start time begins then, and its duration metric covers the wait."""
+    telemetry = make(otel)
+    sent = publish(telemetry)
+    otel.clear()
+    destination = telemetry.destinations("mq.internal", 5672).get(
+        "receive", "orders", "order.created", "srm"
+    )
+    started = time.perf_counter() - 0.25  # the pull began a quarter of a second ago
+    op = telemetry.start_consume(destination, sent, started=started)
+    op.end()
+    (span,) = otel.spans()
+    assert span.kind is SpanKind.CLIENT
+    assert span.end_time is not None
+    assert span.start_time is not None
+    assert span.end_time - span.start_time >= 200_000_000
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    sums = [
+        point.sum
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "messaging.client.operation.duration"
+        for point in metric.data.data_points
+        if point.attributes and point.attributes.get("messaging.operation.name") == "receive"
+    ]
+    assert len(sums) == 1
+    assert sums[0] >= 0.2

@@ -18,7 +18,7 @@ only a recording span needs (hooks, envelopes, header capture) is skipped for un
 
 from __future__ import annotations
 
-from time import perf_counter
+from time import perf_counter, time_ns
 from types import MappingProxyType
 from typing import Any, Final, Mapping, Sequence
 
@@ -411,13 +411,17 @@ class MessagingTelemetry:
         redelivered: bool | None = None,
         raw: Any = None,
         track_delivery: bool = False,
+        started: float | None = None,
     ) -> Consume:
         """Start the process (CONSUMER) or receive (CLIENT) span of a delivered message.
 
         The returned :class:`Consume` carries the handling context; the plugin makes it current
         around the user's handler (:meth:`Consume.activate`/:meth:`Consume.end`) or, for a single
         pull, leaves the caller's context alone. ``track_delivery=True`` (manual acks) keeps a
-        small :class:`Delivery` record for the settle span.
+        small :class:`Delivery` record for the settle span. ``started`` is a
+        :func:`time.perf_counter` value taken when a pull began: the receive span and its
+        duration then cover the pull, although the span can only start once the message (and so
+        its parent) is known.
         """
         try:
             if is_suppressed():
@@ -436,6 +440,9 @@ class MessagingTelemetry:
                 kind=SpanKind.CONSUMER if destination.operation == "process" else SpanKind.CLIENT,
                 attributes=attributes,
                 links=links,
+                start_time=(
+                    None if started is None else time_ns() - int((perf_counter() - started) * 1e9)
+                ),
             )
             if self._consume_hook is not None and span.is_recording():
                 envelope = Envelope(
@@ -459,9 +466,10 @@ class MessagingTelemetry:
                     links[0].context if links else None,
                     span.get_span_context(),
                 )
-            return Consume(
-                self, destination, span, trace.set_span_in_context(span, parent), delivery
-            )
+            op = Consume(self, destination, span, trace.set_span_in_context(span, parent), delivery)
+            if started is not None:
+                op._start = started
+            return op
         except Exception as internal:
             log_internal_error("consume start", internal)
             return Consume(*_NOOP_CONSUME_FIELDS)
