@@ -51,7 +51,7 @@ from otel_messaging_core.attributes import (
     DestinationCache,
     error_type_of,
 )
-from otel_messaging_core.consumer import ContextActivation, handling_parent
+from otel_messaging_core.consumer import ContextActivation, creation_span_context, handling_parent
 from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
@@ -69,6 +69,7 @@ __all__ = [
 _SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
+_RETURNED_UNROUTABLE: Final = "unroutable"
 
 Attributes = dict[str, AttributeValue]
 
@@ -562,6 +563,55 @@ class MessagingTelemetry:
         """The context to handle a message in when no receive span was recorded for it."""
         parent, _links = handling_parent(extract_context(headers), self._parent_mode)
         return parent
+
+    # -- returned messages -------------------------------------------------------------------------
+
+    def record_returned(
+        self,
+        destination: Destination,
+        headers: Mapping[Any, Any] | None,
+        *,
+        reply_code: object = None,
+        reply_text: object = None,
+        message_id: object = None,
+        correlation_id: object = None,
+        body: bytes | None = None,
+        body_size: int | None = None,
+    ) -> None:
+        """Record a mandatory publish that the broker returned as unroutable (``basic.return``).
+
+        Where the return reaches the client after the publish call has finished (callbacks of
+        pika's async adapters, say), the publish span has already ended OK. This makes a short
+        PRODUCER span named like the publish, ERROR with ``error.type=unroutable``, in the
+        publisher's trace: the returned message carries the headers the publish injected, so the
+        span becomes a child of that publish span. ``destination`` is the publish destination
+        (the return's exchange and routing key). Nothing is counted in the metrics (the publish
+        was counted when it was sent). Never raises.
+        """
+        try:
+            if is_suppressed():
+                return
+            creation = extract_context(headers)
+            parent = creation if creation_span_context(creation) is not None else None
+            if body_size is None and body is not None:
+                body_size = len(body)
+            attributes = _message_attributes(
+                destination, message_id, correlation_id, body_size, None
+            )
+            self._add_optional_attributes(attributes, headers, creation)
+            span = self.tracer.start_span(
+                destination.span_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+            )
+            reason = " ".join(str(p) for p in (reply_code, reply_text) if p is not None)
+            _set_error(
+                span,
+                _RETURNED_UNROUTABLE,
+                None,
+                f"returned by the broker: {reason}" if reason else "returned by the broker",
+            )
+            span.end()
+        except Exception as internal:
+            log_internal_error("returned message", internal)
 
 
 def _opt_str(value: object) -> str | None:
