@@ -1,0 +1,170 @@
+"""OpenTelemetry tracing and metrics for kombu, on RabbitMQ and on kombu's other transports.
+
+Install
+=======
+
+.. code-block:: console
+
+    pip install "otel-kombu[instruments]"
+
+.. code-block:: python
+
+    from otel_kombu import KombuInstrumentor
+
+    KombuInstrumentor().instrument()
+
+or, with no code change, ``opentelemetry-instrument python service.py`` (entry point
+``otel_kombu``; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_kombu`` turns it off). Call
+``instrument()`` before consumers start consuming: kombu registers a consumer's callback with the
+channel when it starts, so a consumer started earlier is traced from its next ``consume()``.
+
+Supported: kombu 5.3 to 5.7 (tested with 5.3.7, 5.5.4 and the newest release), Python 3.10 to
+3.13.
+
+Options
+=======
+
+``instrument()`` and ``instrument_connection()`` take the same keywords:
+
+``tracer_provider``, ``meter_provider``
+    Default: the global providers.
+``publish_hook(span, envelope)``, ``consume_hook(span, envelope)``
+    Called for recording spans with an :class:`otel_messaging_core.Envelope`; on publish its
+    ``raw`` is the message properties dict kombu sends, on consume the kombu ``Message``. A hook
+    that raises is logged once and never breaks the publish or the handler.
+``consumer_context`` (``"parent"`` or ``"link"``)
+    ``"parent"`` (default): a process or receive span is a child of the message's creation
+    context when no span is active, and links to it; with a span active, that span is the parent.
+    ``"link"``: every hop starts its own trace, linked to the creation context.
+``settle_spans`` (default ``False``)
+    A span for every ack and requeue too; a reject without requeue always gets one.
+``capture_headers``
+    Header names copied to ``messaging.header.<name>`` attributes.
+``baggage_attributes``
+    Baggage entries copied onto every span as attributes of the same name.
+``skip_celery_messages`` (default ``False``; kombu only)
+    Leave Celery's own messages to Celery's instrumentation: see `Celery`_.
+
+Under ``opentelemetry-instrument`` the options come from ``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``,
+``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``, ``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``,
+``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES`` and ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``; a
+keyword wins over the environment.
+
+One connection only
+-------------------
+
+``KombuInstrumentor.instrument_connection(connection, **options)`` records the producers,
+consumers and messages of one ``kombu.Connection`` with its own options, with or without
+``instrument()``; ``KombuInstrumentor.uninstrument_connection(connection)`` stops it. kombu has no
+per-connection hook for producers and consumers, so this installs the same class-level wrappers
+as ``instrument()``; they act only for instrumented connections and pass everything else straight
+through, and they are removed when neither ``instrument()`` nor any connection needs them.
+A connection made by ``clone()`` (connection pools, Celery) is a different connection.
+
+Spans
+=====
+
+====================================================== ============= ========= =======================
+kombu call                                             span name     kind      context
+====================================================== ============= ========= =======================
+``Producer.publish`` (also ``SimpleQueue.put``)        ``publish     PRODUCER  injected into a copy
+                                                       {exchange}``            of the headers
+``Consumer`` callbacks / ``on_message`` (driven by     ``process     CONSUMER  current while every
+``drain_events``, ``ConsumerMixin``, Celery)           {queue}``               callback runs
+``Queue.get``, ``SimpleQueue.get``/``get_nowait``,     ``receive     CLIENT    caller's context left
+``SimpleBuffer.get``                                   {queue}``               alone; see below
+``Message.ack``                                        ``ack         CLIENT    linked to the message
+                                                       {queue}``
+``Message.reject`` / ``Message.requeue``               ``reject      CLIENT    linked to the message
+                                                       {queue}``
+====================================================== ============= ========= =======================
+
+* One PRODUCER span per ``publish`` call, whatever the exchange (the default exchange is named
+  ``amq.default``), ``declare=``, serializer or compression; with ``retry=True`` the attempts
+  ``Connection.ensure`` makes after a lost connection are one span, ending with the outcome the
+  caller sees. ``messaging.message.body.size`` is the size kombu sends (serialised, compressed).
+  The caller's ``headers`` dict is never changed: the context goes into a copy (with compression,
+  kombu itself would write its ``compression`` header into the caller's dict; it gets a copy too).
+* A process span covers decoding and every callback of one message (or ``on_message``), runs them
+  in the message's context (so their spans and publishes join its trace, with its baggage) and
+  restores the previous context afterwards. A callback's exception marks the span ERROR and
+  reaches ``drain_events`` as the same object.
+* A pull makes a receive span covering the wait and leaves the caller's context as it was, since
+  nothing marks where handling ends. To handle the message in its trace::
+
+      message = queue.get(timeout=5)
+      with otel_kombu.message_context(message):
+          handle(message.payload)
+          message.ack()
+
+* Settle: a reject without requeue is always an ERROR span (``error.type=rejected``): the message
+  is dropped or dead-lettered. Acks and requeues get spans with ``settle_spans=True``; every call
+  records ``messaging.client.operation.duration``.
+* Attributes (set when a span starts): ``messaging.system``, ``messaging.operation.name`` and
+  ``.type``, ``messaging.destination.name``, ``messaging.rabbitmq.destination.routing_key``,
+  ``messaging.rabbitmq.message.delivery_tag``, ``messaging.message.id``,
+  ``messaging.message.conversation_id`` (correlation id), ``messaging.message.body.size``,
+  ``server.address`` (the host only, never credentials), ``server.port``.
+* Metrics (meter ``otel_kombu``): ``messaging.client.sent.messages``,
+  ``messaging.client.consumed.messages``, ``messaging.client.operation.duration`` (publish,
+  receive, settle) and ``messaging.process.duration``.
+
+Transports
+==========
+
+``messaging.system`` is ``rabbitmq`` for the AMQP transports (``amqp://``, ``pyamqp://``,
+``librabbitmq://``) and the transport's own name otherwise (``redis``, ``memory``, ``sqs``, ...).
+The ``messaging.rabbitmq.*`` attributes are left out on other transports; ``server.address`` is
+left out for in-process transports (``memory``, ``filesystem``).
+
+Limits
+======
+
+RabbitMQ (pyamqp)
+    A message returned as unroutable (``mandatory=True``) marks its publish span ERROR
+    (``error.type=unroutable``) when the channel uses publisher confirms
+    (``transport_options={"confirm_publish": True}``): the broker then returns it before
+    confirming, while ``publish`` still runs. Without confirms the return arrives after
+    ``publish`` has ended, at some later ``drain_events``, and the span cannot be changed; kombu
+    hands it to your ``on_return`` callback. The return is recognised on channels opened after
+    ``instrument()``. A confirm nack raises ``MessageNacked`` from ``publish`` and marks the
+    span ERROR with ``error.type=broker_nack``.
+librabbitmq
+    Publish, pulls and settles are traced; process spans are not (kombu hands this C driver's
+    raw messages to consumers, and the driver does not build on current Pythons).
+Redis, memory and other virtual transports
+    No broker confirms or returns: a message published to an exchange with no matching binding
+    is dropped by kombu without an error, so its span cannot say so.
+    ``messaging.rabbitmq.message.delivery_tag`` does not apply (their tags are UUIDs).
+``Producer.batch()`` (kombu 5.7, Redis)
+    A publish span covers handing the message to the batch; the batch sends it on flush.
+
+Celery
+======
+
+Celery sends and receives its messages through kombu, so with this instrumentation active a
+task's trace holds Celery's spans (from ``opentelemetry-instrumentation-celery``) and ours::
+
+    apply_async/my_task (Celery, PRODUCER)
+      publish celery (ours, PRODUCER)
+        process celery (ours, CONSUMER)      <- the worker receiving the task message
+        run/my_task (Celery, CONSUMER)       <- the task; its spans nest here
+
+Celery's instrumentation injects its context into the task headers before kombu publishes; our
+publish span injects its own context into the copy that is sent, replacing the same header (so
+there is never a duplicate ``traceparent``), and the worker's Celery span continues from it. One
+connected trace, nothing broken.
+
+If you prefer Celery's spans alone, ``instrument(skip_celery_messages=True)`` (or
+``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES=true``) leaves Celery's own messages untraced by this
+package: task messages (task protocol 2, recognised by their ``task`` and ``id`` headers),
+events (exchange ``celeryev``) and broadcast/remote-control messages (exchanges ending in
+``.pidbox``). Celery's instrumentation then carries the context from ``apply_async`` to the
+task run by itself. Other messages your tasks publish or consume with kombu are still traced.
+"""
+
+from otel_kombu._consume import message_context
+from otel_kombu.instrumentor import KombuInstrumentor
+from otel_kombu.version import __version__
+
+__all__ = ["KombuInstrumentor", "__version__", "message_context"]

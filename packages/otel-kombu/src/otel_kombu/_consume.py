@@ -1,0 +1,246 @@
+"""Consume: a process span per message handed to a ``Consumer``, a receive span per pulled message.
+
+``Consumer._receive_callback`` is where every transport hands a delivery to a consumer, whether
+``Connection.drain_events``, ``ConsumerMixin`` or Celery's event loop drives it; it decodes the
+message and calls ``on_message`` or every callback in turn. Wrapping it gives one process span
+covering all of them, with the span's context current while they run and restored afterwards.
+
+The span needs kombu's ``Message`` (its headers, and the place to keep the delivery record for a
+later ack). Virtual transports (memory, Redis, ...) deliver one; pyamqp delivers an
+``amqp.Message`` that ``_receive_callback`` converts first thing with the channel's
+``message_to_python``. For those, the wrapper leaves a small pending record on the raw message and
+the wrapped ``message_to_python`` starts the span on the converted ``Message``.
+
+Pulls (``Queue.get``, which ``SimpleQueue.get_nowait`` uses, and ``SimpleQueue.get`` /
+``SimpleBuffer.get``, which drain into a buffer) get a receive span and leave the caller's context
+as it was; :func:`message_context` makes the message's context current for a block.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Any, Callable, Final
+
+from opentelemetry import context as otel_context
+
+from otel_kombu._binding import Binding, binding_for, connection_of_channel
+from otel_kombu._celery import is_celery_message
+from otel_messaging_core import Consume, MessageContext, extract_context, handling_parent
+from otel_messaging_core._guard import capture_internal_exceptions
+
+__all__ = [
+    "MESSAGE_ATTR",
+    "SKIPPED",
+    "message_context",
+    "wrap_message_to_python",
+    "wrap_queue_get",
+    "wrap_receive_callback",
+    "wrap_simple_get",
+]
+
+# On a kombu Message: its Consume operation (or SKIPPED), so the ack can link to it and it is
+# freed with the message. On a raw amqp.Message: the _Pending record until conversion.
+MESSAGE_ATTR: Final = "_otel_kombu"
+# On the Consumer that a SimpleQueue/SimpleBuffer owns: its deliveries get receive spans in get().
+_SIMPLE_ATTR: Final = "_otel_kombu_simple"
+
+
+class _Skipped:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not traced: skip_celery_messages>"
+
+
+SKIPPED: Final = _Skipped()
+
+
+class _Pending:
+    """A raw delivery waiting for kombu to convert it; the span starts on the converted message."""
+
+    __slots__ = ("binding", "op", "queue")
+
+    def __init__(self, binding: Binding, queue: str) -> None:
+        self.binding = binding
+        self.queue = queue
+        self.op: Consume | None = None
+
+
+def _body_size(body: object) -> int | None:
+    if type(body) is bytes:
+        return len(body)
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        return len(body)
+    return None
+
+
+def _start(
+    binding: Binding, operation: str, queue: str, message: Any, started: float | None = None
+) -> Consume | None:
+    """Start the process/receive operation of a kombu Message and keep it on the message."""
+    headers = message.headers
+    info = message.delivery_info or {}
+    exchange = info.get("exchange") or ""
+    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+        setattr(message, MESSAGE_ATTR, SKIPPED)
+        return None
+    telemetry = binding.telemetry
+    assert telemetry is not None
+    assert binding.destinations is not None
+    destination = binding.destinations.get(
+        operation, exchange, info.get("routing_key") or "", queue
+    )
+    properties = message.properties or {}
+    tag = message.delivery_tag
+    body = message.body
+    op = telemetry.start_consume(
+        destination,
+        headers,
+        delivery_tag=tag if type(tag) is int else None,
+        message_id=properties.get("message_id"),
+        correlation_id=properties.get("correlation_id"),
+        body=body if type(body) is bytes else None,
+        body_size=_body_size(body),
+        redelivered=info.get("redelivered"),
+        raw=message,
+        track_delivery=True,
+        started=started,
+    )
+    setattr(message, MESSAGE_ATTR, op)
+    return op
+
+
+def _queue_of(consumer: Any, info: Any) -> str:
+    """The name of the consumer's queue a delivery came from."""
+    queues = consumer._queues
+    if len(queues) == 1:
+        for name in queues:
+            return str(name)
+    if not info:
+        return ""
+    tag = info.get("consumer_tag")
+    if tag is not None:
+        for name, active in consumer._active_tags.items():
+            if active == tag:
+                return str(name)
+    # virtual transports do not say which consumer tag a delivery is for; match the binding
+    exchange, routing_key = info.get("exchange"), info.get("routing_key")
+    for queue in queues.values():
+        bound = queue.exchange
+        if bound is not None and bound.name == exchange and queue.routing_key == routing_key:
+            return str(queue.name)
+    return ""
+
+
+def wrap_receive_callback(
+    wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Consumer._receive_callback``: one process span around decoding and every callback."""
+    op: Consume | None = None
+    pending: _Pending | None = None
+    with capture_internal_exceptions("kombu consume"):
+        if not consumer.__dict__.get(_SIMPLE_ATTR):
+            binding = binding_for(connection_of_channel(consumer.channel))
+            if binding.telemetry is not None:
+                message = args[0] if args else kwargs["message"]
+                queue = _queue_of(consumer, message.delivery_info)
+                if hasattr(message, "ack"):  # already a kombu Message (virtual transports)
+                    op = _start(binding, "process", queue, message)
+                    if op is not None:
+                        op.activate()
+                else:  # raw amqp.Message: see wrap_message_to_python
+                    pending = _Pending(binding, queue)
+                    message.__dict__[MESSAGE_ATTR] = pending
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if pending is not None:
+            op = pending.op
+        if op is not None:
+            op.end(exc)
+        raise
+    if pending is not None:
+        op = pending.op
+    if op is not None:
+        op.end()
+    return result
+
+
+def wrap_message_to_python(
+    wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """pyamqp ``Channel.message_to_python``: start the pending process span on the kombu Message."""
+    message = wrapped(*args, **kwargs)
+    raw = args[0] if args else kwargs.get("raw_message")
+    state = getattr(raw, "__dict__", None)
+    if state:
+        pending = state.pop(MESSAGE_ATTR, None)
+        if isinstance(pending, _Pending):
+            with capture_internal_exceptions("kombu consume"):
+                op = pending.op = _start(pending.binding, "process", pending.queue, message)
+                if op is not None:
+                    op.activate()
+    return message
+
+
+def _receive(channel: Any, queue: str, message: Any, started: float) -> None:
+    binding = binding_for(connection_of_channel(channel))
+    if binding.telemetry is None or getattr(message, MESSAGE_ATTR, None) is not None:
+        return
+    op = _start(binding, "receive", queue, message, started)
+    if op is not None:
+        op.end()
+
+
+def wrap_queue_get(
+    wrapped: Callable[..., Any], queue: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``kombu.Queue.get`` (basic_get; also ``SimpleQueue.get_nowait``): a receive span per message."""
+    started = perf_counter()
+    message = wrapped(*args, **kwargs)
+    if message is not None:
+        with capture_internal_exceptions("kombu receive"):
+            _receive(queue.channel, queue.name, message, started)
+    return message
+
+
+def wrap_simple_get(
+    wrapped: Callable[..., Any], simple: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``SimpleQueue.get`` / ``SimpleBuffer.get``: a receive span for the message handed out."""
+    block = args[0] if args else kwargs.get("block", True)
+    if not block:
+        return wrapped(*args, **kwargs)  # get_nowait -> Queue.get, traced there
+    started = perf_counter()
+    with capture_internal_exceptions("kombu receive"):
+        # its deliveries reach the buffer through Consumer callbacks: no process span for those
+        simple.consumer.__dict__[_SIMPLE_ATTR] = True
+    message = wrapped(*args, **kwargs)
+    with capture_internal_exceptions("kombu receive"):
+        _receive(simple.channel, simple.queue.name, message, started)
+    return message
+
+
+def message_context(message: Any) -> MessageContext:
+    """``with otel_kombu.message_context(message):`` handle a pulled message in its own trace.
+
+    Makes the message's receive span (or, without one, its creation context under the
+    ``consumer_context`` rule) and its baggage current for the block, and restores the previous
+    context afterwards. A plain context manager: works the same in sync and async code.
+    """
+    try:
+        op = getattr(message, MESSAGE_ATTR, None)
+        context = op.context if isinstance(op, Consume) else None
+        if context is None:
+            headers = message.headers
+            binding = binding_for(connection_of_channel(message.channel))
+            if binding.telemetry is not None:
+                context = binding.telemetry.handling_context(headers)
+            else:
+                context, _ = handling_parent(extract_context(headers), "parent")
+    except Exception:
+        from otel_messaging_core._guard import log_internal_error
+
+        log_internal_error("kombu message_context")
+        context = otel_context.get_current()
+    return MessageContext(context)

@@ -1,0 +1,283 @@
+"""Publish: one PRODUCER span per ``Producer.publish`` call, however many attempts kombu makes.
+
+Like dd-trace-py's kombu integration, the span starts in ``Producer._publish``: kombu has already
+serialised and compressed the body there and reduced the exchange to its name, so the attributes
+cost no guessing. ``Producer.publish`` with ``retry=True`` hands ``_publish`` to
+``Connection.ensure``, which calls it again after every recoverable error; so ``publish`` is
+wrapped too, and for a retrying call it holds the operation that the first ``_publish`` started,
+the later attempts reuse it (same span, same headers) and ``publish`` ends it once, with the
+outcome the caller sees.
+
+A message returned by the broker (``mandatory=True``) is only known while the publish call is
+still running when the channel waits for a confirm (pyamqp ``confirm_publish=True``): amqp then
+dispatches ``basic.return`` before ``basic.ack`` on the same thread. ``amqp.Channel._on_basic_return``
+is wrapped to mark that publish ``unroutable``; a nack raises ``amqp.exceptions.MessageNacked``,
+which becomes ``broker_nack``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Callable, Final
+
+from otel_kombu._binding import binding_for, connection_of_channel
+from otel_kombu._celery import is_celery_message
+from otel_messaging_core import Publish, extract_context
+from otel_messaging_core._guard import capture_internal_exceptions
+from otel_messaging_core.consumer import creation_span_context
+
+__all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
+
+# Producer.publish(body, routing_key, delivery_mode, mandatory, immediate, priority, content_type,
+#                  content_encoding, serializer, headers, compression, exchange, retry, ...)
+_PUBLISH_HEADERS: Final = 9
+_PUBLISH_COMPRESSION: Final = 10
+_PUBLISH_RETRY: Final = 12
+# Producer._publish(body, priority, content_type, content_encoding, headers, properties,
+#                   routing_key, mandatory, immediate, exchange, declare, ...): the same positions
+# in kombu 5.3 to 5.7, always passed positionally by Producer.publish.
+_BODY: Final = 0
+_HEADERS: Final = 4
+_PROPERTIES: Final = 5
+_ROUTING_KEY: Final = 6
+_MANDATORY: Final = 7
+_EXCHANGE: Final = 9
+_REQUIRED: Final = 11
+
+UNROUTABLE: Final = "unroutable"
+BROKER_NACK: Final = "broker_nack"
+
+try:  # kombu depends on amqp; the guard only keeps a broken install from breaking kombu
+    from amqp.exceptions import MessageNacked as _MessageNacked
+except ImportError:  # pragma: no cover
+    _MessageNacked = None
+
+
+class _Call:
+    """One publish in flight: its operation, the headers it was given, whether the broker returned it."""
+
+    __slots__ = ("headers_in", "op", "producer", "returned")
+
+    def __init__(self, producer: Any, op: Publish | None = None, headers_in: Any = None) -> None:
+        self.producer = producer
+        self.op = op
+        self.headers_in = headers_in
+        self.returned = False
+
+
+class _Local(threading.local):
+    # the retrying Producer.publish call of this thread, if any
+    call: _Call | None = None
+    # the mandatory publish of this thread waiting in basic_publish, for basic.return
+    inflight: _Call | None = None
+
+
+_local: Final = _Local()
+
+
+def _producer_connection(producer: Any) -> Any:
+    """The producer's kombu Connection, without forcing a lazy channel open (that may raise)."""
+    connection = producer.__connection__
+    if connection is not None:
+        return connection
+    channel = producer._channel
+    if channel is None or not hasattr(channel, "connection"):  # a ChannelPromise not yet resolved
+        return None
+    return connection_of_channel(channel)
+
+
+def _error_type(exc: BaseException | None, call: _Call | None) -> str | None:
+    if call is not None and call.returned:
+        return UNROUTABLE
+    if exc is not None and _MessageNacked is not None and isinstance(exc, _MessageNacked):
+        return BROKER_NACK
+    return None
+
+
+def _end(op: Publish, exc: BaseException | None, call: _Call | None) -> None:
+    error_type = _error_type(exc, call)
+    if error_type == UNROUTABLE and exc is None:
+        op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
+    else:
+        op.end(exc, error_type=error_type)
+
+
+def _body_size(body: object) -> int | None:
+    if type(body) is bytes:
+        return len(body)
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        return len(body)
+    return None
+
+
+_signatures: dict[Any, inspect.Signature] = {}
+
+
+def _positional(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``_publish`` arguments with the required ones positional (someone passed keywords)."""
+    func = getattr(wrapped, "__func__", wrapped)
+    signature = _signatures.get(func)
+    if signature is None:
+        signature = _signatures[func] = inspect.signature(wrapped)
+    bound = signature.bind(*args, **kwargs)
+    return bound.args, bound.kwargs
+
+
+def wrap_publish(
+    wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Producer.publish``: keep the caller's headers unchanged; hold one span across retries."""
+    retry = args[_PUBLISH_RETRY] if len(args) > _PUBLISH_RETRY else kwargs.get("retry")
+    compression = (
+        args[_PUBLISH_COMPRESSION]
+        if len(args) > _PUBLISH_COMPRESSION
+        else kwargs.get("compression")
+    )
+    if not retry and not compression and not producer.compression:
+        return wrapped(*args, **kwargs)  # _publish does all the work
+    call: _Call | None = None
+    with capture_internal_exceptions("kombu publish"):
+        if binding_for(_producer_connection(producer)).telemetry is not None:
+            if compression or producer.compression:
+                # kombu writes the ``compression`` header into the headers dict it was given
+                args, kwargs = _copy_headers(args, kwargs)
+            if retry:
+                call = _Call(producer)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    previous = _local.call
+    _local.call = call
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _local.call = previous
+        if call.op is not None:
+            _end(call.op, exc, call)
+        raise
+    _local.call = previous
+    if call.op is not None:
+        _end(call.op, None, call)
+    return result
+
+
+def _copy_headers(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if len(args) > _PUBLISH_HEADERS:
+        headers = args[_PUBLISH_HEADERS]
+        if headers:
+            args = (*args[:_PUBLISH_HEADERS], dict(headers), *args[_PUBLISH_HEADERS + 1 :])
+    else:
+        headers = kwargs.get("headers")
+        if headers:
+            kwargs = {**kwargs, "headers": dict(headers)}
+    return args, kwargs
+
+
+def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
+    binding = binding_for(_producer_connection(producer))
+    telemetry = binding.telemetry
+    if telemetry is None:
+        return None
+    headers = args[_HEADERS]
+    exchange = args[_EXCHANGE] or ""
+    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+        return None
+    properties = args[_PROPERTIES] or {}
+    destination = binding.destinations.get(  # type: ignore[union-attr]
+        "publish", exchange, args[_ROUTING_KEY] or ""
+    )
+    body = args[_BODY]
+    return telemetry.start_publish(
+        destination,
+        headers,
+        message_id=properties.get("message_id"),
+        correlation_id=properties.get("correlation_id"),
+        body=body if type(body) is bytes else None,
+        body_size=_body_size(body),
+        raw=properties,
+    )
+
+
+def wrap_inner_publish(
+    wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Producer._publish``: start the span, send a copy of the headers with the context injected."""
+    if len(args) < _REQUIRED:
+        args, kwargs = _positional(wrapped, args, kwargs)
+    headers = args[_HEADERS]
+    call = _local.call
+    if call is not None and call.op is not None and call.headers_in is headers:
+        # Connection.ensure calling again for the same publish: same span, same headers
+        return wrapped(*args[:_HEADERS], call.op.headers, *args[_HEADERS + 1 :], **kwargs)
+    op: Publish | None = None
+    with capture_internal_exceptions("kombu publish"):
+        op = _start(producer, args)
+    if op is None:
+        return wrapped(*args, **kwargs)
+    args = (*args[:_HEADERS], op.headers, *args[_HEADERS + 1 :])
+    if call is not None and call.op is None and call.producer is producer:
+        # first attempt of a retrying publish: Producer.publish ends the span
+        call.op = op
+        call.headers_in = headers
+        if not args[_MANDATORY]:
+            return wrapped(*args, **kwargs)
+        return _call_watching_returns(wrapped, args, kwargs, call)
+    if not args[_MANDATORY]:
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _end(op, exc, None)
+            raise
+        op.end()
+        return result
+    own = _Call(producer, op, headers)
+    try:
+        result = _call_watching_returns(wrapped, args, kwargs, own)
+    except BaseException as exc:
+        _end(op, exc, own)
+        raise
+    _end(op, None, own)
+    return result
+
+
+def _call_watching_returns(
+    wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: _Call
+) -> Any:
+    previous = _local.inflight
+    _local.inflight = call
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _local.inflight = previous
+
+
+def _is_returned(call: _Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """True when the returned message is the one this thread is publishing (its context says so)."""
+    op = call.op
+    if op is None:
+        return False
+    # _on_basic_return(reply_code, reply_text, exchange, routing_key, message)
+    message = args[4] if len(args) > 4 else kwargs.get("message")
+    returned = creation_span_context(extract_context(getattr(message, "headers", None)))
+    if returned is not None:
+        return returned.span_id == op.span.get_span_context().span_id
+    destination = op.destination
+    if destination is None:
+        return False
+    exchange = args[2] if len(args) > 2 else kwargs.get("exchange")
+    routing_key = args[3] if len(args) > 3 else kwargs.get("routing_key")
+    return exchange == destination.exchange and routing_key == destination.routing_key
+
+
+def wrap_on_basic_return(
+    wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``amqp.Channel._on_basic_return``: mark the mandatory publish in flight as unroutable."""
+    call = _local.inflight
+    if call is not None:
+        with capture_internal_exceptions("kombu basic.return"):
+            if _is_returned(call, args, kwargs):
+                call.returned = True
+    return wrapped(*args, **kwargs)

@@ -1,0 +1,147 @@
+"""``KombuInstrumentor``: one list of patch targets drives both wrap and unwrap."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any, Callable, Collection, Final, NamedTuple
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import unwrap
+
+from otel_kombu import _consume, _publish, _settle
+from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
+from otel_kombu._package import _instruments
+from otel_kombu.version import __version__
+from otel_messaging_core import InstrumentationOptions, MessagingTelemetry
+from otel_messaging_core.options import _env_bool
+
+__all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
+
+_logger = logging.getLogger(__name__)
+
+#: Environment variable for ``skip_celery_messages`` under ``opentelemetry-instrument``.
+SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
+
+
+class _Patch(NamedTuple):
+    module: str
+    owner: str
+    attribute: str
+    wrapper: Callable[..., Any]
+
+
+# Everything wrapped, in one place; install and removal both walk this list.
+PATCHES: Final = (
+    # publish: the span starts where kombu has normalised the arguments (see _publish)
+    _Patch("kombu.messaging", "Producer", "publish", _publish.wrap_publish),
+    _Patch("kombu.messaging", "Producer", "_publish", _publish.wrap_inner_publish),
+    _Patch("amqp.channel", "Channel", "_on_basic_return", _publish.wrap_on_basic_return),
+    # consume: every transport hands deliveries to Consumer._receive_callback (see _consume)
+    _Patch("kombu.messaging", "Consumer", "_receive_callback", _consume.wrap_receive_callback),
+    _Patch(
+        "kombu.transport.pyamqp", "Channel", "message_to_python", _consume.wrap_message_to_python
+    ),
+    _Patch("kombu.entity", "Queue", "get", _consume.wrap_queue_get),
+    _Patch("kombu.simple", "SimpleBase", "get", _consume.wrap_simple_get),
+    # settle
+    _Patch("kombu.message", "Message", "ack", _settle.wrap_ack),
+    _Patch("kombu.message", "Message", "reject", _settle.wrap_reject),
+    _Patch("kombu.message", "Message", "requeue", _settle.wrap_requeue),
+)
+
+_installed: list[_Patch] = []
+
+
+def _owner(patch: _Patch) -> Any:
+    return getattr(importlib.import_module(patch.module), patch.owner)
+
+
+def _install() -> None:
+    if _installed:
+        return
+    for patch in PATCHES:
+        try:
+            owner = _owner(patch)
+        except (ImportError, AttributeError):
+            # a transport whose driver is not installed: nothing of it can run either
+            _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
+            continue
+        wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
+        _installed.append(patch)
+
+
+def _remove() -> None:
+    while _installed:
+        patch = _installed.pop()
+        unwrap(_owner(patch), patch.attribute)
+
+
+def _instrumentation(kwargs: dict[str, Any]) -> Instrumentation:
+    """Validate the keywords: ``skip_celery_messages`` here, every SPEC keyword in the core."""
+    options = dict(kwargs)
+    skip = options.pop("skip_celery_messages", None)
+    if skip is None:
+        raw = os.environ.get(SKIP_CELERY_MESSAGES_ENV)
+        skip = _env_bool(SKIP_CELERY_MESSAGES_ENV, raw) if raw else False
+    elif not isinstance(skip, bool):
+        raise TypeError(f"skip_celery_messages must be a bool, got {skip!r}")
+    telemetry = MessagingTelemetry(
+        InstrumentationOptions.from_kwargs(options),
+        instrumentation_name="otel_kombu",
+        version=__version__,
+    )
+    return Instrumentation(telemetry, skip_celery_messages=skip)
+
+
+class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentation for kombu; see :mod:`otel_kombu` for the guide.
+
+    ``instrument(**options)`` wraps kombu for every connection; ``instrument_connection(connection,
+    **options)`` records one connection only, with its own options. The options are SPEC's
+    (``tracer_provider``, ``meter_provider``, ``publish_hook``, ``consume_hook``,
+    ``consumer_context``, ``settle_spans``, ``capture_headers``, ``baggage_attributes``) plus
+    ``skip_celery_messages``.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        instrumentation = _instrumentation(kwargs)
+        REGISTRY.instrumentation = instrumentation
+        REGISTRY.changed()
+        _install()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        REGISTRY.instrumentation = None
+        REGISTRY.changed()
+        if not REGISTRY.pinned:
+            _remove()
+
+    @staticmethod
+    def instrument_connection(connection: Any, **kwargs: Any) -> None:
+        """Record this kombu ``Connection`` only, with its own options (the same keywords).
+
+        Producers, consumers and messages on the connection use these options, whether or not
+        ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
+        Connections made from it by ``clone()`` (pools, Celery) are separate connections.
+        """
+        instrumentation = _instrumentation(kwargs)
+        connection.__dict__[PINNED_ATTR] = instrumentation
+        REGISTRY.pinned.add(connection)
+        REGISTRY.changed()
+        _install()
+
+    @staticmethod
+    def uninstrument_connection(connection: Any) -> None:
+        """Stop recording a connection given to :meth:`instrument_connection`."""
+        connection.__dict__.pop(PINNED_ATTR, None)
+        REGISTRY.pinned.discard(connection)
+        REGISTRY.changed()
+        if REGISTRY.instrumentation is None and not REGISTRY.pinned:
+            _remove()
