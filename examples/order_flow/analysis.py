@@ -29,11 +29,14 @@ __all__ = [
     "WaterfallRow",
     "duplicate_span_ids",
     "exact_percentile",
+    "flow_fates",
+    "flow_problems",
     "group_orders",
     "hops",
     "merge_histograms",
     "order_fate",
     "percentile",
+    "processed_at",
     "publishes_per_service",
     "sum_total",
     "waterfall",
@@ -440,3 +443,62 @@ def exact_percentile(values: Sequence[float], q: float) -> float:
     below = math.floor(position)
     above = min(below + 1, len(ordered) - 1)
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+# -- the flow as designed ----------------------------------------------------------------------
+
+
+def processed_at(service: str) -> Callable[[SpanRecord], bool]:
+    """A completion test: a process/receive span of ``service`` (the last step of the flow)."""
+
+    def completed(span: SpanRecord) -> bool:
+        return span.service == service and span.operation_type in ("process", "receive")
+
+    return completed
+
+
+def flow_fates(
+    spans: Sequence[SpanRecord], order_ids: Iterable[str], final_service: str
+) -> dict[str, Fate]:
+    """The fate of every expected order (``in flight`` for one no span mentions yet)."""
+    orders = group_orders(spans)
+    completed = processed_at(final_service)
+    return {oid: order_fate(oid, orders.get(oid, []), completed) for oid in order_ids}
+
+
+def flow_problems(
+    spans: Sequence[SpanRecord],
+    fates: Mapping[str, Fate],
+    expected: Mapping[str, tuple[str, str, str | None]],
+) -> list[str]:
+    """What differs from the design; empty when the flow behaved as designed.
+
+    ``expected`` maps each order id to ``(status, service, error_type)``; the service is only
+    compared for lost orders. Also checked: no span exported twice, each order published at most
+    once per service, and no span group mixing two orders.
+    """
+    problems = []
+    for order_id, (status, service, error_type) in expected.items():
+        fate = fates.get(order_id)
+        if fate is None or fate.status != status:
+            seen = "no fate" if fate is None else f"{fate.status} at {fate.service} ({fate.span})"
+            problems.append(f"order {order_id}: expected {status}, got {seen}")
+        elif status == "lost" and (fate.service, fate.error_type) != (service, error_type):
+            problems.append(
+                f"order {order_id}: expected lost at {service} with {error_type}, "
+                f"got {fate.service} with {fate.error_type}"
+            )
+    duplicates = duplicate_span_ids(spans)
+    if duplicates:
+        problems.append(f"{len(duplicates)} span id(s) exported more than once")
+    orders = group_orders(spans)
+    for order_id, members in orders.items():
+        if order_id not in expected:
+            problems.append(f"spans for an order nobody placed: {order_id}")
+        repeated = {svc: n for svc, n in publishes_per_service(members).items() if n > 1}
+        if repeated:
+            problems.append(f"order {order_id}: published more than once by {repeated}")
+        ids = {s.order_id for s in members if s.order_id is not None}
+        if len(ids) > 1:
+            problems.append(f"order {order_id}: its spans are tied to orders {sorted(ids)}")
+    return problems

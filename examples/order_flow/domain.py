@@ -15,6 +15,10 @@ from typing import Any, Final
 __all__ = [
     "COMPLETED",
     "LOST",
+    "MES",
+    "REGIONS",
+    "SHOP",
+    "SRM",
     "SERVICES",
     "STOCK",
     "CorruptFile",
