@@ -1,0 +1,208 @@
+"""OpenTelemetry tracing and metrics for `pika <https://pika.readthedocs.io>`_ (RabbitMQ).
+
+Every publish, every consumed message and every lost message becomes a span with the messaging
+semantic-convention attributes; the trace context rides in the message headers, so the spans of a
+consumer join the trace of the producer; the four semconv messaging metrics are recorded. It
+covers ``BlockingConnection`` and the async adapters (``SelectConnection``,
+``AsyncioConnection``, ...), pika 1.1 to the newest 1.x, Python 3.10 to 3.13.
+
+Install
+-------
+
+.. code-block:: console
+
+    pip install "otel-pika[instruments]"
+
+The ``instruments`` extra pulls in a supported pika; leave it out to keep your own pin.
+
+Instrument
+----------
+
+.. code-block:: python
+
+    from otel_pika import PikaInstrumentor
+
+    PikaInstrumentor().instrument()          # before or after connections are opened
+
+Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
+``otel_pika``; options then come from the ``OTEL_PYTHON_RABBITMQ_*`` variables below, and
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_pika`` turns it off).
+
+``instrument()`` patches pika's classes, so channels that already exist are covered too, and
+so are consumers registered before it. ``instrument()`` twice is a no-op; ``uninstrument()``
+restores every patched attribute and existing channels stop producing telemetry.
+
+To instrument a single channel without touching pika's classes:
+
+.. code-block:: python
+
+    PikaInstrumentor.instrument_channel(channel, settle_spans=True)   # BlockingChannel or Channel
+    ...
+    PikaInstrumentor.uninstrument_channel(channel)
+
+Options
+-------
+
+``instrument()`` and ``instrument_channel()`` take the same keywords; an unknown keyword or a
+wrong value is a ``TypeError``/``ValueError`` at once.
+
+``tracer_provider``, ``meter_provider``
+    Default: the global providers.
+``publish_hook``, ``consume_hook``
+    ``hook(span, envelope)``, called for recording spans only, right after the span starts.
+    ``envelope`` is the shared :class:`otel_messaging_core.Envelope` (exchange, routing_key, queue,
+    body, headers (read-only; on publish the headers actually sent), message_id, correlation_id,
+    delivery_tag, redelivered, and ``raw``: the message's ``pika.spec.BasicProperties``). A hook
+    that raises is logged once and never breaks the publish or the handler.
+``consumer_context`` (``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``)
+    ``"parent"`` (default): a process/receive span is a child of the producer's span when no span
+    is active (and links to it); when one is active, that span is the parent and the producer is
+    a link. ``"link"``: every hop starts its own trace, linked to the producer.
+``settle_spans`` (``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``)
+    ``True``: a span for every ack/nack/reject. Default ``False``: only a nack/reject without
+    requeue gets one (always, as ERROR: the message is dropped or dead-lettered).
+``capture_headers`` (``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``, comma-separated)
+    Header names copied to ``messaging.header.<name>`` attributes.
+``baggage_attributes`` (``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES``, comma-separated)
+    Baggage entries copied onto every messaging span as attributes of the same name, e.g.
+    ``("order.id",)``.
+
+Spans
+-----
+
+.. list-table::
+   :header-rows: 1
+
+   * - pika call
+     - span name
+     - kind
+     - parent / links
+   * - ``basic_publish`` (``BlockingChannel`` and ``Channel``), one span per call
+     - ``publish {exchange}`` (``amq.default`` for ``""``)
+     - PRODUCER
+     - the current span; its context is injected into a copy of the headers
+   * - a callback registered with ``basic_consume`` (both channel kinds)
+     - ``process {queue}``
+     - CONSUMER
+     - the producer (``consumer_context``); the callback runs in the span's context
+   * - each message of ``BlockingChannel.consume()``
+     - ``receive {queue}``
+     - CLIENT
+     - as process; open and current while the loop body runs
+   * - ``basic_get`` returning a message (an empty get makes no span)
+     - ``receive {queue}``
+     - CLIENT
+     - as process; covers the get, the caller's context is left as it was (async
+       ``Channel.basic_get``: the callback runs in the span's context)
+   * - ``basic_ack`` / ``basic_nack`` / ``basic_reject`` (see ``settle_spans``)
+     - ``ack {queue}`` / ``nack {queue}`` / ``reject {queue}``
+     - CLIENT
+     - the current span, else the delivery's process/receive span; links to the producer(s)
+   * - a mandatory publish returned by the broker (``basic.return``) on the async adapters, or
+       on a ``BlockingChannel`` without ``confirm_delivery()``
+     - ``publish {exchange}``, ERROR, ``error.type=unroutable``
+     - PRODUCER
+     - child of the publish span of that message
+
+Attributes (set when the span starts, so samplers see them): ``messaging.system=rabbitmq``,
+``messaging.operation.name`` (publish, process, receive, ack, nack, reject),
+``messaging.operation.type`` (send, process, receive, settle), ``messaging.destination.name``
+(publish: ``{exchange}:{routing_key}``; consume and settle: ``{exchange}:{routing_key}:{queue}``,
+empty parts dropped, a routing key equal to the queue kept once),
+``messaging.rabbitmq.destination.routing_key``, ``messaging.rabbitmq.message.delivery_tag``,
+``messaging.message.id``, ``messaging.message.conversation_id`` (the correlation id),
+``messaging.message.body.size``, ``server.address`` (the host of the connection parameters,
+never credentials), ``server.port``; ``messaging.destination.anonymous=true`` and the name
+``amq.gen`` for server-named queues.
+
+Failures set status ERROR, record the exception and set ``error.type``; the original exception
+reaches the caller unchanged (same object). With ``confirm_delivery()``, ``UnroutableError``
+gives ``error.type=unroutable`` and ``NackError`` ``broker_nack``. An exception raised by a
+consumer callback marks its process span and reaches ``start_consuming()`` (or the I/O loop) as
+the same object.
+
+Pulled messages
+---------------
+
+``basic_get`` leaves the caller's context alone, since nothing marks where handling ends.
+:func:`message_context` makes a pulled message's context (and baggage) current for a block:
+
+.. code-block:: python
+
+    from otel_pika import message_context
+
+    method, properties, body = channel.basic_get("orders")
+    if method is not None:
+        with message_context(properties):
+            handle(body)              # its spans join the order's trace
+
+Metrics
+-------
+
+Meter ``otel_pika``: ``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
+``messaging.client.operation.duration`` (publish, receive, settle) and
+``messaging.process.duration``, with ``messaging.system``, ``messaging.operation.name``,
+``messaging.destination.name`` (server-named queues as ``amq.gen``), ``server.address``,
+``server.port`` and ``error.type`` on failure.
+
+Limits
+------
+
+* ``consume()``: the receive span of the last message stays open, and its context current, until
+  the generator is asked for the next message, ends, is closed or dropped, or
+  ``channel.cancel()`` is called. ``for ... in channel.consume(q): ... break`` drops the generator
+  at once; if you keep a reference to it after ``break``, call ``channel.cancel()`` (as pika's
+  documentation asks anyway) or ``close()`` it.
+* A consumer registered with ``queue=""`` (the channel's last server-named queue), or before
+  ``instrument()``, has no queue name on record: on the default exchange the routing key names
+  it, otherwise spans are named after the exchange.
+* Publisher confirms on the async adapters: the broker's ack/nack goes to your callback; a
+  ``basic.nack`` there makes no span (``basic.return`` does, see above).
+* A ``basic.return`` span is not counted in the metrics (the publish already was).
+* The settle span of a delivery consumed before instrumentation (or one of more than 65,536
+  unsettled deliveries on one channel) has no queue name or producer link; an ack of such a
+  delivery makes no span, a nack/reject without requeue still makes its ERROR span.
+
+Migrating from opentelemetry-instrumentation-pika
+-------------------------------------------------
+
+Replace ``from opentelemetry.instrumentation.pika import PikaInstrumentor`` with
+``from otel_pika import PikaInstrumentor`` and uninstall the contrib package (both at once would
+trace every message twice). Hooks change signature: contrib calls ``hook(span, body,
+properties)``, this package ``hook(span, envelope)`` with ``envelope.body`` and
+``envelope.raw`` (the properties). Dashboards and queries need these renames:
+
+.. list-table::
+   :header-rows: 1
+
+   * - opentelemetry-instrumentation-pika (0.66b1)
+     - otel-pika
+   * - span ``{exchange or routing key} send`` (two nested per ``BlockingChannel.basic_publish``)
+     - ``publish {exchange}`` (one per call)
+   * - span ``{exchange or routing key} receive`` (callbacks and ``consume()``)
+     - ``process {queue}`` (callbacks), ``receive {queue}`` (``consume()``, ``basic_get``)
+   * - no span for ``basic_get``, ack, nack, reject, or a returned message
+     - ``receive {queue}``, ``ack``/``nack``/``reject {queue}``, ``publish {exchange}`` ERROR
+   * - ``messaging.destination`` (exchange, or routing key on the default exchange)
+     - ``messaging.destination.name`` (``exchange:routing_key[:queue]``) and
+       ``messaging.rabbitmq.destination.routing_key``
+   * - ``messaging.temp_destination=true`` (on every publish)
+     - none; ``messaging.destination.anonymous=true`` only for server-named queues
+   * - ``messaging.operation=receive``
+     - ``messaging.operation.name`` and ``messaging.operation.type``
+   * - ``messaging.conversation_id``
+     - ``messaging.message.conversation_id``
+   * - ``messaging.message.id``
+     - ``messaging.message.id`` (unchanged)
+   * - ``net.peer.name``, ``net.peer.port``
+     - ``server.address``, ``server.port``
+   * - consumer span: child of the producer, no link
+     - child of the producer and linked to it (or linked only, ``consumer_context="link"``)
+   * - no metrics
+     - the four ``messaging.*`` metrics above
+"""
+
+from otel_pika.instrumentor import PikaInstrumentor, message_context
+from otel_pika.version import __version__
+
+__all__ = ["PikaInstrumentor", "__version__", "message_context"]

@@ -1,0 +1,425 @@
+"""Consume: process spans around pushed messages, receive spans for pulled ones.
+
+Where pika hands a message to user code, per channel kind:
+
+* ``Channel._on_deliver`` (async adapters) calls the consumer callback directly: the process span
+  wraps that call. Patching the dispatch, not ``basic_consume``, covers consumers registered
+  before ``instrument()`` too.
+* ``BlockingChannel`` queues deliveries and calls ``_ConsumerInfo.on_message_callback`` from
+  ``_dispatch_events``; before each dispatch the wrapper swaps every consumer's callback for a
+  :class:`_TracedCallback` (once per consumer), again whenever the consumer was registered.
+* ``BlockingChannel.consume()`` returns :class:`_TracedConsume`, which keeps each message's
+  receive span open and current while the loop body runs.
+* ``basic_get`` on both kinds: a receive span covering the get.
+"""
+
+from __future__ import annotations
+
+import weakref
+from time import perf_counter
+from typing import Any, Callable
+
+from opentelemetry import context as otel_context
+
+from otel_messaging_core import Consume
+from otel_messaging_core._guard import log_internal_error
+from otel_pika._state import ChannelState, active_state, remember, state_of
+
+__all__ = [
+    "blocking_get",
+    "cancel",
+    "channel_get",
+    "consume",
+    "consumer_queue",
+    "deliver",
+    "dispatch_events",
+]
+
+Resolver = Callable[[Any], "ChannelState | None"]
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _begin(
+    state: ChannelState,
+    operation: str,
+    method: Any,
+    properties: Any,
+    body: Any,
+    queue: str,
+    manual_ack: bool,
+    started: float | None = None,
+) -> Consume | None:
+    """Start the process/receive span of one delivery and track it for its ack. Never raises."""
+    try:
+        telemetry = state.telemetry
+        if telemetry is None:
+            return None
+        exchange = method.exchange
+        routing_key = method.routing_key
+        if not queue:
+            consumer_tag = getattr(method, "consumer_tag", None)  # Basic.GetOk has none
+            queue = state.queue_of(consumer_tag, exchange, routing_key)
+        destination = state.destinations.get(operation, exchange, routing_key, queue)
+        delivery_tag = method.delivery_tag
+        op = telemetry.start_consume(
+            destination,
+            properties.headers,
+            delivery_tag=delivery_tag,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            body=body if type(body) is bytes else None,
+            redelivered=method.redelivered,
+            raw=properties,
+            track_delivery=manual_ack,
+            started=started,
+        )
+        if manual_ack and op.delivery is not None:
+            state.track(delivery_tag, op.delivery)
+        return op
+    except Exception as exc:
+        log_internal_error(operation, exc)
+        return None
+
+
+# -- basic_consume: remember which queue each consumer reads -------------------------------------
+
+
+def consumer_queue(resolve: Resolver) -> Wrapper:
+    """``Channel.basic_consume`` (a ``BlockingChannel`` registers through it as well)."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        consumer_tag = wrapped(*args, **kwargs)
+        state = resolve(instance)
+        if state is not None:
+            state.remember_queue(consumer_tag, args[0] if args else kwargs.get("queue"))
+        return consumer_tag
+
+    return wrapper
+
+
+# -- push: async adapters -------------------------------------------------------------------------
+
+
+def deliver(resolve: Resolver) -> Wrapper:
+    """``Channel._on_deliver``: the process span around the consumer callback."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance)
+        if state is None or state.blocking:  # a BlockingChannel only queues it here
+            return wrapped(*args, **kwargs)
+        op = None
+        try:
+            method = args[0].method
+            consumer_tag = method.consumer_tag
+            if consumer_tag in instance._consumers and consumer_tag not in instance._cancelled:
+                op = _begin(
+                    state,
+                    "process",
+                    method,
+                    args[1].properties,
+                    args[2],
+                    "",
+                    consumer_tag not in instance._consumers_with_noack,
+                )
+        except Exception as exc:
+            log_internal_error("process", exc)
+        if op is None:
+            return wrapped(*args, **kwargs)
+        op.activate()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+    return wrapper
+
+
+# -- push: BlockingChannel ------------------------------------------------------------------------
+
+
+class _TracedCallback:
+    """Stands in for a ``BlockingChannel`` consumer's callback: the process span around it."""
+
+    __slots__ = ("callback", "manual_ack")
+
+    def __init__(self, callback: Callable[..., Any], manual_ack: bool) -> None:
+        self.callback = callback
+        self.manual_ack = manual_ack
+
+    def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
+        state = active_state(channel._impl)
+        if state is None:  # uninstrumented since: a plain call
+            return self.callback(channel, method, properties, body)
+        op = _begin(state, "process", method, properties, body, "", self.manual_ack)
+        if op is None:
+            return self.callback(channel, method, properties, body)
+        op.activate()
+        try:
+            result = self.callback(channel, method, properties, body)
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+
+def dispatch_events(resolve: Resolver) -> Wrapper:
+    """``BlockingChannel._dispatch_events``: trace the callback of every consumer before dispatch."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            infos = instance._consumer_infos
+            if infos and resolve(instance._impl) is not None:
+                for info in infos.values():
+                    callback = info.on_message_callback
+                    if callback is not None and type(callback) is not _TracedCallback:
+                        info.on_message_callback = _TracedCallback(callback, not info.auto_ack)
+        except Exception as exc:
+            log_internal_error("consumer dispatch", exc)
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+# -- pull: the consume() generator ----------------------------------------------------------------
+
+
+class _TracedConsume:
+    """What ``BlockingChannel.consume()`` returns when instrumented: pika's generator, traced.
+
+    Each yielded message gets a receive span that stays open, and current, while the loop body
+    runs; it ends (and the previous context comes back) when the next message is requested, at an
+    inactivity-timeout ``(None, None, None)``, when the generator ends or is closed, when
+    ``channel.cancel()`` is called outside the loop body, or when the iterator is dropped (a
+    ``break`` out of ``for ... in channel.consume(...)``).
+    """
+
+    __slots__ = ("__weakref__", "_channel", "_gen", "_manual_ack", "_op", "_queue")
+
+    def __init__(self, gen: Any, channel: Any, queue: str, manual_ack: bool) -> None:
+        self._gen = gen
+        self._channel = channel
+        self._queue = queue
+        self._manual_ack = manual_ack
+        self._op: Consume | None = None
+
+    def __iter__(self) -> _TracedConsume:
+        return self
+
+    def __next__(self) -> Any:
+        if self._op is not None:
+            self._finish()
+        item = next(self._gen)
+        self._start(item)
+        return item
+
+    def send(self, value: Any) -> Any:
+        if self._op is not None:
+            self._finish()
+        item = self._gen.send(value)
+        self._start(item)
+        return item
+
+    def throw(self, *args: Any) -> Any:
+        if self._op is not None:
+            self._finish()
+        item = self._gen.throw(*args)
+        self._start(item)
+        return item
+
+    def close(self) -> None:
+        if self._op is not None:
+            self._finish()
+        self._gen.close()
+
+    def __del__(self) -> None:
+        if self._op is not None:
+            self._finish()
+
+    def _start(self, item: Any) -> None:
+        try:
+            method, properties, body = item
+            if method is None:  # inactivity timeout: nothing to trace, nothing current
+                return
+            state = active_state(self._channel._impl)
+            if state is None:
+                return
+            op = _begin(state, "receive", method, properties, body, self._queue, self._manual_ack)
+            if op is None:
+                return
+            remember(properties, op.context)
+        except Exception as exc:
+            log_internal_error("receive", exc)
+            return
+        op.activate()
+        self._op = op
+
+    def _finish(self) -> None:
+        op = self._op
+        self._op = None
+        if op is not None:
+            op.end()
+
+    def finish_if_current(self) -> None:
+        """End the open receive span if its context is the current one (cancel() after a loop).
+
+        Called from inside the loop body with other context on top, it leaves the span to the
+        iterator: detaching there would pull the context out from under the caller's own.
+        """
+        op = self._op
+        if op is not None and op.context is not None and otel_context.get_current() is op.context:
+            self._finish()
+
+
+def consume(resolve: Resolver) -> Wrapper:
+    """``BlockingChannel.consume``: the generator, traced."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        gen = wrapped(*args, **kwargs)
+        state = resolve(instance._impl)
+        if state is None:
+            return gen
+        try:
+            queue = args[0] if args else kwargs.get("queue", "")
+            auto_ack = args[1] if len(args) > 1 else kwargs.get("auto_ack", False)
+            traced = _TracedConsume(
+                gen, instance, queue if type(queue) is str else "", not auto_ack
+            )
+            state.pull = weakref.ref(traced)
+        except Exception as exc:
+            log_internal_error("consume", exc)
+            return gen
+        return traced
+
+    return wrapper
+
+
+def cancel(resolve: Resolver) -> Wrapper:
+    """``BlockingChannel.cancel`` (also reached from ``close()``): end the generator's open span."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            state = state_of(instance._impl)
+            pull = state.pull if state is not None else None
+            traced = pull() if pull is not None else None
+            if traced is not None:
+                traced.finish_if_current()
+        except Exception as exc:
+            log_internal_error("cancel", exc)
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+# -- pull: basic_get ------------------------------------------------------------------------------
+
+
+def _get_args(args: tuple[Any, ...], kwargs: dict[str, Any], auto_ack_at: int) -> tuple[str, bool]:
+    queue = args[0] if args else kwargs.get("queue", "")
+    auto_ack = args[auto_ack_at] if len(args) > auto_ack_at else kwargs.get("auto_ack", False)
+    return (queue if type(queue) is str else ""), not auto_ack
+
+
+def blocking_get(resolve: Resolver) -> Wrapper:
+    """``BlockingChannel.basic_get``: a receive span covering the get; the caller's context stays."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance._impl)
+        if state is None:
+            return wrapped(*args, **kwargs)
+        started = perf_counter()
+        result = wrapped(*args, **kwargs)
+        try:
+            method, properties, body = result
+            if method is not None:  # an empty queue gives (None, None, None): no message, no span
+                queue, manual_ack = _get_args(args, kwargs, 1)
+                op = _begin(state, "receive", method, properties, body, queue, manual_ack, started)
+                if op is not None:
+                    remember(properties, op.context)
+                    op.end()
+        except Exception as exc:
+            log_internal_error("basic_get", exc)
+        return result
+
+    return wrapper
+
+
+class _TracedGetCallback:
+    """The callback of an async ``Channel.basic_get``: a receive span from the get to the
+    callback's end; the callback runs in the message's context."""
+
+    __slots__ = ("callback", "manual_ack", "queue", "started")
+
+    def __init__(
+        self, callback: Callable[..., Any], queue: str, manual_ack: bool, started: float
+    ) -> None:
+        self.callback = callback
+        self.queue = queue
+        self.manual_ack = manual_ack
+        self.started = started
+
+    def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
+        state = active_state(channel)
+        op = None
+        if state is not None:
+            op = _begin(
+                state,
+                "receive",
+                method,
+                properties,
+                body,
+                self.queue,
+                self.manual_ack,
+                self.started,
+            )
+        if op is None:
+            return self.callback(channel, method, properties, body)
+        remember(properties, op.context)
+        op.activate()
+        try:
+            result = self.callback(channel, method, properties, body)
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+
+def channel_get(resolve: Resolver) -> Wrapper:
+    """``Channel.basic_get`` (async adapters): trace the get's callback."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance)
+        if state is None or state.blocking:  # BlockingChannel.basic_get makes the span
+            return wrapped(*args, **kwargs)
+        try:
+            callback = args[1] if len(args) > 1 else kwargs.get("callback")
+            if callable(callback):  # else pika raises its own error for it
+                queue, manual_ack = _get_args(args, kwargs, 2)
+                traced = _TracedGetCallback(callback, queue, manual_ack, perf_counter())
+                if len(args) > 1:
+                    args = (args[0], traced, *args[2:])
+                else:
+                    kwargs["callback"] = traced
+        except Exception as exc:
+            log_internal_error("basic_get", exc)
+        return wrapped(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,166 @@
+"""Publish: one PRODUCER span per user call, and an ERROR span for a message the broker returns.
+
+``BlockingChannel.basic_publish`` delegates to ``Channel.basic_publish`` of its underlying channel.
+The blocking wrapper makes the span (it sees the publisher-confirm outcome: ``UnroutableError``,
+``NackError``); the async wrapper skips channels owned by a ``BlockingChannel``, so there is
+exactly one span per user call on every adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pika.exceptions import NackError, UnroutableError
+from pika.spec import BasicProperties
+
+from otel_messaging_core import Publish
+from otel_messaging_core._guard import log_internal_error
+from otel_pika._state import ChannelState
+
+__all__ = ["blocking_publish", "channel_publish", "returned"]
+
+Resolver = Callable[[Any], "ChannelState | None"]
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_UNROUTABLE = "unroutable"
+_BROKER_NACK = "broker_nack"
+
+
+def _start(
+    state: ChannelState, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Publish, tuple[Any, ...], dict[str, Any]] | None:
+    """The publish span, and the call's arguments with a copy of the properties carrying context."""
+    try:
+        telemetry = state.telemetry
+        if telemetry is None:
+            return None
+        count = len(args)
+        exchange = args[0] if count > 0 else kwargs.get("exchange", "")
+        routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
+        body = args[2] if count > 2 else kwargs.get("body")
+        properties = args[3] if count > 3 else kwargs.get("properties")
+        if type(exchange) is not str or type(routing_key) is not str:
+            return None  # pika rejects it; let it say so
+        if type(body) is not bytes:
+            # pika accepts str (sent as UTF-8); anything else it rejects itself
+            body = body.encode("utf-8") if type(body) is str else None
+        destination = state.destinations.get("publish", exchange, routing_key)
+        if properties is None:
+            op = telemetry.start_publish(destination, None, body=body, raw=None)
+            sent = BasicProperties(headers=op.headers)
+        else:
+            op = telemetry.start_publish(
+                destination,
+                properties.headers,
+                message_id=properties.message_id,
+                correlation_id=properties.correlation_id,
+                body=body,
+                raw=properties,
+            )
+            # A shallow copy with the new headers dict: the caller's object and headers stay as
+            # they were (they are often reused for many publishes).
+            cls: Any = type(properties)
+            sent = cls.__new__(cls)
+            sent.__dict__.update(properties.__dict__)
+            sent.headers = op.headers
+        if count > 3:
+            args = (*args[:3], sent, *args[4:])
+        else:
+            kwargs["properties"] = sent
+        return op, args, kwargs
+    except Exception as exc:
+        log_internal_error("publish", exc)
+        return None
+
+
+def channel_publish(resolve: Resolver) -> Wrapper:
+    """``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance)
+        if state is None or state.blocking:  # a BlockingChannel's publish made the span
+            return wrapped(*args, **kwargs)
+        started = _start(state, args, kwargs)
+        if started is None:
+            return wrapped(*args, **kwargs)
+        op, args, kwargs = started
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+    return wrapper
+
+
+def blocking_publish(resolve: Resolver) -> Wrapper:
+    """``BlockingChannel.basic_publish``, including the wait for a publisher confirm."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance._impl)
+        if state is None:
+            return wrapped(*args, **kwargs)
+        started = _start(state, args, kwargs)
+        if started is None:
+            return wrapped(*args, **kwargs)
+        op, args, kwargs = started
+        try:
+            result = wrapped(*args, **kwargs)
+        except UnroutableError as exc:
+            op.end(exc, error_type=_UNROUTABLE)
+            raise
+        except NackError as exc:
+            op.end(exc, error_type=_BROKER_NACK)
+            raise
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+    return wrapper
+
+
+def _record_return(state: ChannelState, instance: Any, args: tuple[Any, ...]) -> None:
+    try:
+        telemetry = state.telemetry
+        if telemetry is None:
+            return
+        if state.blocking and getattr(instance._get_cookie(), "_delivery_confirmation", False):
+            return  # confirm mode: the blocking publish raises UnroutableError on its own span
+        method_frame, header_frame, body = args[:3]
+        method = method_frame.method
+        properties = header_frame.properties
+        destination = state.destinations.get("publish", method.exchange, method.routing_key)
+        telemetry.record_returned(
+            destination,
+            properties.headers,
+            reply_code=method.reply_code,
+            reply_text=method.reply_text,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            body=body if type(body) is bytes else None,
+        )
+    except Exception as exc:
+        log_internal_error("returned message", exc)
+
+
+def returned(resolve: Resolver) -> Wrapper:
+    """``Channel._on_return``: every ``basic.return`` passes here, whether or not the user
+    registered a return callback; the user's callbacks run afterwards, untouched."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        state = resolve(instance)
+        if state is not None:
+            _record_return(state, instance, args)
+        return wrapped(*args, **kwargs)
+
+    return wrapper

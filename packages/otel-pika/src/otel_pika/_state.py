@@ -1,0 +1,222 @@
+"""What the instrumentation keeps per pika channel, and which telemetry instruments a channel now.
+
+The state lives on pika's own ``pika.channel.Channel`` object (a ``BlockingChannel`` shares the one
+of its underlying channel), so it goes away with the channel. Per channel it holds the destination
+cache of the channel's broker address, the unsettled manual-ack deliveries (``delivery_tag`` ->
+core :class:`~otel_messaging_core.Delivery`, freed on ack/nack/reject and on channel close or
+connection loss) and the queue of each consumer tag (a delivery names its exchange and routing
+key, not its queue).
+
+Nothing in this module imports pika: the package must import (for the entry point) when pika is
+missing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Final
+
+from opentelemetry.context import Context
+
+from otel_messaging_core import Delivery, DestinationCache, MessagingTelemetry
+from otel_messaging_core._guard import log_internal_error
+
+__all__ = [
+    "ChannelState",
+    "active_state",
+    "global_state",
+    "own_state",
+    "recall",
+    "remember",
+    "runtime",
+    "state_of",
+]
+
+STATE_ATTRIBUTE: Final = "_otel_pika_state"
+# A consumer that never acks would otherwise grow the map without bound; the oldest record is
+# dropped instead (its ack then has no settle span, the message is unaffected).
+MAX_TRACKED_DELIVERIES: Final = 65536
+MAX_CONSUMERS: Final = 4096
+
+
+class _Runtime:
+    """The telemetry of the global ``PikaInstrumentor().instrument()``; ``None`` when not instrumented."""
+
+    __slots__ = ("telemetry",)
+
+    def __init__(self) -> None:
+        self.telemetry: MessagingTelemetry | None = None
+
+
+runtime: Final = _Runtime()
+
+
+class ChannelState:
+    """The instrumentation's per-channel record (see the module docstring)."""
+
+    __slots__ = (
+        "blocking",
+        "deliveries",
+        "destinations",
+        "own",
+        "pull",
+        "queues",
+        "telemetry",
+    )
+
+    def __init__(self, blocking: bool) -> None:
+        self.blocking = blocking
+        self.own = False
+        self.telemetry: MessagingTelemetry | None = None
+        self.destinations = DestinationCache()
+        self.deliveries: dict[int, Delivery] = {}
+        self.queues: dict[str, str] = {}
+        # the consume() iterator whose receive span may be open (a BlockingChannel has one at most)
+        self.pull: weakref.ref[Any] | None = None
+
+    def bind(self, impl: Any, telemetry: MessagingTelemetry | None) -> None:
+        """Serve ``telemetry`` from now on; what the previous one tracked is dropped."""
+        self.telemetry = telemetry
+        self.deliveries.clear()
+        if telemetry is not None:
+            host, port = _server_of(impl)
+            self.destinations = telemetry.destinations(host, port)
+
+    def track(self, delivery_tag: int, delivery: Delivery) -> None:
+        """Keep what a later ack/nack/reject of this manual-ack delivery needs."""
+        deliveries = self.deliveries
+        deliveries[delivery_tag] = delivery
+        if len(deliveries) > MAX_TRACKED_DELIVERIES:
+            del deliveries[next(iter(deliveries))]
+
+    def take(self, delivery_tag: int, multiple: bool) -> list[Delivery | None]:
+        """The records settled by one ack/nack/reject, removed from the channel's map."""
+        deliveries = self.deliveries
+        if not multiple:
+            return [deliveries.pop(delivery_tag, None)]
+        if not delivery_tag:  # multiple with tag 0: every outstanding delivery
+            settled: list[Delivery | None] = list(deliveries.values())
+            deliveries.clear()
+            return settled
+        # Tags grow per channel, but consumers dispatch at different times, so the map is not
+        # always in tag order: scan it (multiple acks are rare next to messages).
+        tags = [tag for tag in deliveries if tag <= delivery_tag]
+        return [deliveries.pop(tag) for tag in tags]
+
+    def remember_queue(self, consumer_tag: object, queue: object) -> None:
+        """The queue a consumer reads (from its basic_consume call)."""
+        if type(consumer_tag) is str and type(queue) is str and queue:
+            queues = self.queues
+            if len(queues) >= MAX_CONSUMERS:
+                queues.clear()
+            queues[consumer_tag] = queue
+
+    def queue_of(self, consumer_tag: object, exchange: str, routing_key: str) -> str:
+        """The queue a delivery came from: recorded at basic_consume, else inferred.
+
+        A consumer registered before instrumentation, or with ``queue=""`` (the channel's last
+        server-named queue), was not seen; on the default exchange the routing key is the queue's
+        name, otherwise the queue stays unknown and the exchange names the span.
+        """
+        queue = self.queues.get(consumer_tag) if type(consumer_tag) is str else None
+        if queue:
+            return queue
+        return "" if exchange else routing_key
+
+    def closed(self, *_args: object) -> None:
+        """Channel closed (by the user, the broker or connection loss): free what it held."""
+        self.deliveries.clear()
+        self.queues.clear()
+
+
+def _server_of(impl: Any) -> tuple[str | None, int | None]:
+    """``server.address`` (host only, never credentials) and ``server.port`` of a channel."""
+    params = getattr(getattr(impl, "connection", None), "params", None)
+    host = getattr(params, "host", None)
+    port = getattr(params, "port", None)
+    return (
+        host if isinstance(host, str) and host else None,
+        port if isinstance(port, int) and not isinstance(port, bool) else None,
+    )
+
+
+def state_of(impl: Any) -> ChannelState | None:
+    """The state already kept on a ``pika.channel.Channel``, if any."""
+    return getattr(impl, STATE_ATTRIBUTE, None)
+
+
+def ensure_state(impl: Any) -> ChannelState:
+    """The channel's state, created (and freed on channel close) on first use."""
+    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    if state is not None:
+        return state
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    state = ChannelState(blocking=isinstance(impl._get_cookie(), BlockingChannel))
+    setattr(impl, STATE_ATTRIBUTE, state)
+    try:
+        impl.add_on_close_callback(state.closed)
+    except Exception as exc:  # a channel already torn down: nothing will be tracked for long
+        log_internal_error("channel close callback", exc)
+    return state
+
+
+def active_state(impl: Any) -> ChannelState | None:
+    """The state of whatever instruments this channel now: its own ``instrument_channel()``
+    telemetry, else the global ``instrument()`` one, else ``None`` (not instrumented)."""
+    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    if state is not None and state.own:
+        return state
+    telemetry = runtime.telemetry
+    if telemetry is None:
+        return None
+    if state is None:
+        state = ensure_state(impl)
+    if state.telemetry is not telemetry:
+        state.bind(impl, telemetry)
+    return state
+
+
+def global_state(impl: Any) -> ChannelState | None:
+    """For the class-level patches: the global state, unless the channel has its own."""
+    state = active_state(impl)
+    return None if state is None or state.own else state
+
+
+def own_state(impl: Any) -> ChannelState | None:
+    """For the per-channel patches of ``instrument_channel()``: the channel's own state."""
+    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    return state if state is not None and state.own else None
+
+
+# -- contexts of pulled messages, for message_context() -------------------------------------------
+
+# pika's BasicProperties compare by __dict__ (so they are unhashable, and an attribute set on
+# them would change their equality and repr): remember by identity, forget when they die.
+_remembered: dict[int, tuple[weakref.KeyedRef[Any, int], Context]] = {}
+
+
+def _forget(ref: weakref.KeyedRef[Any, int]) -> None:
+    entry = _remembered.get(ref.key)
+    if entry is not None and entry[0] is ref:
+        _remembered.pop(ref.key, None)
+
+
+def remember(properties: Any, context: Context | None) -> None:
+    """Remember the receive span's context of a pulled message, for as long as its properties live."""
+    if context is None or properties is None:
+        return
+    key = id(properties)
+    try:
+        ref = weakref.KeyedRef(properties, _forget, key)
+    except TypeError:  # not weak-referenceable: message_context() falls back to the headers
+        return
+    _remembered[key] = (ref, context)
+
+
+def recall(properties: Any) -> Context | None:
+    """The context remembered for these properties (the very same object), if any."""
+    entry = _remembered.get(id(properties))
+    if entry is not None and entry[0]() is properties:
+        return entry[1]
+    return None

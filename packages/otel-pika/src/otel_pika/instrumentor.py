@@ -1,0 +1,178 @@
+"""``PikaInstrumentor``: the patch list, global instrumentation and per-channel instrumentation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection
+
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import unwrap
+
+from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
+from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core.consumer import handling_parent
+from otel_messaging_core.propagation import extract_context
+from otel_pika._package import _instruments
+from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
+from otel_pika.version import __version__
+
+__all__ = ["PikaInstrumentor", "message_context"]
+
+_INSTRUMENTATION_NAME = "otel_pika"
+# Keywords BaseInstrumentor.instrument() may pass on (depending on its version): not ours.
+_BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
+
+Resolver = Callable[[Any], Any]
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+Target = tuple[Any, str, Callable[[Resolver], Wrapper]]
+
+
+def _targets() -> tuple[list[Target], list[Target], list[Target]]:
+    """Every patch, as (owner, attribute, wrapper factory): for ``pika.channel.Channel``, for
+    ``BlockingChannel``, and the subset a ``BlockingChannel``'s underlying channel needs.
+
+    The same lists drive wrap and unwrap, and ``instrument_channel()``/``uninstrument_channel()``.
+    """
+    from pika.adapters.blocking_connection import BlockingChannel
+    from pika.channel import Channel
+
+    from otel_pika import _consume, _publish, _settle
+
+    channel: list[Target] = [
+        (Channel, "basic_publish", _publish.channel_publish),
+        (Channel, "_on_return", _publish.returned),
+        (Channel, "basic_consume", _consume.consumer_queue),
+        (Channel, "_on_deliver", _consume.deliver),
+        (Channel, "basic_get", _consume.channel_get),
+        (Channel, "basic_ack", _settle.settle("ack", blocking=False)),
+        (Channel, "basic_nack", _settle.settle("nack", blocking=False)),
+        (Channel, "basic_reject", _settle.settle("reject", blocking=False)),
+    ]
+    blocking: list[Target] = [
+        (BlockingChannel, "basic_publish", _publish.blocking_publish),
+        (BlockingChannel, "_dispatch_events", _consume.dispatch_events),
+        (BlockingChannel, "consume", _consume.consume),
+        (BlockingChannel, "cancel", _consume.cancel),
+        (BlockingChannel, "basic_get", _consume.blocking_get),
+        (BlockingChannel, "basic_ack", _settle.settle("ack", blocking=True)),
+        (BlockingChannel, "basic_nack", _settle.settle("nack", blocking=True)),
+        (BlockingChannel, "basic_reject", _settle.settle("reject", blocking=True)),
+    ]
+    # what a BlockingChannel's own publish/get/settle/dispatch wrappers do not cover
+    blocking_impl = [t for t in channel if t[1] in ("_on_return", "basic_consume")]
+    return channel, blocking, blocking_impl
+
+
+def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
+    for keyword in _BASE_KEYWORDS:
+        kwargs.pop(keyword, None)
+    options = InstrumentationOptions.from_kwargs(kwargs)
+    return MessagingTelemetry(
+        options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
+    )
+
+
+class _Bound:
+    """A wrapper installed on one channel object by ``instrument_channel()``."""
+
+    __slots__ = ("__wrapped__", "_instance", "_wrapper")
+
+    def __init__(self, wrapper: Wrapper, bound: Callable[..., Any], instance: Any) -> None:
+        self._wrapper = wrapper
+        self.__wrapped__ = bound
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(self.__wrapped__, self._instance, args, kwargs)
+
+
+class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentation for pika (see the module documentation of :mod:`otel_pika`)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        telemetry = _telemetry(kwargs)  # validates before anything is patched
+        import wrapt
+
+        channel, blocking, _ = _targets()
+        for owner, name, factory in (*channel, *blocking):
+            wrapt.wrap_function_wrapper(owner, name, factory(global_state))
+        runtime.telemetry = telemetry
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        runtime.telemetry = None
+        channel, blocking, _ = _targets()
+        for owner, name, _factory in (*channel, *blocking):
+            unwrap(owner, name)
+
+    @staticmethod
+    def instrument_channel(channel: Any, **kwargs: Any) -> None:
+        """Instrument one ``BlockingChannel`` or ``pika.channel.Channel`` without global patching.
+
+        Takes the keywords of :meth:`instrument`. Calling it again on the same channel replaces
+        its options; a globally instrumented channel switches to these options.
+        """
+        from pika.adapters.blocking_connection import BlockingChannel
+
+        telemetry = _telemetry(dict(kwargs))
+        channel_targets, blocking_targets, blocking_impl = _targets()
+        if isinstance(channel, BlockingChannel):
+            impl = channel._impl
+            patches = [(channel, t) for t in blocking_targets] + [(impl, t) for t in blocking_impl]
+        else:
+            impl = channel
+            patches = [(impl, t) for t in channel_targets]
+        state = ensure_state(impl)
+        state.own = True
+        state.bind(impl, telemetry)
+        for obj, (_owner, name, factory) in patches:
+            if not isinstance(obj.__dict__.get(name), _Bound):
+                setattr(obj, name, _Bound(factory(own_state), getattr(obj, name), obj))
+
+    @staticmethod
+    def uninstrument_channel(channel: Any) -> None:
+        """Undo :meth:`instrument_channel`: the channel is plain again (or globally instrumented)."""
+        from pika.adapters.blocking_connection import BlockingChannel
+
+        channel_targets, blocking_targets, blocking_impl = _targets()
+        if isinstance(channel, BlockingChannel):
+            impl = channel._impl
+            patches = [(channel, t) for t in blocking_targets] + [(impl, t) for t in blocking_impl]
+        else:
+            impl = channel
+            patches = [(impl, t) for t in channel_targets]
+        for obj, (_owner, name, _factory) in patches:
+            if isinstance(obj.__dict__.get(name), _Bound):
+                delattr(obj, name)
+        state = state_of(impl)
+        if state is not None:
+            state.own = False
+            state.bind(impl, None)
+
+
+def message_context(properties: Any) -> MessageContext:
+    """``with message_context(properties):`` makes a pulled message's context current for the block.
+
+    ``properties`` is the message's ``pika.spec.BasicProperties`` (from ``basic_get`` or the
+    ``consume()`` generator). When a receive span was recorded for that message, its context is
+    used (so the block's spans are children of the receive span); otherwise the context comes
+    from the message's headers under the ``consumer_context`` rule. The message's baggage is
+    current in the block either way.
+    """
+    context = None
+    try:
+        context = recall(properties)
+        if context is None:
+            headers = getattr(properties, "headers", None)
+            telemetry = runtime.telemetry
+            if telemetry is not None:
+                context = telemetry.handling_context(headers)
+            else:
+                context, _links = handling_parent(extract_context(headers), "parent")
+    except Exception as exc:
+        log_internal_error("message_context", exc)
+    return MessageContext(context if context is not None else otel_context.get_current())
