@@ -1,0 +1,194 @@
+"""The order flow as three real processes against the real broker, judged by the OTLP data they exported.
+
+Each mode runs the flow once (module-scoped fixture, ~10-20 s) and the tests below look at that
+run from different sides. The exchanges and queues get unique names (``broker_harness.unique_name``,
+what the ``unique`` fixture uses), so runs never collide on a shared broker.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from broker_harness import Broker, unique_name
+from examples.order_flow.analysis import (
+    SpanRecord,
+    duplicate_span_ids,
+    exact_percentile,
+    group_orders,
+    hops,
+    merge_histograms,
+    percentile,
+    publishes_per_service,
+    sum_total,
+)
+from examples.order_flow.domain import COMPLETED, LOST, MES, SHOP, SRM
+from examples.order_flow.runner import FlowResult, run_flow
+from examples.order_flow.topology import Topology
+
+ORDERS = 20
+
+
+def _explain(result: FlowResult) -> str:
+    logs = "\n".join(f"--- {name} ---\n{log[-4000:]}" for name, log in result.logs.items())
+    return f"problems: {result.problems()}\nexit codes: {result.exit_codes}\n{logs}"
+
+
+@pytest.fixture(scope="module", params=["parent", "link"])
+def flow(request: pytest.FixtureRequest, rabbitmq: Broker) -> FlowResult:
+    mode = request.param
+    topology = Topology.named(lambda role: unique_name(f"flow-{mode}.{role}"))
+    return run_flow(
+        rabbitmq.url, orders=ORDERS, consumer_context=mode, topology=topology, timeout=180
+    )
+
+
+def _orders_by_status(result: FlowResult, status: str) -> list[str]:
+    return [str(o.order_id) for o in result.plan if o.expected.status == status]
+
+
+def _messaging(spans: list[SpanRecord]) -> list[SpanRecord]:
+    return [s for s in spans if "messaging.system" in s.attributes]
+
+
+def test_flow_behaves_as_designed(flow: FlowResult) -> None:
+    """Every order is completed or lost where the plan loses it, and every service exits cleanly."""
+    assert flow.exit_codes == {SHOP: 0, SRM: 0, MES: 0}, _explain(flow)
+    assert not flow.timed_out, _explain(flow)
+    assert flow.problems() == [], _explain(flow)
+    statuses = Counter(f.status for f in flow.fates().values())
+    assert statuses == {"completed": ORDERS - 3, "lost": 3}
+
+
+def test_completed_order_spans_in_order(flow: FlowResult) -> None:
+    """A completed order shows the request, both hops and both handlers' spans, in causal order."""
+    t = flow.topology
+    order = group_orders(flow.spans)[_orders_by_status(flow, COMPLETED)[0]]
+    assert [(s.service, s.name, s.kind, s.status) for s in order] == [
+        (SHOP, "POST /orders", "SERVER", "UNSET"),
+        (SHOP, f"publish {t.shop_exchange}", "PRODUCER", "UNSET"),
+        (SRM, f"process {t.srm_queue}", "CONSUMER", "UNSET"),
+        (SRM, "check stock", "INTERNAL", "UNSET"),
+        (SRM, f"publish {t.production_exchange}", "PRODUCER", "UNSET"),
+        (MES, f"process {t.mes_queue}", "CONSUMER", "UNSET"),
+        (MES, "process file", "INTERNAL", "UNSET"),
+    ]
+
+
+def test_completed_orders_form_one_chain(flow: FlowResult) -> None:
+    """Each completed order is one chain shop -> srm -> mes: parent+link in one trace, or linked traces in link mode."""
+    orders = group_orders(flow.spans)
+    completed = _orders_by_status(flow, COMPLETED)
+    assert completed
+    for order_id in completed:
+        spans = orders[order_id]
+        chain = hops(spans)
+        assert [(h.publish.service, h.consume.service) for h in chain] == [
+            (SHOP, SRM),
+            (SRM, MES),
+        ], order_id
+        first, second = chain
+        # the job was published from inside the order's handler, under its process span
+        assert second.publish.parent_span_id == first.consume.span_id
+        if flow.consumer_context == "parent":
+            assert all(h.parent and h.link and h.same_trace for h in chain), order_id
+            assert len({s.trace_id for s in spans}) == 1, order_id
+        else:
+            assert all(h.link and not h.parent and not h.same_trace for h in chain), order_id
+            assert len({s.trace_id for s in spans}) == 3, order_id
+        # the handlers' own spans join the hop's trace under its process span
+        by_name = {s.name: s for s in spans}
+        assert by_name["check stock"].parent_span_id == first.consume.span_id
+        assert by_name["process file"].parent_span_id == second.consume.span_id
+        assert {s.order_id for s in _messaging(spans)} == {order_id}
+
+
+def test_consumer_span_attributes(flow: FlowResult) -> None:
+    """The MES process span carries the SPEC attributes and the order id from baggage."""
+    t = flow.topology
+    order_id = _orders_by_status(flow, COMPLETED)[0]
+    process = next(
+        s for s in group_orders(flow.spans)[order_id] if s.name == f"process {t.mes_queue}"
+    )
+    assert isinstance(process.attributes.get("messaging.rabbitmq.message.delivery_tag"), int)
+    assert isinstance(process.attributes.get("messaging.message.body.size"), int)
+    assert isinstance(process.attributes.get("server.port"), int)
+    assert dict(process.attributes) == {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": f"{t.production_exchange}:{t.job_key}:{t.mes_queue}",
+        "messaging.rabbitmq.destination.routing_key": t.job_key,
+        "messaging.rabbitmq.message.delivery_tag": process.attributes[
+            "messaging.rabbitmq.message.delivery_tag"
+        ],
+        "messaging.message.id": f"job-{order_id}",
+        "messaging.message.body.size": process.attributes["messaging.message.body.size"],
+        "server.address": process.attributes["server.address"],
+        "server.port": process.attributes["server.port"],
+        "order.id": order_id,
+    }
+
+
+def test_lost_orders_end_in_error_where_they_were_lost(flow: FlowResult) -> None:
+    """Each lost order ends in an ERROR span with the designed error.type at the service that lost it."""
+    orders = group_orders(flow.spans)
+    t = flow.topology
+    lost = {str(o.order_id): o.expected for o in flow.plan if o.expected.status == LOST}
+    assert {e.service for e in lost.values()} == {SHOP, SRM, MES}
+    for order_id, expected in lost.items():
+        spans = orders[order_id]
+        errors = [(s.service, s.name, s.error_type) for s in spans if s.status == "ERROR"]
+        if expected.service == SHOP:
+            assert errors == [(SHOP, f"publish {t.shop_exchange}", "unroutable")]
+            assert {s.service for s in spans} == {SHOP}  # it never reached a queue
+        elif expected.service == SRM:
+            # the handler raised (recorded by the instrumentation), then the loop rejected it
+            assert (SRM, f"process {t.srm_queue}", expected.error_type) in errors
+            assert (SRM, f"reject {t.srm_queue}", "rejected") in errors
+            process = next(s for s in spans if s.name == f"process {t.srm_queue}")
+            assert "exception" in process.events
+            assert {s.service for s in spans} == {SHOP, SRM}
+        else:
+            assert errors == [(MES, f"reject {t.mes_queue}", "rejected")]
+        fate = flow.fates()[order_id]
+        assert (fate.status, fate.service, fate.error_type) == (
+            "lost",
+            expected.service,
+            expected.error_type,
+        )
+
+
+def test_nothing_exported_twice(flow: FlowResult) -> None:
+    """No span id arrives twice, and there is exactly one publish span per publish call."""
+    assert duplicate_span_ids(flow.spans) == []
+    publishes = Counter(s.service for s in flow.spans if s.operation_type == "send")
+    processed = Counter(s.service for s in flow.spans if s.operation_type == "process")
+    # shop publishes every order; SRM gets all but the unroutable one and sends a job for all
+    # but the unknown SKU; MES processes those jobs
+    assert publishes == {SHOP: ORDERS, SRM: ORDERS - 2}
+    assert processed == {SRM: ORDERS - 1, MES: ORDERS - 2}
+    for order_id, spans in group_orders(flow.spans).items():
+        assert set(publishes_per_service(spans).values()) <= {1}, order_id
+    sent = {
+        service: sum_total(flow.sums, "messaging.client.sent.messages", service=service)
+        for service in (SHOP, SRM)
+    }
+    assert sent == {SHOP: ORDERS, SRM: ORDERS - 2}
+
+
+def test_mes_processing_time_from_the_histogram(flow: FlowResult) -> None:
+    """MES's messaging.process.duration histogram counts every job and its p50/p95 match the spans."""
+    histogram = merge_histograms(flow.histograms, "messaging.process.duration", service=MES)
+    assert histogram is not None
+    durations = [
+        s.duration_s for s in flow.spans if s.service == MES and s.operation_type == "process"
+    ]
+    assert histogram.count == len(durations) == ORDERS - 2
+    assert histogram.sum == pytest.approx(sum(durations), rel=0.05)
+    for q in (0.5, 0.95):
+        estimate = percentile(histogram, q)
+        assert min(durations) <= estimate <= max(durations)
+        # bucket interpolation is coarse (semconv buckets: 25, 50, 75, 100, 250 ms ...)
+        assert estimate == pytest.approx(exact_percentile(durations, q), abs=0.06)
