@@ -1,0 +1,204 @@
+"""Pulls against the real broker: a receive span per message, the caller's context untouched, message_context()."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Producer, Queue
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+
+from broker_harness import Broker, Recorder, span_summary
+from integration_tests.kombu.conftest import declare
+from otel_kombu import KombuInstrumentor, message_context
+
+SERVER = {"server.address": "127.0.0.1", "server.port": 5672}
+
+
+@pytest.fixture
+def simple(connection: Connection, unique: Callable[[str], str]) -> Iterator[Any]:
+    queue = connection.SimpleQueue(
+        unique("simple"),
+        queue_opts={"durable": False, "auto_delete": True},
+        exchange_opts={"durable": False, "auto_delete": True},
+    )
+    yield queue
+    queue.close()
+
+
+def test_simple_queue_get_is_a_receive_span(
+    traced: KombuInstrumentor, otel: Recorder, simple: Any
+) -> None:
+    """SimpleQueue.get makes a CLIENT receive span, child of the publish, and leaves no context behind."""
+    simple.put({"order": 1}, message_id="m-1")
+    message = simple.get(timeout=10)
+    assert not trace.get_current_span().get_span_context().is_valid
+    name = simple.queue.name
+    spans = otel.spans()
+    (receive,) = otel.named(f"receive {name}")
+    assert span_summary(receive, spans) == {
+        "name": f"receive {name}",
+        "kind": "CLIENT",
+        "parent": f"publish {name}",
+        "links": [f"publish {name}"],
+        "status": "UNSET",
+        "attributes": {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "receive",
+            "messaging.operation.type": "receive",
+            "messaging.destination.name": f"{name}:{name}",
+            "messaging.rabbitmq.destination.routing_key": name,
+            "messaging.rabbitmq.message.delivery_tag": 1,
+            "messaging.message.id": "m-1",
+            "messaging.message.body.size": len(b'{"order": 1}'),
+            **SERVER,
+        },
+        "events": [],
+    }
+    assert not otel.named(f"process {name}"), "the buffered delivery is not a process span too"
+    message.ack()
+
+
+def test_receive_span_covers_the_wait(
+    traced: KombuInstrumentor, otel: Recorder, rabbitmq: Broker, simple: Any
+) -> None:
+    """A blocking get that waits for its message has a receive span that starts when the wait began."""
+    published_at: list[int] = []
+
+    def publish_later() -> None:
+        time.sleep(0.5)
+        with Connection(rabbitmq.url, connect_timeout=10) as other:
+            published_at.append(time.time_ns())
+            Producer(other).publish(
+                {"late": True},
+                exchange=simple.queue.exchange.name,
+                routing_key=simple.queue.routing_key,
+            )
+
+    publisher = threading.Thread(target=publish_later)
+    publisher.start()
+    try:
+        message = simple.get(timeout=15)
+    finally:
+        publisher.join()
+    (receive,) = otel.named(f"receive {simple.queue.name}")
+    assert receive.start_time is not None
+    assert receive.start_time < published_at[0], "the span began before the message existed"
+    ((_, waits),) = [
+        (attrs, count)
+        for attrs, count in otel.points("messaging.client.operation.duration")
+        if attrs["messaging.operation.name"] == "receive"
+    ]
+    assert waits == 1
+    message.ack()
+
+
+def test_caller_span_stays_current_and_is_the_parent(
+    traced: KombuInstrumentor, otel: Recorder, simple: Any
+) -> None:
+    """Pulled inside a request span, the receive span is its child, linked to the publish; the request stays current."""
+    simple.put({"order": 1})
+    tracer = otel.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as request:
+        message = simple.get(timeout=10)
+        assert trace.get_current_span() is request
+    spans = otel.spans()
+    (receive,) = otel.named(f"receive {simple.queue.name}")
+    summary = span_summary(receive, spans)
+    assert summary["parent"] == "request"
+    assert summary["links"] == [f"publish {simple.queue.name}"]
+    message.ack()
+
+
+def test_message_context_handles_the_message_in_its_trace(
+    instrument: Any, otel: Recorder, simple: Any
+) -> None:
+    """message_context(message) makes the receive span and the message's baggage current for the block only."""
+    instrument(baggage_attributes=("order.id",))
+    token = otel_context.attach(baggage.set_baggage("order.id", "o-7"))
+    try:
+        simple.put({"order": 7})
+    finally:
+        otel_context.detach(token)
+    message = simple.get(timeout=10)
+    tracer = otel.tracer_provider.get_tracer("test")
+    with message_context(message):
+        assert baggage.get_baggage("order.id") == "o-7"
+        with tracer.start_as_current_span("handle"):
+            pass
+        message.ack()
+    assert baggage.get_baggage("order.id") is None
+    assert not trace.get_current_span().get_span_context().is_valid
+    spans = otel.spans()
+    (handle,) = otel.named("handle")
+    assert span_summary(handle, spans)["parent"] == f"receive {simple.queue.name}"
+    (receive,) = otel.named(f"receive {simple.queue.name}")
+    assert receive.attributes is not None
+    assert receive.attributes["order.id"] == "o-7"
+
+
+def test_simple_buffer_get(
+    traced: KombuInstrumentor,
+    otel: Recorder,
+    connection: Connection,
+    unique: Callable[[str], str],
+) -> None:
+    """SimpleBuffer.get (no acks) makes a receive span too."""
+    buffer = connection.SimpleBuffer(unique("buffer"))
+    try:
+        buffer.put({"order": 1})
+        message = buffer.get(timeout=10)
+        assert message.decode() == {"order": 1}
+    finally:
+        buffer.close()
+    (receive,) = otel.named(f"receive {buffer.queue.name}")
+    assert receive.kind is trace.SpanKind.CLIENT
+    assert span_summary(receive, otel.spans())["parent"] == f"publish {buffer.queue.name}"
+
+
+def test_queue_get_and_get_nowait(
+    traced: KombuInstrumentor,
+    otel: Recorder,
+    connection: Connection,
+    entities: tuple[Exchange, Queue],
+    simple: Any,
+) -> None:
+    """Queue.get (basic_get) and SimpleQueue.get_nowait each make one receive span per message; an empty pull none."""
+    exchange, queue = entities
+    declare(connection, queue)
+    bound = queue(connection.default_channel)
+    assert bound.get() is None
+    Producer(connection, exchange=exchange).publish({"n": 1}, routing_key="order.created")
+    simple.put({"n": 2})
+    deadline = time.monotonic() + 10
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = bound.get()
+    assert message is not None
+    message.ack()
+    while time.monotonic() < deadline:
+        try:
+            pulled = simple.get_nowait()
+            break
+        except simple.Empty:
+            time.sleep(0.05)
+    pulled.ack()
+    (from_queue,) = otel.named(f"receive {queue.name}")
+    assert span_summary(from_queue, otel.spans())["parent"] == f"publish {exchange.name}"
+    assert from_queue.attributes is not None
+    assert (
+        from_queue.attributes["messaging.destination.name"]
+        == f"{exchange.name}:order.created:{queue.name}"
+    )
+    assert len(otel.named(f"receive {simple.queue.name}")) == 1
+    assert [
+        attrs["messaging.operation.name"]
+        for attrs, _ in otel.points("messaging.client.consumed.messages")
+    ] == [
+        "receive",
+        "receive",
+    ]
