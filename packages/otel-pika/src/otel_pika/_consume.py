@@ -342,6 +342,7 @@ def blocking_get(resolve: Resolver) -> Wrapper:
         state = resolve(instance._impl)
         if state is None:
             return wrapped(*args, **kwargs)
+        state.blocking = True
         started = perf_counter()
         result = wrapped(*args, **kwargs)
         try:

@@ -106,6 +106,7 @@ def blocking_publish(resolve: Resolver) -> Wrapper:
         state = resolve(instance._impl)
         if state is None:
             return wrapped(*args, **kwargs)
+        state.blocking = True  # pika drops the link to us when the channel closes: keep it
         started = _start(state, args, kwargs)
         if started is None:
             return wrapped(*args, **kwargs)

@@ -70,7 +70,11 @@ def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
             kwargs: dict[str, Any],
         ) -> Any:
             state = resolve(instance._impl if blocking else instance)
-            if state is None or (state.blocking and not blocking):
+            if state is None:
+                return wrapped(*args, **kwargs)
+            if blocking:
+                state.blocking = True
+            elif state.blocking:
                 return wrapped(*args, **kwargs)
             op = _start(state, operation, args, kwargs)
             if op is None:

@@ -155,7 +155,8 @@ def ensure_state(impl: Any) -> ChannelState:
     state = ChannelState(blocking=isinstance(impl._get_cookie(), BlockingChannel))
     setattr(impl, STATE_ATTRIBUTE, state)
     try:
-        impl.add_on_close_callback(state.closed)
+        if not impl.is_closed:  # a closed channel's callbacks are never called nor cleaned up
+            impl.add_on_close_callback(state.closed)
     except Exception as exc:  # a channel already torn down: nothing will be tracked for long
         log_internal_error("channel close callback", exc)
     return state
