@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Callable
 
 import pytest
 
+from otel_messaging_core import _guard
 from otel_messaging_core._guard import call_hook, capture_internal_exceptions
 
 
@@ -36,3 +39,22 @@ def test_raising_hook_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
         for _ in range(5):
             call_hook(bad_hook, None, None)
     assert caplog.text.count("raised; it is ignored") == 1
+
+
+def test_a_freed_hook_is_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed hook is not remembered after it is freed, so a new hook at its address gets its own warning."""
+
+    def make_hook() -> Callable[..., None]:
+        def bad_hook(*_args: object) -> None:
+            raise ValueError("hook bug")
+
+        return bad_hook
+
+    remembered = len(_guard._failed_hooks) + len(_guard._failed_hook_ids)
+    with caplog.at_level(logging.CRITICAL, logger="otel_messaging_core"):
+        hook = make_hook()
+        call_hook(hook, None, None)
+        assert len(_guard._failed_hooks) + len(_guard._failed_hook_ids) == remembered + 1
+        del hook
+        gc.collect()
+    assert len(_guard._failed_hooks) + len(_guard._failed_hook_ids) == remembered

@@ -9,6 +9,7 @@ re-raise what it raised, unchanged.
 from __future__ import annotations
 
 import logging
+import weakref
 from types import TracebackType
 from typing import Callable, Final
 
@@ -61,7 +62,24 @@ class capture_internal_exceptions:  # noqa: N801 - used like a function: ``with 
         return True
 
 
-_failed_hooks: set[int] = set()
+# Hooks that raised, held weakly: keyed by id() alone, a new hook that reuses a dead hook's
+# address (the next test, a re-instrumented service) would never have its first failure logged.
+_failed_hooks: weakref.WeakSet[Callable[..., object]] = weakref.WeakSet()
+_failed_hook_ids: set[int] = set()  # hooks that cannot be weakly referenced
+
+
+def _seen_failing(hook: Callable[..., object]) -> bool:
+    """True when ``hook`` failed before; remembers it otherwise."""
+    try:
+        if hook in _failed_hooks:
+            return True
+        _failed_hooks.add(hook)
+    except TypeError:  # not weakly referenceable
+        key = id(hook)
+        if key in _failed_hook_ids:
+            return True
+        _failed_hook_ids.add(key)
+    return False
 
 
 def call_hook(hook: Callable[..., object], *args: object) -> None:
@@ -69,11 +87,9 @@ def call_hook(hook: Callable[..., object], *args: object) -> None:
     try:
         hook(*args)
     except Exception:
-        key = id(hook)
-        if key in _failed_hooks:
+        if _seen_failing(hook):
             logger.debug("hook %r raised again", hook, exc_info=True)
             return
-        _failed_hooks.add(key)
         logger.warning(
             "hook %r raised; it is ignored and the message goes on (logged once per hook)",
             hook,
