@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,8 +53,13 @@ def app(rabbitmq: Broker, unique: Callable[[str], str]) -> Iterator[Celery]:
         app.ran.append(trace.get_current_span().get_span_context().span_id)  # type: ignore[attr-defined]
         return x + y
 
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     yield app
     app.close()
+    # the embedded worker configures logging for the whole process; give it back
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 def task_name(app: Celery) -> str:
