@@ -18,6 +18,7 @@ from broker_harness.broker import close_connections
 from integration_tests.kombu.conftest import (
     Instrument,
     declare,
+    drain,
     fetch,
     open_connection,
     traceparent_span_id,
@@ -223,6 +224,51 @@ def test_unroutable_with_on_return_is_an_error(
     assert traceparent_span_id(returned[0].headers) == span.context.span_id
     ((attrs, _),) = otel.points("messaging.client.sent.messages")
     assert attrs["error.type"] == "unroutable"
+
+
+def test_unroutable_without_confirms_is_recorded_when_returned(
+    traced: KombuInstrumentor,
+    otel: Recorder,
+    connection: Connection,
+    unique: Callable[[str], str],
+) -> None:
+    """Without confirms the return arrives after publish ended: an ERROR unroutable span under the publish records it."""
+    exchange = Exchange(unique("ex"), type="direct", durable=False, auto_delete=True)
+    returned: list[Any] = []
+
+    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        returned.append(message)
+
+    producer = Producer(connection, exchange=exchange, on_return=on_return)
+    producer.publish({"order": 1}, routing_key="nowhere", mandatory=True, message_id="m-1")
+    (publish,) = otel.spans()
+    assert publish.status.status_code.name == "UNSET", "the broker had not answered yet"
+    drain(connection, lambda: bool(returned))
+    spans = otel.spans()
+    assert len(spans) == 2
+    assert span_summary(spans[1], spans) == {
+        "name": f"publish {exchange.name}",
+        "kind": "PRODUCER",
+        "parent": f"publish {exchange.name}",
+        "links": [],
+        "status": "ERROR",
+        "attributes": {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "publish",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": f"{exchange.name}:nowhere",
+            "messaging.rabbitmq.destination.routing_key": "nowhere",
+            "messaging.message.id": "m-1",
+            "messaging.message.body.size": sent_size({"order": 1}),
+            "error.type": "unroutable",
+            **SERVER,
+        },
+        "events": [],
+    }
+    assert spans[1].parent is not None
+    assert spans[1].parent.span_id == publish.context.span_id
+    ((_, sent),) = otel.points("messaging.client.sent.messages")
+    assert sent == 1, "the return is not a second send"
 
 
 def test_unroutable_without_handler_raises_the_same_exception(

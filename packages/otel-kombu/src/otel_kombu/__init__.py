@@ -121,14 +121,15 @@ Limits
 ======
 
 RabbitMQ (pyamqp)
-    A message returned as unroutable (``mandatory=True``) marks its publish span ERROR
-    (``error.type=unroutable``) when the channel uses publisher confirms
-    (``transport_options={"confirm_publish": True}``): the broker then returns it before
-    confirming, while ``publish`` still runs. Without confirms the return arrives after
-    ``publish`` has ended, at some later ``drain_events``, and the span cannot be changed; kombu
-    hands it to your ``on_return`` callback. The return is recognised on channels opened after
-    ``instrument()``. A confirm nack raises ``MessageNacked`` from ``publish`` and marks the
-    span ERROR with ``error.type=broker_nack``.
+    A mandatory publish the broker returns as unroutable is never silent. With publisher confirms
+    (``transport_options={"confirm_publish": True}``) the broker returns it before confirming,
+    while ``publish`` still runs, and the publish span itself ends ERROR
+    (``error.type=unroutable``). Without confirms the return arrives later, at some
+    ``drain_events`` on that connection (kombu then calls your ``on_return``), after the publish
+    span has ended OK: a short PRODUCER span named like the publish, child of it, records the
+    return as ERROR ``unroutable``. Returns are recognised on channels opened after
+    ``instrument()``. A confirm nack raises ``MessageNacked`` from ``publish`` and marks the span
+    ERROR with ``error.type=broker_nack``.
 librabbitmq
     Publish, pulls and settles are traced; process spans are not (kombu hands this C driver's
     raw messages to consumers, and the driver does not build on current Pythons).

@@ -25,6 +25,7 @@ from opentelemetry import context as otel_context
 
 from otel_kombu._binding import Binding, binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
+from otel_kombu._util import body_size
 from otel_messaging_core import Consume, MessageContext, extract_context, handling_parent
 from otel_messaging_core._guard import capture_internal_exceptions
 
@@ -66,14 +67,6 @@ class _Pending:
         self.op: Consume | None = None
 
 
-def _body_size(body: object) -> int | None:
-    if type(body) is bytes:
-        return len(body)
-    if isinstance(body, (bytes, bytearray, memoryview, str)):
-        return len(body)
-    return None
-
-
 def _start(
     binding: Binding, operation: str, queue: str, message: Any, started: float | None = None
 ) -> Consume | None:
@@ -100,7 +93,7 @@ def _start(
         message_id=properties.get("message_id"),
         correlation_id=properties.get("correlation_id"),
         body=body if type(body) is bytes else None,
-        body_size=_body_size(body),
+        body_size=body_size(body),
         redelivered=info.get("redelivered"),
         raw=message,
         track_delivery=True,

@@ -8,11 +8,13 @@ wrapped too, and for a retrying call it holds the operation that the first ``_pu
 the later attempts reuse it (same span, same headers) and ``publish`` ends it once, with the
 outcome the caller sees.
 
-A message returned by the broker (``mandatory=True``) is only known while the publish call is
-still running when the channel waits for a confirm (pyamqp ``confirm_publish=True``): amqp then
-dispatches ``basic.return`` before ``basic.ack`` on the same thread. ``amqp.Channel._on_basic_return``
-is wrapped to mark that publish ``unroutable``; a nack raises ``amqp.exceptions.MessageNacked``,
-which becomes ``broker_nack``.
+A message returned by the broker (``mandatory=True``) is known while the publish call is still
+running only when the channel waits for a confirm (pyamqp ``confirm_publish=True``): amqp then
+dispatches ``basic.return`` before ``basic.ack`` on the same thread, and the wrapped
+``amqp.Channel._on_basic_return`` marks that publish ``unroutable``. Without confirms the return
+arrives at some later ``drain_events``; the publish span has ended, so the core records a short
+ERROR span under it (``record_returned``). A nack raises ``amqp.exceptions.MessageNacked``, which
+becomes ``broker_nack``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
+from otel_kombu._util import body_size
 from otel_messaging_core import Publish, extract_context
 from otel_messaging_core._guard import capture_internal_exceptions
 from otel_messaging_core.consumer import creation_span_context
@@ -101,14 +104,6 @@ def _end(op: Publish, exc: BaseException | None, call: _Call | None) -> None:
         op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
     else:
         op.end(exc, error_type=error_type)
-
-
-def _body_size(body: object) -> int | None:
-    if type(body) is bytes:
-        return len(body)
-    if isinstance(body, (bytes, bytearray, memoryview, str)):
-        return len(body)
-    return None
 
 
 _signatures: dict[Any, inspect.Signature] = {}
@@ -195,7 +190,7 @@ def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
         message_id=properties.get("message_id"),
         correlation_id=properties.get("correlation_id"),
         body=body if type(body) is bytes else None,
-        body_size=_body_size(body),
+        body_size=body_size(body),
         raw=properties,
     )
 
@@ -253,31 +248,62 @@ def _call_watching_returns(
         _local.inflight = previous
 
 
-def _is_returned(call: _Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def _return_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """``(reply_code, reply_text, exchange, routing_key, message)`` of ``_on_basic_return``."""
+    names = ("reply_code", "reply_text", "exchange", "routing_key", "message")
+    return tuple(args[i] if len(args) > i else kwargs.get(name) for i, name in enumerate(names))
+
+
+def _is_this_publish(call: _Call, exchange: Any, routing_key: Any, message: Any) -> bool:
     """True when the returned message is the one this thread is publishing (its context says so)."""
     op = call.op
     if op is None:
         return False
-    # _on_basic_return(reply_code, reply_text, exchange, routing_key, message)
-    message = args[4] if len(args) > 4 else kwargs.get("message")
     returned = creation_span_context(extract_context(getattr(message, "headers", None)))
     if returned is not None:
         return returned.span_id == op.span.get_span_context().span_id
     destination = op.destination
-    if destination is None:
-        return False
-    exchange = args[2] if len(args) > 2 else kwargs.get("exchange")
-    routing_key = args[3] if len(args) > 3 else kwargs.get("routing_key")
-    return exchange == destination.exchange and routing_key == destination.routing_key
+    return (
+        destination is not None
+        and exchange == destination.exchange
+        and routing_key == destination.routing_key
+    )
+
+
+def _on_return(channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    reply_code, reply_text, exchange, routing_key, message = _return_arguments(args, kwargs)
+    call = _local.inflight
+    if call is not None and _is_this_publish(call, exchange, routing_key, message):
+        call.returned = True  # the publish span, still open, ends ERROR
+        return
+    connection = connection_of_channel(channel)
+    if connection is None:  # py-amqp used without kombu
+        return
+    binding = binding_for(connection)
+    telemetry = binding.telemetry
+    if telemetry is None:
+        return
+    headers = getattr(message, "headers", None)
+    exchange = exchange or ""
+    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+        return
+    # returned after its publish call ended: a short ERROR span under that publish span
+    properties = getattr(message, "properties", None) or {}
+    telemetry.record_returned(
+        binding.destinations.get("publish", exchange, routing_key or ""),  # type: ignore[union-attr]
+        headers,
+        reply_code=reply_code,
+        reply_text=reply_text,
+        message_id=properties.get("message_id"),
+        correlation_id=properties.get("correlation_id"),
+        body_size=body_size(getattr(message, "body", None)),  # amqp may decode it to str
+    )
 
 
 def wrap_on_basic_return(
     wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``amqp.Channel._on_basic_return``: mark the mandatory publish in flight as unroutable."""
-    call = _local.inflight
-    if call is not None:
-        with capture_internal_exceptions("kombu basic.return"):
-            if _is_returned(call, args, kwargs):
-                call.returned = True
+    """``amqp.Channel._on_basic_return``: the publish in flight ends unroutable, a late return is recorded."""
+    with capture_internal_exceptions("kombu basic.return"):
+        _on_return(channel, args, kwargs)
     return wrapped(*args, **kwargs)
