@@ -183,12 +183,15 @@ def run_flow(
     timeout: float = 90.0,
     topology: Topology | None = None,
     publish_interval: float = 0.05,
+    idle_timeout: float = 20.0,
     on_progress: Callable[[Mapping[str, Fate]], None] | None = None,
 ) -> FlowResult:
     """Run the three services against ``broker_url`` until every order is accounted for (or ``timeout``).
 
     The consumers start first and say when they consume; then the shop publishes. When every
     order is completed or lost, the consumers are told to stop (stdin closed), flush and exit.
+    The wait also ends when the shop has finished and no span arrived for ``idle_timeout``
+    seconds (something is broken: the result says which orders are unaccounted for).
     """
     if consumer_context not in ("parent", "link"):
         raise ValueError(f"consumer_context must be 'parent' or 'link', got {consumer_context!r}")
@@ -223,14 +226,24 @@ def run_flow(
                 )
                 with _services(config, (SHOP,)) as shop:
                     services = {**consumers, **shop}
+                    seen, last_new = 0, time.monotonic()
                     while True:
-                        fates = flow_fates(receiver.spans(), order_ids, MES)
+                        spans = receiver.spans()
+                        if len(spans) != seen:
+                            seen, last_new = len(spans), time.monotonic()
+                        fates = flow_fates(spans, order_ids, MES)
                         if on_progress is not None:
                             on_progress(fates)
                         if all(f.status != "in flight" for f in fates.values()):
                             break
-                        if time.monotonic() > deadline:
+                        now = time.monotonic()
+                        if now > deadline:
                             timed_out = True
+                            break
+                        if not shop[SHOP].running and now - last_new > idle_timeout:
+                            # the shop is done and nothing moved for a while: it will not change
+                            timed_out = True
+                            notes.append(f"no new spans for {idle_timeout:.0f} s")
                             break
                         died = [
                             s.name for s in services.values() if s.name != SHOP and not s.running
