@@ -8,6 +8,8 @@ what the ``unique`` fixture uses), so runs never collide on a shared broker.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -24,6 +26,7 @@ from examples.order_flow.analysis import (
     sum_total,
 )
 from examples.order_flow.domain import COMPLETED, LOST, MES, SHOP, SRM
+from examples.order_flow.receiver import Receiver
 from examples.order_flow.runner import FlowResult, run_flow
 from examples.order_flow.topology import Topology
 
@@ -35,13 +38,28 @@ def _explain(result: FlowResult) -> str:
     return f"problems: {result.problems()}\nexit codes: {result.exit_codes}\n{logs}"
 
 
+@dataclass
+class Run:
+    result: FlowResult
+    mirrored: list[SpanRecord]  # what the services also sent to OTEL_EXPORTER_OTLP_ENDPOINT
+
+
 @pytest.fixture(scope="module", params=["parent", "link"])
-def flow(request: pytest.FixtureRequest, rabbitmq: Broker) -> FlowResult:
+def run(request: pytest.FixtureRequest, rabbitmq: Broker) -> Iterator[Run]:
     mode = request.param
     topology = Topology.named(lambda role: unique_name(f"flow-{mode}.{role}"))
-    return run_flow(
-        rabbitmq.url, orders=ORDERS, consumer_context=mode, topology=topology, timeout=180
-    )
+    # a second receiver stands in for a real Jaeger or collector
+    with Receiver() as backend, pytest.MonkeyPatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", backend.endpoint)
+        result = run_flow(
+            rabbitmq.url, orders=ORDERS, consumer_context=mode, topology=topology, timeout=180
+        )
+        yield Run(result, backend.spans())
+
+
+@pytest.fixture
+def flow(run: Run) -> FlowResult:
+    return run.result
 
 
 def _orders_by_status(result: FlowResult, status: str) -> list[str]:
@@ -192,3 +210,10 @@ def test_mes_processing_time_from_the_histogram(flow: FlowResult) -> None:
         assert min(durations) <= estimate <= max(durations)
         # bucket interpolation is coarse (semconv buckets: 25, 50, 75, 100, 250 ms ...)
         assert estimate == pytest.approx(exact_percentile(durations, q), abs=0.06)
+
+
+def test_services_also_export_to_the_configured_endpoint(run: Run) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, every service also sends every span there."""
+    assert run.result.extra_endpoint is not None
+    assert sorted(s.span_id for s in run.mirrored) == sorted(s.span_id for s in run.result.spans)
+    assert {s.service for s in run.mirrored} == {SHOP, SRM, MES}
