@@ -25,9 +25,8 @@ def instrument(otel: Recorder) -> Iterator[Instrument]:
     instrumentor = PikaInstrumentor()
 
     def start(**options: Any) -> PikaInstrumentor:
-        instrumentor.instrument(
-            tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider, **options
-        )
+        providers = {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider}
+        instrumentor.instrument(**{**providers, **options})
         return instrumentor
 
     yield start
