@@ -27,7 +27,7 @@ from otel_kombu._binding import Binding, binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
 from otel_messaging_core import Consume, MessageContext, extract_context, handling_parent
-from otel_messaging_core._guard import capture_internal_exceptions
+from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
 
 __all__ = [
     "MESSAGE_ATTR",
@@ -59,16 +59,23 @@ SKIPPED: Final = _Skipped()
 class _Pending:
     """A raw delivery waiting for kombu to convert it; the span starts on the converted message."""
 
-    __slots__ = ("binding", "op", "queue")
+    __slots__ = ("binding", "op", "queue", "track")
 
-    def __init__(self, binding: Binding, queue: str) -> None:
+    def __init__(self, binding: Binding, queue: str, track: bool) -> None:
         self.binding = binding
         self.queue = queue
+        self.track = track
         self.op: Consume | None = None
 
 
 def _start(
-    binding: Binding, operation: str, queue: str, message: Any, started: float | None = None
+    binding: Binding,
+    operation: str,
+    queue: str,
+    message: Any,
+    started: float | None = None,
+    *,
+    track: bool = True,
 ) -> Consume | None:
     """Start the process/receive operation of a kombu Message and keep it on the message."""
     headers = message.headers
@@ -96,7 +103,7 @@ def _start(
         body_size=body_size(body),
         redelivered=info.get("redelivered"),
         raw=message,
-        track_delivery=True,
+        track_delivery=track,
         started=started,
     )
     setattr(message, MESSAGE_ATTR, op)
@@ -125,25 +132,39 @@ def _queue_of(consumer: Any, info: Any) -> str:
     return ""
 
 
+def _prepare_process(consumer: Any, message: Any) -> tuple[Consume | None, _Pending | None]:
+    if consumer.__dict__.get(_SIMPLE_ATTR):
+        return None, None
+    channel = consumer.channel
+    binding = binding_for(connection_of_channel(channel))
+    if binding.telemetry is None:
+        return None, None
+    info = message.delivery_info
+    queue = _queue_of(consumer, info)
+    # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
+    no_ack = getattr(channel, "no_ack_consumers", None)
+    track = not (no_ack and info and info.get("consumer_tag") in no_ack)
+    if getattr(type(message), "ack", None) is None:
+        # a raw amqp.Message: the span starts on kombu's Message (wrap_message_to_python)
+        pending = _Pending(binding, queue, track)
+        message.__dict__[MESSAGE_ATTR] = pending
+        return None, pending
+    op = _start(binding, "process", queue, message, track=track)
+    if op is not None:
+        op.activate()
+    return op, None
+
+
 def wrap_receive_callback(
     wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Consumer._receive_callback``: one process span around decoding and every callback."""
     op: Consume | None = None
     pending: _Pending | None = None
-    with capture_internal_exceptions("kombu consume"):
-        if not consumer.__dict__.get(_SIMPLE_ATTR):
-            binding = binding_for(connection_of_channel(consumer.channel))
-            if binding.telemetry is not None:
-                message = args[0] if args else kwargs["message"]
-                queue = _queue_of(consumer, message.delivery_info)
-                if hasattr(message, "ack"):  # already a kombu Message (virtual transports)
-                    op = _start(binding, "process", queue, message)
-                    if op is not None:
-                        op.activate()
-                else:  # raw amqp.Message: see wrap_message_to_python
-                    pending = _Pending(binding, queue)
-                    message.__dict__[MESSAGE_ATTR] = pending
+    try:
+        op, pending = _prepare_process(consumer, args[0] if args else kwargs["message"])
+    except Exception as internal:
+        log_internal_error("kombu consume", internal)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -164,15 +185,18 @@ def wrap_message_to_python(
 ) -> Any:
     """pyamqp ``Channel.message_to_python``: start the pending process span on the kombu Message."""
     message = wrapped(*args, **kwargs)
-    raw = args[0] if args else kwargs.get("raw_message")
-    state = getattr(raw, "__dict__", None)
+    state = getattr(args[0] if args else kwargs.get("raw_message"), "__dict__", None)
     if state:
         pending = state.pop(MESSAGE_ATTR, None)
-        if isinstance(pending, _Pending):
-            with capture_internal_exceptions("kombu consume"):
-                op = pending.op = _start(pending.binding, "process", pending.queue, message)
+        if type(pending) is _Pending:
+            try:
+                op = pending.op = _start(
+                    pending.binding, "process", pending.queue, message, track=pending.track
+                )
                 if op is not None:
                     op.activate()
+            except Exception as internal:
+                log_internal_error("kombu consume", internal)
     return message
 
 
@@ -232,8 +256,6 @@ def message_context(message: Any) -> MessageContext:
             else:
                 context, _ = handling_parent(extract_context(headers), "parent")
     except Exception:
-        from otel_messaging_core._guard import log_internal_error
-
         log_internal_error("kombu message_context")
         context = otel_context.get_current()
     return MessageContext(context)

@@ -27,7 +27,7 @@ from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
 from otel_messaging_core import Publish, extract_context
-from otel_messaging_core._guard import capture_internal_exceptions
+from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
 from otel_messaging_core.consumer import creation_span_context
 
 __all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
@@ -207,8 +207,10 @@ def wrap_inner_publish(
         # Connection.ensure calling again for the same publish: same span, same headers
         return wrapped(*args[:_HEADERS], call.op.headers, *args[_HEADERS + 1 :], **kwargs)
     op: Publish | None = None
-    with capture_internal_exceptions("kombu publish"):
+    try:
         op = _start(producer, args)
+    except Exception as internal:
+        log_internal_error("kombu publish", internal)
     if op is None:
         return wrapped(*args, **kwargs)
     args = (*args[:_HEADERS], op.headers, *args[_HEADERS + 1 :])
