@@ -15,8 +15,9 @@ Install
 
 or, with no code change, ``opentelemetry-instrument python service.py`` (entry point
 ``otel_kombu``; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_kombu`` turns it off). Call
-``instrument()`` before consumers start consuming: kombu registers a consumer's callback with the
-channel when it starts, so a consumer started earlier is traced from its next ``consume()``.
+``instrument()`` before consumers start consuming: kombu hands a consumer's callback to the channel
+when it starts consuming, so a consumer that was already consuming is traced only once it consumes
+again (after a reconnect, or ``cancel()`` and ``consume()``).
 
 Supported: kombu 5.3 to 5.7 (tested with 5.3.7, 5.5.4 and the newest release), Python 3.10 to
 3.13.
@@ -29,7 +30,7 @@ Options
 ``tracer_provider``, ``meter_provider``
     Default: the global providers.
 ``publish_hook(span, envelope)``, ``consume_hook(span, envelope)``
-    Called for recording spans with an :class:`otel_messaging_core.Envelope`; on publish its
+    Called for recording spans with an ``otel_messaging_core.Envelope``; on publish its
     ``raw`` is the message properties dict kombu sends, on consume the kombu ``Message``. A hook
     that raises is logged once and never breaks the publish or the handler.
 ``consumer_context`` (``"parent"`` or ``"link"``)
@@ -64,20 +65,35 @@ A connection made by ``clone()`` (connection pools, Celery) is a different conne
 Spans
 =====
 
-====================================================== ============= ========= =======================
-kombu call                                             span name     kind      context
-====================================================== ============= ========= =======================
-``Producer.publish`` (also ``SimpleQueue.put``)        ``publish     PRODUCER  injected into a copy
-                                                       {exchange}``            of the headers
-``Consumer`` callbacks / ``on_message`` (driven by     ``process     CONSUMER  current while every
-``drain_events``, ``ConsumerMixin``, Celery)           {queue}``               callback runs
-``Queue.get``, ``SimpleQueue.get``/``get_nowait``,     ``receive     CLIENT    caller's context left
-``SimpleBuffer.get``                                   {queue}``               alone; see below
-``Message.ack``                                        ``ack         CLIENT    linked to the message
-                                                       {queue}``
-``Message.reject`` / ``Message.requeue``               ``reject      CLIENT    linked to the message
-                                                       {queue}``
-====================================================== ============= ========= =======================
+.. list-table::
+   :header-rows: 1
+   :widths: 40 20 12 28
+
+   * - kombu call
+     - span name
+     - kind
+     - context
+   * - ``Producer.publish`` (also ``SimpleQueue.put``)
+     - ``publish {exchange}``
+     - PRODUCER
+     - injected into a copy of the headers
+   * - ``Consumer`` callbacks or ``on_message`` (driven by ``drain_events``, ``ConsumerMixin``,
+       Celery's worker)
+     - ``process {queue}``
+     - CONSUMER
+     - current while every callback runs
+   * - ``Queue.get``, ``SimpleQueue.get`` / ``get_nowait``, ``SimpleBuffer.get``
+     - ``receive {queue}``
+     - CLIENT
+     - the caller's context is left alone
+   * - ``Message.ack``
+     - ``ack {queue}``
+     - CLIENT
+     - linked to the message's creation
+   * - ``Message.reject``, ``Message.requeue``
+     - ``reject {queue}``
+     - CLIENT
+     - linked to the message's creation
 
 * One PRODUCER span per ``publish`` call, whatever the exchange (the default exchange is named
   ``amq.default``), ``declare=``, serializer or compression; with ``retry=True`` the attempts
@@ -131,8 +147,8 @@ RabbitMQ (pyamqp)
     ``instrument()``. A confirm nack raises ``MessageNacked`` from ``publish`` and marks the span
     ERROR with ``error.type=broker_nack``.
 librabbitmq
-    Publish, pulls and settles are traced; process spans are not (kombu hands this C driver's
-    raw messages to consumers, and the driver does not build on current Pythons).
+    Untested: the C driver does not build on the supported Pythons. Publishing and settling go
+    through kombu's own code and are traced; consumption depends on the driver's message type.
 Redis, memory and other virtual transports
     No broker confirms or returns: a message published to an exchange with no matching binding
     is dropped by kombu without an error, so its span cannot say so.
@@ -147,14 +163,17 @@ Celery sends and receives its messages through kombu, so with this instrumentati
 task's trace holds Celery's spans (from ``opentelemetry-instrumentation-celery``) and ours::
 
     apply_async/my_task (Celery, PRODUCER)
-      publish celery (ours, PRODUCER)
-        process celery (ours, CONSUMER)      <- the worker receiving the task message
+      publish amq.default (ours, PRODUCER)   <- kombu sending the task message
+        process celery (ours, CONSUMER)      <- the worker receiving it
         run/my_task (Celery, CONSUMER)       <- the task; its spans nest here
 
+(``amq.default``: Celery usually routes a task through the default exchange to its queue.)
 Celery's instrumentation injects its context into the task headers before kombu publishes; our
 publish span injects its own context into the copy that is sent, replacing the same header (so
 there is never a duplicate ``traceparent``), and the worker's Celery span continues from it. One
-connected trace, nothing broken.
+connected trace, nothing broken. With the solo or threads pool the task runs inside the process
+span; with prefork the process span covers handing the task to a child process. The worker's
+acks are settle operations as usual.
 
 If you prefer Celery's spans alone, ``instrument(skip_celery_messages=True)`` (or
 ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES=true``) leaves Celery's own messages untraced by this

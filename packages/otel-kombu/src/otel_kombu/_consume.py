@@ -106,7 +106,11 @@ def _start(
         track_delivery=track,
         started=started,
     )
-    setattr(message, MESSAGE_ATTR, op)
+    try:
+        setattr(message, MESSAGE_ATTR, op)
+    except Exception:  # a message object that takes no attributes: end the span, report
+        op.end()
+        raise
     return op
 
 
