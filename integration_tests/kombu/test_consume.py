@@ -330,3 +330,63 @@ def test_consumer_on_several_queues_names_the_right_one(
         drain(connection, lambda: len(handled) == 2)
     assert len(otel.named(f"process {orders.name}")) == 1
     assert len(otel.named(f"process {refunds.name}")) == 1
+
+
+def test_server_named_queue_is_named_amq_gen(
+    traced: KombuInstrumentor,
+    otel: Recorder,
+    connection: Connection,
+    unique: Callable[[str], str],
+) -> None:
+    """A consumer on a server-named queue names its span 'process amq.gen' and marks the destination anonymous."""
+    exchange = Exchange(unique("ex"), type="fanout", durable=False, auto_delete=True)
+    queue = Queue("", exchange, exclusive=True)
+    handled: list[Any] = []
+    with Consumer(connection, [queue], callbacks=[lambda b, m: handled.append(m)]) as consumer:
+        declared = consumer.queues[0].name
+        assert declared.startswith("amq.gen-")
+        Producer(connection, exchange=exchange).publish({"n": 1})
+        drain(connection, lambda: bool(handled))
+    (process,) = otel.named("process amq.gen")
+    assert process.attributes is not None
+    assert process.attributes["messaging.destination.anonymous"] is True
+    assert process.attributes["messaging.destination.name"] == f"{exchange.name}:{declared}"
+    (point,) = [
+        attrs
+        for attrs, _ in otel.points("messaging.client.consumed.messages")
+        if attrs["messaging.operation.name"] == "process"
+    ]
+    assert point["messaging.destination.name"] == f"{exchange.name}:amq.gen"
+
+
+def test_malformed_context_headers_never_break_the_consumer(
+    traced: KombuInstrumentor,
+    otel: Recorder,
+    rabbitmq: Broker,
+    connection: Connection,
+    entities: tuple[Exchange, Queue],
+) -> None:
+    """Garbage in traceparent, tracestate and baggage (tables, numbers, invalid bytes) starts a fresh trace; the handler runs."""
+    exchange, queue = entities
+    handled: list[Any] = []
+    with Consumer(connection, [queue], callbacks=[lambda b, m: handled.append(b)]):
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.url)) as plain:
+            plain.channel().basic_publish(
+                exchange.name,
+                "order.created",
+                b'{"order": 1}',
+                pika.BasicProperties(
+                    content_type="application/json",
+                    headers={
+                        "traceparent": {"nested": [1, 2]},
+                        "tracestate": 12,
+                        "baggage": b"\xff\xfe\x00order.id",
+                        "Traceparent": b"00-zz-" + b"x" * 5000,
+                    },
+                ),
+            )
+        drain(connection, lambda: bool(handled))
+    assert handled == [{"order": 1}]
+    (process,) = otel.named(f"process {queue.name}")
+    assert process.parent is None
+    assert process.links == ()

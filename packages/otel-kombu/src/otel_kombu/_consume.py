@@ -115,11 +115,12 @@ def _start(
 
 
 def _queue_of(consumer: Any, info: Any) -> str:
-    """The name of the consumer's queue a delivery came from."""
+    """The name of the consumer's queue a delivery came from (the declared name: a server-named
+    queue keeps its empty key in ``Consumer._queues``)."""
     queues = consumer._queues
     if len(queues) == 1:
-        for name in queues:
-            return str(name)
+        for queue in queues.values():
+            return str(queue.name)
     if not info:
         return ""
     tag = info.get("consumer_tag")
