@@ -126,3 +126,29 @@ def test_instrument_connection_on_memory(otel: Recorder) -> None:
         mine.release()
         other.release()
     assert not hasattr(Producer.publish, "__wrapped__")
+
+
+def test_inner_publish_called_with_keywords(traced: KombuInstrumentor, otel: Recorder) -> None:
+    """Code that calls Producer._publish with keywords (not kombu's positional call) is traced the same."""
+    with Connection("memory://") as connection:
+        exchange = Exchange("orders", type="direct")
+        queue = Queue("srm", exchange, routing_key="order.created")
+        queue(connection.default_channel).declare()
+        headers: dict[str, Any] = {"x-origin": "shop"}
+        Producer(connection)._publish(
+            body=b"{}",
+            priority=0,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers,
+            properties={"message_id": "m-1"},
+            routing_key="order.created",
+            mandatory=False,
+            immediate=False,
+            exchange="orders",
+            declare=[],
+        )
+        message = queue(connection.default_channel).get()
+    (span,) = otel.named("publish orders")
+    assert headers == {"x-origin": "shop"}
+    assert message.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
