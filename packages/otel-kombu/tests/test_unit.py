@@ -38,7 +38,6 @@ def test_celery_messages_are_recognised(
     [
         ("amqp://guest:guest@mq.internal:5672//", "rabbitmq"),
         ("pyamqp://mq.internal", "rabbitmq"),
-        ("redis://127.0.0.1:6379/0", "redis"),
         ("memory://", "memory"),
         ("filesystem://", "filesystem"),
     ],
