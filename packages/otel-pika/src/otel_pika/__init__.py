@@ -50,7 +50,7 @@ wrong value is a ``TypeError``/``ValueError`` at once.
     Default: the global providers.
 ``publish_hook``, ``consume_hook``
     ``hook(span, envelope)``, called for recording spans only, right after the span starts.
-    ``envelope`` is the shared :class:`otel_messaging_core.Envelope` (exchange, routing_key, queue,
+    ``envelope`` is the shared ``otel_messaging_core.Envelope`` (exchange, routing_key, queue,
     body, headers (read-only; on publish the headers actually sent), message_id, correlation_id,
     delivery_tag, redelivered, and ``raw``: the message's ``pika.spec.BasicProperties``). A hook
     that raises is logged once and never breaks the publish or the handler.
@@ -125,7 +125,7 @@ Pulled messages
 ---------------
 
 ``basic_get`` leaves the caller's context alone, since nothing marks where handling ends.
-:func:`message_context` makes a pulled message's context (and baggage) current for a block:
+``message_context(properties)`` makes a pulled message's context (and baggage) current for a block:
 
 .. code-block:: python
 
