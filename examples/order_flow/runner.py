@@ -105,7 +105,15 @@ class _ServiceProcess:
         )
         env["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name], "--config", config.to_json()],
+            [
+                sys.executable,
+                "-m",
+                MODULES[name],
+                "--consumer-context",
+                config.consumer_context,
+                "--config",
+                config.to_json(),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -14,6 +14,7 @@ set, it *also* exports there (a Jaeger or a collector), configured by the usual 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -78,8 +79,16 @@ class ServiceConfig:
 def parse_config(argv: Sequence[str] | None = None) -> ServiceConfig:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="the run's configuration, as JSON")
+    parser.add_argument(
+        "--consumer-context",
+        choices=("parent", "link"),
+        help="the instrumentation's consumer_context (default: the configuration's)",
+    )
     args = parser.parse_args(argv)
-    return ServiceConfig.from_json(args.config)
+    config = ServiceConfig.from_json(args.config)
+    if args.consumer_context:
+        config = dataclasses.replace(config, consumer_context=args.consumer_context)
+    return config
 
 
 @dataclass
