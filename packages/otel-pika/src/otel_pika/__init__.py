@@ -152,7 +152,8 @@ Limits
   the generator is asked for the next message, ends, is closed or dropped, or
   ``channel.cancel()`` is called. ``for ... in channel.consume(q): ... break`` drops the generator
   at once; if you keep a reference to it after ``break``, call ``channel.cancel()`` (as pika's
-  documentation asks anyway) or ``close()`` it.
+  documentation asks anyway) or ``close()`` it. What ``consume()`` returns is then an iterator
+  with the generator methods (``send``, ``throw``, ``close``), not a generator object.
 * A consumer registered with ``queue=""`` (the channel's last server-named queue), or before
   ``instrument()``, has no queue name on record: on the default exchange the routing key names
   it, otherwise spans are named after the exchange.

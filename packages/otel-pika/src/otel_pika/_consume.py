@@ -242,7 +242,7 @@ class _TracedConsume:
         self._gen.close()
 
     def __del__(self) -> None:
-        if self._op is not None:
+        if getattr(self, "_op", None) is not None:
             self._finish()
 
     def _start(self, item: Any) -> None:
