@@ -102,6 +102,24 @@ def test_metric_destination_collapses_server_named_queues() -> None:
     assert publish.metric_attributes["messaging.destination.name"] == "amq.gen"
 
 
+@pytest.mark.parametrize(
+    ("queue", "generated"),
+    [
+        ("amq_4eb1711592f94c76b7f305a4e2714ce4", True),  # aio-pika >= 9 robust queue
+        ("amq_0x2709243818fed88940870129a1227ab", True),  # aio-pika 8 robust queue
+        ("amq_orders", False),
+        ("amq_4eb1711592f94c76b7f305a4e2714ce4.dlq", False),
+        ("amq_0xZZ09243818fed88940870129a1227ab", False),
+    ],
+)
+def test_queue_names_aio_pika_generates_count_as_server_named(queue: str, generated: bool) -> None:
+    """A queue name aio-pika's robust channel generates is named amq.gen and marked anonymous, like a broker-named one."""
+    destination = build_destination("process", "", queue, queue)
+    assert destination.anonymous is generated
+    assert destination.span_name == ("process amq.gen" if generated else f"process {queue}")
+    assert destination.metric_destination_name == ("amq.gen" if generated else queue)
+
+
 def test_operation_types() -> None:
     """Each operation name maps to its semconv operation type."""
     types = {

@@ -8,6 +8,7 @@ every later message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Mapping
@@ -53,6 +54,9 @@ SYSTEM_RABBITMQ: Final = "rabbitmq"
 DEFAULT_EXCHANGE: Final = "amq.default"
 ANONYMOUS_QUEUE: Final = "amq.gen"
 _SERVER_NAMED_PREFIX: Final = "amq.gen-"
+# aio-pika's robust channels name a queue declared without a name on the client side, so the
+# name survives a reconnect: "amq_" + 128 random bits in hex ("amq_0x…" in aio-pika 8).
+_CLIENT_GENERATED = re.compile(r"amq_(?:0x)?[0-9a-f]{16,32}")
 
 # operation name -> semconv operation type
 OPERATION_TYPES: Final[Mapping[str, str]] = MappingProxyType(
@@ -68,8 +72,11 @@ OPERATION_TYPES: Final[Mapping[str, str]] = MappingProxyType(
 
 
 def is_server_named(name: str) -> bool:
-    """True for a queue name the broker generated (``amq.gen-…``)."""
-    return name.startswith(_SERVER_NAMED_PREFIX)
+    """True for a generated queue name: the broker's (``amq.gen-…``) or aio-pika's robust
+    channels' (``amq_`` + 32 hex digits), which stands in for a server-named queue."""
+    if name.startswith(_SERVER_NAMED_PREFIX):
+        return True
+    return name.startswith("amq_") and _CLIENT_GENERATED.fullmatch(name) is not None
 
 
 def exchange_label(exchange: str) -> str:
