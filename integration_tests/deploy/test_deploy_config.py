@@ -441,6 +441,8 @@ def test_decision_wait_covers_a_messaging_hop() -> None:
     assert held >= expected * wait
     cache = config["decision_cache"]
     assert cache["sampled_cache_size"] >= held
+    # a cached "drop" would also drop a late ERROR span of that trace
+    assert not cache.get("non_sampled_cache_size")
 
 
 def test_samplers_decide_before_batching_and_send_to_jaeger() -> None:
