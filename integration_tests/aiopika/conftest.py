@@ -1,0 +1,141 @@
+"""Fixtures for otel-aiopika against the real broker: instrumentation, connections, async polling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import aio_pika
+import pytest
+import pytest_asyncio
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from opentelemetry.sdk.trace import ReadableSpan
+
+from broker_harness import Broker, Recorder
+from otel_aiopika import AioPikaInstrumentor
+
+Instrument = Callable[..., AioPikaInstrumentor]
+Connect = Callable[..., Awaitable[AbstractConnection]]
+
+
+@pytest.fixture
+def instrument(otel: Recorder) -> Iterator[Instrument]:
+    """``instrument(**options)`` instruments aio-pika with the test's providers; undone after the test."""
+    instrumentor = AioPikaInstrumentor()
+
+    def start(**options: Any) -> AioPikaInstrumentor:
+        providers = {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider}
+        instrumentor.instrument(**{**providers, **options})
+        return instrumentor
+
+    yield start
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def instrumented(instrument: Instrument) -> AioPikaInstrumentor:
+    """aio-pika instrumented with the default options."""
+    return instrument()
+
+
+@pytest_asyncio.fixture
+async def connect(rabbitmq: Broker) -> AsyncIterator[Connect]:
+    """``await connect(robust=..., name=...)`` opens a named connection; all are closed after the test."""
+    opened: list[AbstractConnection] = []
+
+    async def open_connection(robust: bool = False, name: str | None = None) -> AbstractConnection:
+        name = name or f"otel-aiopika-test-{uuid.uuid4().hex[:8]}"
+        factory = aio_pika.connect_robust if robust else aio_pika.connect
+        connection = await factory(rabbitmq.url, client_properties={"connection_name": name})
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        with contextlib.suppress(Exception):  # already dropped by a fault test
+            await asyncio.wait_for(connection.close(), 10)
+
+
+@pytest.fixture(params=["plain", "robust"])
+def robust(request: pytest.FixtureRequest) -> bool:
+    """Run the test on a plain and on a robust connection."""
+    return bool(request.param == "robust")
+
+
+@pytest_asyncio.fixture
+async def channel(connect: Connect, robust: bool) -> AbstractChannel:
+    """A channel (publisher confirms on, aio-pika's default) on a plain or robust connection."""
+    connection = await connect(robust=robust)
+    return await connection.channel()
+
+
+@pytest_asyncio.fixture
+async def queue(channel: AbstractChannel, unique: Callable[[str], str]) -> AbstractQueue:
+    """An exclusive queue on ``channel``."""
+    return await channel.declare_queue(unique("q"), exclusive=True)
+
+
+async def wait_for(
+    otel: Recorder,
+    predicate: Callable[[list[ReadableSpan]], bool],
+    timeout: float = 15.0,
+) -> list[ReadableSpan]:
+    """Poll (yielding to the event loop) until ``predicate(spans)`` holds; the spans."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = otel.spans()
+        if predicate(spans) or time.monotonic() > deadline:
+            return spans
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_count(
+    otel: Recorder, name: str, count: int, timeout: float = 15.0
+) -> list[ReadableSpan]:
+    """Poll until at least ``count`` spans called ``name`` ended; those spans."""
+    await wait_for(otel, lambda spans: sum(s.name == name for s in spans) >= count, timeout)
+    return otel.named(name)
+
+
+def by_name(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
+    """The one span called ``name``."""
+    found = [s for s in spans if s.name == name]
+    assert len(found) == 1, [s.name for s in spans]
+    return found[0]
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    """The trace and span id part of the W3C traceparent a message published under ``span`` carries."""
+    assert span.context is not None
+    return f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
+
+
+def sent_under(headers: Any) -> str:
+    """The trace and span id part of a received message's traceparent header (str or bytes)."""
+    value = headers["traceparent"]
+    text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    return "-".join(text.split("-")[1:3])
+
+
+def base_attributes(broker: Broker, operation: str, destination: str) -> dict[str, Any]:
+    """The attributes every span of ``operation`` on ``destination`` has."""
+    kinds = {
+        "publish": "send",
+        "process": "process",
+        "receive": "receive",
+        "ack": "settle",
+        "nack": "settle",
+        "reject": "settle",
+    }
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": operation,
+        "messaging.operation.type": kinds[operation],
+        "messaging.destination.name": destination,
+        "server.address": broker.host,
+        "server.port": broker.port,
+    }

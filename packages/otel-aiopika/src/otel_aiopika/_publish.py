@@ -1,0 +1,167 @@
+"""Publish: ``Exchange.publish`` (every exchange object, ``channel.default_exchange`` included).
+
+One PRODUCER span per call. The caller's ``Message`` is never touched: the message handed to
+aio-pika is a shallow copy (same body and properties) whose headers are a new dict holding the
+caller's headers plus the trace context. With publisher confirms (aio-pika's default) the call
+returns when the broker answered, so its outcome is the span's: a ``Basic.Nack`` raises
+``aiormq.exceptions.DeliveryError`` (``error.type=broker_nack``); a mandatory message the broker
+returns raises ``PublishError`` with ``on_return_raises=True`` or is returned as the call's
+result otherwise (both ``error.type=unroutable``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Final
+
+import aio_pika.message
+import aiormq
+from aio_pika.message import Message
+
+from otel_aiopika._state import resolve
+from otel_messaging_core import Publish
+from otel_messaging_core._guard import log_internal_error
+
+__all__ = ["publish", "with_headers"]
+
+_BROKER_NACK: Final = "broker_nack"
+_UNROUTABLE: Final = "unroutable"
+
+# aio-pika 8.x keeps the AMQP table in ``headers_raw`` (``headers`` is a decoding proxy over it);
+# aio-pika >= 9 keeps it in ``headers`` (``headers_raw`` is a deprecated, warning property).
+_HEADERS_SLOT: Final = "headers_raw" if "headers_raw" in Message.__slots__ else "headers"
+# aio-pika 8.x: ``headers`` reads through this proxy, which the copy must point at its headers
+_HeaderProxy: Any = getattr(aio_pika.message, "HeaderProxy", None)
+
+
+def headers_of(message: Any) -> Any:
+    """The AMQP header table a message carries (never a decoding proxy, never a warning)."""
+    return getattr(message, _HEADERS_SLOT, None)
+
+
+_Descriptors = tuple[tuple[Any, ...], Any]
+_copiers: dict[type, _Descriptors] = {}
+
+
+def _descriptors(cls: type) -> _Descriptors:
+    """The slot descriptors of ``cls`` to copy, and the descriptor its headers live in."""
+    found = _copiers.get(cls)
+    if found is not None:
+        return found
+    slots: list[Any] = []
+    headers = None
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"
+            descriptor = klass.__dict__.get(name)
+            if descriptor is None or not hasattr(descriptor, "__set__"):
+                continue
+            if name == _HEADERS_SLOT and klass is Message:
+                headers = descriptor
+            slots.append(descriptor)
+    if headers is None:
+        raise TypeError(f"{cls.__qualname__} does not keep headers where aio-pika does")
+    found = _copiers[cls] = (tuple(slots), headers)
+    return found
+
+
+def with_headers(message: Any, headers: dict[Any, Any]) -> Any:
+    """A shallow copy of an aio-pika message (same class, same fields) with ``headers`` instead.
+
+    The copy bypasses ``Message.__init__`` (which re-validates every field) and
+    ``Message.__setattr__`` (a locked message, say a received one published again, stays
+    publishable, as it is for aio-pika).
+    """
+    cls = type(message)
+    slots, headers_slot = _descriptors(cls)
+    copy = object.__new__(cls)
+    for descriptor in slots:
+        try:
+            value = descriptor.__get__(message, cls)
+        except AttributeError:
+            continue
+        descriptor.__set__(copy, value)
+    state = getattr(message, "__dict__", None)
+    if state:
+        copy.__dict__.update(state)
+    headers_slot.__set__(copy, headers)
+    if _HeaderProxy is not None and _HEADERS_SLOT == "headers_raw":
+        object.__setattr__(copy, "_headers", _HeaderProxy(headers))
+    return copy
+
+
+def _failure(exc: BaseException) -> str | None:
+    """``error.type`` of a publish that raised: the broker's answer when it is one."""
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return _UNROUTABLE
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return _BROKER_NACK
+    return None
+
+
+def _returned(result: object) -> str | None:
+    """With ``on_return_raises=False`` a returned mandatory message is the call's result."""
+    if not isinstance(result, aiormq.abc.DeliveredMessage):
+        return None
+    frame = result.delivery
+    if not isinstance(frame, aiormq.spec.Basic.Return):
+        return None
+    return f"returned by the broker: {frame.reply_code} {frame.reply_text}"
+
+
+def _start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Publish | None:
+    state = resolve(instance.channel)
+    if state is None:
+        return None
+    telemetry = state.telemetry
+    assert telemetry is not None
+    message = args[0] if args else kwargs["message"]
+    routing_key = args[1] if len(args) > 1 else kwargs.get("routing_key", "")
+    exchange = instance.name
+    destination = state.destinations.get(
+        "publish",
+        exchange if type(exchange) is str else str(exchange or ""),
+        routing_key if type(routing_key) is str else str(routing_key or ""),
+    )
+    return telemetry.start_publish(
+        destination,
+        headers_of(message),
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        body=message.body,
+        raw=message,
+    )
+
+
+async def publish(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message."""
+    try:
+        op = _start(instance, args, kwargs)
+    except Exception as exc:
+        log_internal_error("publish", exc)
+        op = None
+    if op is None:
+        return await wrapped(*args, **kwargs)
+    try:
+        if args:
+            args = (with_headers(args[0], op.headers), *args[1:])
+        else:
+            kwargs = {**kwargs, "message": with_headers(kwargs["message"], op.headers)}
+    except Exception as exc:  # the caller's message goes out as it is, without the context
+        log_internal_error("publish message copy", exc)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        op.end(exc, error_type=_failure(exc))
+        raise
+    description = _returned(result)
+    if description is not None:
+        op.end(error_type=_UNROUTABLE, description=description)
+    else:
+        op.end()
+    return result

@@ -1,0 +1,117 @@
+"""Settle: ``IncomingMessage.ack`` / ``nack`` / ``reject``, and the outcome of ``message.process()``.
+
+Spans follow SPEC: one per settle with ``settle_spans=True``; a nack/reject without requeue
+always gets one, as ERROR (aio-pika's ``reject()`` and ``process()`` do not requeue by default).
+``ProcessContext.__aexit__`` settles the message itself (ack on success, reject on an exception);
+when an exception made it reject, that exception is recorded on the reject span.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, Callable, Final
+
+from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
+from otel_messaging_core import Settle
+from otel_messaging_core._guard import log_internal_error
+
+__all__ = ["process_exit", "settle"]
+
+Wrapped = Callable[..., Any]
+Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+# The exception raised inside ``async with message.process():`` while aio-pika rejects for it.
+_PROCESS_FAILURE: Final[ContextVar[BaseException | None]] = ContextVar(
+    "otel_aiopika_process_failure", default=None
+)
+
+
+def _arguments(operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, bool]:
+    """``(multiple, requeue)`` of an aio-pika settle call, with aio-pika's defaults."""
+    count = len(args)
+    if operation == "reject":  # reject(requeue=False)
+        return False, bool(args[0] if count else kwargs.get("requeue", False))
+    multiple = bool(args[0] if count else kwargs.get("multiple", False))
+    if operation == "nack":  # nack(multiple=False, requeue=True)
+        return multiple, bool(args[1] if count > 1 else kwargs.get("requeue", True))
+    return multiple, True  # ack(multiple=False)
+
+
+def _start(
+    operation: str, message: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Settle | None:
+    try:
+        multiple, requeue = _arguments(operation, args, kwargs)
+        tag = message.delivery_tag
+        if type(tag) is not int:
+            return None
+        deliveries = deliveries_of(message_channel(message), create=False)
+        records = deliveries.take(tag, multiple) if deliveries is not None else []
+        live = registry.live
+        telemetry = None
+        for record in records:  # the telemetry that recorded the delivery, if still in use
+            if record[0] in live:
+                telemetry = record[0]
+                break
+        if telemetry is None:
+            if records:  # recorded by an instrumentation that was since removed
+                return None
+            recorded_by = deliveries.telemetry if deliveries is not None else None
+            telemetry = recorded_by if recorded_by in live else registry.telemetry
+        if telemetry is None:
+            return None
+        fallback = None
+        if not requeue and not records:
+            # A message not seen delivered (consumed before instrumentation) is still dropped
+            # or dead-lettered here: that must not be silent.
+            exchange = message.exchange
+            routing_key = message.routing_key
+            fallback = telemetry.destinations(*server_of(message_channel(message))).get(
+                "process",
+                exchange if type(exchange) is str else "",
+                routing_key if type(routing_key) is str else "",
+            )
+        return telemetry.start_settle(
+            operation,
+            [record[1] for record in records if record[0] is telemetry],
+            requeue=requeue,
+            delivery_tag=tag,
+            fallback=fallback,
+        )
+    except Exception as exc:
+        log_internal_error(operation, exc)
+        return None
+
+
+def settle(operation: str) -> Wrapper:
+    """The wrapper of ``IncomingMessage.{operation}``."""
+
+    async def wrapper(
+        wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        op = _start(operation, instance, args, kwargs) if registry.live else None
+        if op is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            op.end(exc)
+            raise
+        op.end()
+        return result
+
+    return wrapper
+
+
+async def process_exit(
+    wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``ProcessContext.__aexit__``: the block's exception reaches the settle it causes."""
+    exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
+    if not isinstance(exc, BaseException) or not registry.live:
+        return await wrapped(*args, **kwargs)
+    token = _PROCESS_FAILURE.set(exc)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _PROCESS_FAILURE.reset(token)

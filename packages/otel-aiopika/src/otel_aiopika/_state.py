@@ -1,0 +1,256 @@
+"""Which telemetry instruments a channel, and what is kept per channel and per delivery.
+
+aio-pika objects point at their channel: ``Exchange.channel`` and ``Queue.channel`` are the
+aio-pika channel (aio-pika >= 9) or the underlying ``aiormq`` channel (aio-pika 8.x); a
+delivered ``IncomingMessage`` keeps the ``aiormq`` channel. The instrumentation keeps:
+
+* on the channel an exchange or queue points at: an :class:`OwnerState` caching which telemetry
+  applies (the channel's own from ``instrument_channel()``, else the global one) and that
+  telemetry's destination cache for the channel's broker address. It is re-resolved only when
+  instrumentation changes (a generation counter), so the per-message cost is one attribute read;
+* on the ``aiormq`` channel of deliveries: :class:`Deliveries`, the core
+  :class:`~otel_messaging_core.Delivery` of each unsettled manual-ack message (by delivery tag,
+  removed by its ack/nack/reject) and the handling context of pulled messages for
+  ``message_context()``. aio-pika >= 9 gives ``IncomingMessage`` ``__slots__`` without
+  ``__weakref__``, so nothing can be attached to (or weakly keyed by) the message itself; the
+  delivery tag names it uniquely on its channel. The map lives on the ``aiormq`` channel object,
+  so it is freed with that channel (a robust reconnect opens a new one), is cleared when the
+  channel closes, and is bounded.
+
+Nothing here imports aio-pika: the package must import (for the entry point) without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, Final
+
+from opentelemetry.context import Context
+
+from otel_messaging_core import Delivery, DestinationCache, MessagingTelemetry
+from otel_messaging_core._guard import log_internal_error
+
+__all__ = [
+    "Deliveries",
+    "OwnerState",
+    "deliveries_of",
+    "message_channel",
+    "recall",
+    "registry",
+    "resolve",
+    "track",
+]
+
+STATE_ATTR: Final = "_otel_aiopika_state"
+PIN_ATTR: Final = "_otel_aiopika_telemetry"
+DELIVERIES_ATTR: Final = "_otel_aiopika_deliveries"
+# A consumer that never settles would otherwise grow the map without bound; the oldest record is
+# dropped instead (its settle then has no record; the message is unaffected).
+MAX_TRACKED: Final = 65536
+# Contexts of auto-ack pulls are only for message_context(); a few recent ones are enough.
+MAX_PULLED: Final = 256
+
+
+class _Registry:
+    """Global instrumentation, the channels with their own, and a generation counter."""
+
+    __slots__ = ("generation", "live", "pinned", "telemetry")
+
+    def __init__(self) -> None:
+        self.telemetry: MessagingTelemetry | None = None
+        # aio-pika channels given to instrument_channel(); their telemetry is in PIN_ATTR
+        self.pinned: weakref.WeakSet[Any] = weakref.WeakSet()
+        # every telemetry in use (global or pinned): a delivery recorded by one that was since
+        # uninstrumented makes no settle span
+        self.live: set[MessagingTelemetry] = set()
+        self.generation = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.live)
+
+    def changed(self) -> None:
+        self.generation += 1
+        live = {getattr(channel, PIN_ATTR, None) for channel in self.pinned}
+        live.add(self.telemetry)
+        live.discard(None)
+        self.live = live  # type: ignore[assignment]
+
+
+registry: Final = _Registry()
+
+
+class OwnerState:
+    """The telemetry (``None``: not instrumented) and destination cache of one channel."""
+
+    __slots__ = ("destinations", "generation", "telemetry")
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.telemetry: MessagingTelemetry | None = None
+        self.destinations: DestinationCache = DestinationCache()
+
+
+def resolve(owner: Any) -> OwnerState | None:
+    """The state of the channel an exchange or queue points at; ``None`` when not instrumented."""
+    state: OwnerState | None = getattr(owner, STATE_ATTR, None)
+    if state is not None and state.generation == registry.generation:
+        return state if state.telemetry is not None else None
+    try:
+        return _rebind(owner, state)
+    except Exception as exc:
+        log_internal_error("channel state", exc)
+        return None
+
+
+def _rebind(owner: Any, state: OwnerState | None) -> OwnerState | None:
+    telemetry = _pinned_telemetry(owner) or registry.telemetry
+    if state is None:
+        state = OwnerState()
+        # a channel object that takes no attributes is resolved on every call instead
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(owner, STATE_ATTR, state)
+    if telemetry is not None and telemetry is not state.telemetry:
+        host, port = server_of(owner)
+        state.destinations = telemetry.destinations(host, port)
+    state.telemetry = telemetry
+    state.generation = registry.generation
+    return state if telemetry is not None else None
+
+
+def underlay(channel: Any) -> Any:
+    """The ``aiormq`` channel under an aio-pika channel (``None`` while it is (re)opening)."""
+    return getattr(getattr(channel, "_channel", None), "channel", None)
+
+
+def _pinned_telemetry(owner: Any) -> MessagingTelemetry | None:
+    own: MessagingTelemetry | None = getattr(owner, PIN_ATTR, None)
+    if own is not None:
+        return own
+    # aio-pika 8.x: exchanges and queues point at the aiormq channel, which a robust channel
+    # replaces on reconnect; find the pinned aio-pika channel it currently belongs to.
+    for channel in list(registry.pinned):
+        if underlay(channel) is owner:
+            pinned: MessagingTelemetry | None = getattr(channel, PIN_ATTR, None)
+            return pinned
+    return None
+
+
+def server_of(owner: Any) -> tuple[str | None, int | None]:
+    """``server.address`` and ``server.port`` of a channel's connection URL (never credentials)."""
+    connection = getattr(owner, "_connection", None)  # aio-pika channel
+    if connection is None:
+        connection = getattr(owner, "connection", None)  # aiormq channel
+    url = getattr(connection, "url", None)
+    host = getattr(url, "host", None)
+    port = getattr(url, "port", None)
+    return (
+        host if isinstance(host, str) and host else None,
+        port if isinstance(port, int) and not isinstance(port, bool) else None,
+    )
+
+
+# -- deliveries ---------------------------------------------------------------------------------
+
+
+class Deliveries:
+    """Per ``aiormq`` channel: unsettled manual-ack deliveries and recently pulled contexts."""
+
+    __slots__ = ("__weakref__", "pulled", "records", "telemetry")
+
+    def __init__(self) -> None:
+        self.telemetry: MessagingTelemetry | None = None
+        self.records: dict[int, tuple[MessagingTelemetry, Delivery | None, Context | None]] = {}
+        self.pulled: dict[int, Context] = {}
+
+    def take(
+        self, delivery_tag: int, multiple: bool
+    ) -> list[tuple[MessagingTelemetry, Delivery | None, Context | None]]:
+        """The records one ack/nack/reject settles, removed from the map."""
+        records = self.records
+        if not multiple:
+            found = records.pop(delivery_tag, None)
+            return [found] if found is not None else []
+        if not delivery_tag:
+            settled = list(records.values())
+            records.clear()
+            return settled
+        # Tags grow per channel, but concurrent handlers record them out of order: scan.
+        tags = [tag for tag in records if tag <= delivery_tag]
+        return [records.pop(tag) for tag in tags]
+
+    def clear(self, *_args: object) -> None:
+        """The channel closed: nothing it delivered can be settled any more."""
+        self.records.clear()
+        self.pulled.clear()
+
+
+def message_channel(message: Any) -> Any:
+    """The ``aiormq`` channel a message was delivered on (the property raises once it closed)."""
+    return getattr(message, "_IncomingMessage__channel", None)
+
+
+def deliveries_of(channel: Any, create: bool) -> Deliveries | None:
+    """The :class:`Deliveries` kept on an ``aiormq`` channel (created on first use)."""
+    found: Deliveries | None = getattr(channel, DELIVERIES_ATTR, None)
+    if found is not None or not create or channel is None:
+        return found
+    found = Deliveries()
+    try:
+        setattr(channel, DELIVERIES_ATTR, found)
+        closing = getattr(channel, "closing", None)
+        if closing is not None and hasattr(closing, "add_done_callback"):
+            ref = weakref.ref(found)
+            closing.add_done_callback(lambda _f: _clear(ref))
+    except Exception as exc:  # a channel object that takes no attributes: nothing is tracked
+        log_internal_error("delivery records", exc)
+        return None
+    return found
+
+
+def _clear(ref: weakref.ref[Deliveries]) -> None:
+    found = ref()
+    if found is not None:
+        found.clear()
+
+
+def track(
+    message: Any,
+    telemetry: MessagingTelemetry,
+    delivery: Delivery | None,
+    context: Context | None,
+    manual_ack: bool,
+) -> None:
+    """Keep what a later settle (manual ack) or ``message_context()`` (a pull) needs."""
+    tag = getattr(message, "delivery_tag", None)
+    if type(tag) is not int:
+        return
+    deliveries = deliveries_of(message_channel(message), create=True)
+    if deliveries is None:
+        return
+    deliveries.telemetry = telemetry
+    if manual_ack:
+        records = deliveries.records
+        records[tag] = (telemetry, delivery, context)
+        if len(records) > MAX_TRACKED:
+            del records[next(iter(records))]
+    elif context is not None:
+        pulled = deliveries.pulled
+        pulled[tag] = context
+        if len(pulled) > MAX_PULLED:
+            del pulled[next(iter(pulled))]
+
+
+def recall(message: Any) -> Context | None:
+    """The handling context recorded for a delivered message, if it is still known."""
+    tag = getattr(message, "delivery_tag", None)
+    if type(tag) is not int:
+        return None
+    deliveries = deliveries_of(message_channel(message), create=False)
+    if deliveries is None:
+        return None
+    record = deliveries.records.get(tag)
+    if record is not None and record[2] is not None:
+        return record[2]
+    return deliveries.pulled.get(tag)

@@ -1,0 +1,162 @@
+"""``AioPikaInstrumentor``: the patch list, global instrumentation and per-channel instrumentation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection
+
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+from opentelemetry.instrumentation.utils import unwrap
+
+from otel_aiopika._package import _instruments
+from otel_aiopika._state import PIN_ATTR, recall, registry
+from otel_aiopika.version import __version__
+from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
+from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core.consumer import handling_parent
+from otel_messaging_core.propagation import extract_context
+
+__all__ = ["AioPikaInstrumentor", "message_context"]
+
+_INSTRUMENTATION_NAME = "otel_aiopika"
+# Keywords BaseInstrumentor.instrument() may pass on (depending on its version): not ours.
+_BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+Target = tuple[type, str, Wrapper]
+
+
+def _targets() -> list[Target]:
+    """Every patch, as (class, attribute, wrapper); the same list drives wrap and unwrap.
+
+    The patches are on aio-pika's classes because ``Queue`` and ``IncomingMessage`` take no
+    per-object attributes (``__slots__``); each wrapper asks which telemetry, if any, serves the
+    object's channel (see ``_state``), so ``instrument_channel()`` still scopes telemetry to one
+    channel.
+    """
+    from aio_pika.exchange import Exchange
+    from aio_pika.message import IncomingMessage, ProcessContext
+    from aio_pika.queue import Queue, QueueIterator
+    from aio_pika.robust_queue import RobustQueueIterator
+
+    from otel_aiopika import _consume, _publish, _settle
+
+    targets: list[Target] = [
+        (Exchange, "publish", _publish.publish),
+        (Queue, "consume", _consume.consume),
+        (Queue, "get", _consume.get),
+        (QueueIterator, "__anext__", _consume.iterator_anext),
+        (QueueIterator, "close", _consume.iterator_close),
+        (QueueIterator, "__aexit__", _consume.iterator_exit),
+        (IncomingMessage, "ack", _settle.settle("ack")),
+        (IncomingMessage, "nack", _settle.settle("nack")),
+        (IncomingMessage, "reject", _settle.settle("reject")),
+        (ProcessContext, "__aexit__", _settle.process_exit),
+    ]
+    # aio-pika 10 gives the robust iterator an __anext__ of its own (waiting out reconnects)
+    if "__anext__" in RobustQueueIterator.__dict__:
+        targets.append((RobustQueueIterator, "__anext__", _consume.iterator_anext))
+    return targets
+
+
+def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
+    for keyword in _BASE_KEYWORDS:
+        kwargs.pop(keyword, None)
+    options = InstrumentationOptions.from_kwargs(kwargs)
+    return MessagingTelemetry(
+        options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
+    )
+
+
+class _Patches:
+    """The class patches, installed while anything (global or a channel) is instrumented."""
+
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls.installed:
+            return
+        import wrapt
+
+        for owner, name, wrapper in _targets():
+            wrapt.wrap_function_wrapper(owner, name, wrapper)
+        cls.installed = True
+
+    @classmethod
+    def remove(cls) -> None:
+        if not cls.installed:
+            return
+        for owner, name, _wrapper in _targets():
+            unwrap(owner, name)
+        cls.installed = False
+
+
+class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentation for aio-pika (see the module documentation of :mod:`otel_aiopika`)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        telemetry = _telemetry(kwargs)  # validates before anything is patched
+        _Patches.install()
+        registry.telemetry = telemetry
+        registry.changed()
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        registry.telemetry = None
+        registry.changed()
+        if not registry.pinned:
+            _Patches.remove()
+
+    @staticmethod
+    def instrument_channel(channel: Any, **kwargs: Any) -> None:
+        """Instrument one aio-pika channel (plain or robust) with its own options.
+
+        Takes the keywords of :meth:`instrument`. Exchanges, queues and messages of the channel
+        use these options whether or not ``instrument()`` was called; other channels are left to
+        ``instrument()`` (or alone). Calling it again replaces the channel's options.
+        """
+        telemetry = _telemetry(dict(kwargs))
+        setattr(channel, PIN_ATTR, telemetry)
+        registry.pinned.add(channel)
+        _Patches.install()
+        registry.changed()
+
+    @staticmethod
+    def uninstrument_channel(channel: Any) -> None:
+        """Undo :meth:`instrument_channel`: the channel is plain again (or globally instrumented)."""
+        if PIN_ATTR in getattr(channel, "__dict__", {}):
+            delattr(channel, PIN_ATTR)
+        registry.pinned.discard(channel)
+        registry.changed()
+        if registry.telemetry is None and not registry.pinned:
+            _Patches.remove()
+
+
+def message_context(message: Any) -> MessageContext:
+    """``with message_context(message):`` makes a pulled message's context current for the block.
+
+    ``message`` is the ``IncomingMessage`` from ``Queue.get`` (or the queue iterator). When a
+    receive span was recorded for it, its context is used (the block's spans become children of
+    the receive span); otherwise the context comes from the message's headers under the
+    ``consumer_context`` rule. The message's baggage is current in the block either way.
+    """
+    context = None
+    try:
+        context = recall(message)
+        if context is None:
+            from otel_aiopika._publish import headers_of
+
+            headers = headers_of(message)
+            telemetry = registry.telemetry
+            if telemetry is not None:
+                context = telemetry.handling_context(headers)
+            else:
+                context, _links = handling_parent(extract_context(headers), "parent")
+    except Exception as exc:
+        log_internal_error("message_context", exc)
+    return MessageContext(context if context is not None else otel_context.get_current())
