@@ -23,11 +23,6 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="the deploy checks read YAML: install pyyaml")
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the flow session runs on 3.12
-    tomllib = pytest.importorskip("tomli", reason="the oauth2-proxy config is TOML")
-
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 SIX_WEEKS_HOURS = 6 * 7 * 24  # 1008
@@ -80,8 +75,13 @@ def _yaml(relative: str) -> dict[str, Any]:
 
 @functools.cache
 def _proxy_config() -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the flow session runs on 3.12
+        tomllib = pytest.importorskip("tomli", reason="the oauth2-proxy config is TOML")
     with (DEPLOY / "oauth2-proxy" / "oauth2-proxy.cfg").open("rb") as file:
-        return tomllib.load(file)
+        loaded: dict[str, Any] = tomllib.load(file)
+    return loaded
 
 
 @functools.cache
