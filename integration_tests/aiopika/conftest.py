@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from opentelemetry.sdk.trace import ReadableSpan
+from yarl import URL
 
 from broker_harness import Broker, Recorder
 from otel_aiopika import AioPikaInstrumentor
@@ -42,15 +43,23 @@ def instrumented(instrument: Instrument) -> AioPikaInstrumentor:
     return instrument()
 
 
+def connection_url(broker: Broker, name: str | None = None, **query: str) -> str:
+    """The broker URL naming the connection (``name``: aiormq sends it as connection_name, which
+    rabbitmqctl shows; aio-pika < 10 ignores ``client_properties`` next to a URL)."""
+    name = name or f"otel-aiopika-test-{uuid.uuid4().hex[:8]}"
+    return str(URL(broker.url).update_query(name=name, **query))
+
+
 @pytest_asyncio.fixture
 async def connect(rabbitmq: Broker) -> AsyncIterator[Connect]:
     """``await connect(robust=..., name=...)`` opens a named connection; all are closed after the test."""
     opened: list[AbstractConnection] = []
 
-    async def open_connection(robust: bool = False, name: str | None = None) -> AbstractConnection:
-        name = name or f"otel-aiopika-test-{uuid.uuid4().hex[:8]}"
+    async def open_connection(
+        robust: bool = False, name: str | None = None, **query: str
+    ) -> AbstractConnection:
         factory = aio_pika.connect_robust if robust else aio_pika.connect
-        connection = await factory(rabbitmq.url, client_properties={"connection_name": name})
+        connection = await factory(connection_url(rabbitmq, name, **query))
         opened.append(connection)
         return connection
 

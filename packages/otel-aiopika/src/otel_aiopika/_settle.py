@@ -64,12 +64,11 @@ def _start(
         if not requeue and not records:
             # A message not seen delivered (consumed before instrumentation) is still dropped
             # or dead-lettered here: that must not be silent.
-            exchange = message.exchange
-            routing_key = message.routing_key
+            exchange = message.exchange if type(message.exchange) is str else ""
+            routing_key = message.routing_key if type(message.routing_key) is str else ""
             fallback = telemetry.destinations(*server_of(message_channel(message))).get(
-                "process",
-                exchange if type(exchange) is str else "",
-                routing_key if type(routing_key) is str else "",
+                # the default exchange routes to the queue the routing key names
+                "process", exchange, routing_key, "" if exchange else routing_key
             )
         return telemetry.start_settle(
             operation,

@@ -1,0 +1,131 @@
+"""Robust connections: after the broker drops the connection and aio-pika reconnects, tracing goes on, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+import pytest
+import pytest_asyncio
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from broker_harness import Broker, Recorder, span_summary
+from broker_harness.broker import close_connections
+from integration_tests.aiopika.conftest import connection_url, traceparent_of, wait_for
+from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture
+async def robust_connection(
+    rabbitmq: Broker,
+) -> AsyncIterator[tuple[str, AbstractRobustConnection]]:
+    """A robust connection with a name of its own (so only it is dropped) that reconnects fast."""
+    name = f"otel-aiopika-robust-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect_robust(
+        connection_url(rabbitmq, name, reconnect_interval="0.5")
+    )
+    yield name, connection
+    await asyncio.wait_for(connection.close(), 10)
+
+
+async def try_publish(channel: aio_pika.abc.AbstractChannel, body: bytes, queue: str) -> bool:
+    """One publish attempt; False when the robust channel is not usable yet."""
+    try:
+        await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue, timeout=5)
+    except Exception:
+        return False
+    return True
+
+
+async def publish_when_connected(
+    channel: aio_pika.abc.AbstractChannel, body: bytes, queue: str
+) -> None:
+    """Publish once the robust channel is usable again (publishes fail while it reconnects)."""
+    deadline = time.monotonic() + 60
+    while not await try_publish(channel, body, queue):
+        assert time.monotonic() < deadline, "the robust connection did not come back"
+        await asyncio.sleep(0.2)
+
+
+async def drop(name: str) -> None:
+    """Close the named connection from the broker's side (rabbitmqctl runs in a thread)."""
+    closed = await asyncio.to_thread(close_connections, name, "otel-aiopika robust test")
+    assert closed == 1
+
+
+@pytest.mark.asyncio
+async def test_restored_consumers_are_traced_exactly_once(
+    instrumented: AioPikaInstrumentor,
+    otel: Recorder,
+    robust_connection: tuple[str, AbstractRobustConnection],
+    unique: Callable[[str], str],
+) -> None:
+    """A consumer the robust channel restores after the broker dropped the connection makes exactly one process span per message, in the message's trace."""
+    name, connection = robust_connection
+    channel = await connection.channel()
+    queue = await channel.declare_queue(unique("q"), auto_delete=True)
+    handled: list[bytes] = []
+
+    async def handle(message: AbstractIncomingMessage) -> None:
+        handled.append(message.body)
+        await message.ack()
+
+    await queue.consume(handle)
+    await publish_when_connected(channel, b"before", queue.name)
+    await wait_for(otel, lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 1)
+
+    await drop(name)
+    await publish_when_connected(channel, b"after", queue.name)
+    await publish_when_connected(channel, b"later", queue.name)
+    spans = await wait_for(
+        otel, lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 3, timeout=30
+    )
+    await asyncio.sleep(0.5)  # a second (double-wrapped) span would have ended by now
+    spans = otel.spans()
+    processes = [s for s in spans if s.name == f"process {queue.name}"]
+    assert handled == [b"before", b"after", b"later"]
+    assert len(processes) == 3
+    publishes = [s for s in spans if s.name == "publish amq.default" and s.status.is_ok]
+    for process in processes:
+        summary = span_summary(process, spans)
+        assert summary["parent"] == "publish amq.default"
+        assert summary["links"] == ["publish amq.default"]
+    assert {traceparent_of(p) for p in publishes} >= {
+        f"{s.parent.trace_id:032x}-{s.parent.span_id:016x}" for s in processes if s.parent
+    }
+
+
+@pytest.mark.asyncio
+async def test_queue_iterator_keeps_tracing_across_a_reconnect(
+    instrumented: AioPikaInstrumentor,
+    otel: Recorder,
+    robust_connection: tuple[str, AbstractRobustConnection],
+    unique: Callable[[str], str],
+) -> None:
+    """An iterator on a robust queue that survives a dropped connection gives one receive span per message before and after."""
+    name, connection = robust_connection
+    channel = await connection.channel()
+    queue = await channel.declare_queue(unique("q"), auto_delete=True)
+    await publish_when_connected(channel, b"before", queue.name)
+    bodies: list[bytes] = []
+    async with queue.iterator() as messages:
+        async for message in messages:
+            await message.ack()
+            bodies.append(message.body)
+            if message.body == b"before":
+                await drop(name)
+                await publish_when_connected(channel, b"after", queue.name)
+            else:
+                break
+    assert bodies == [b"before", b"after"]
+    receives = await wait_for(
+        otel, lambda s: sum(x.name == f"receive {queue.name}" for x in s) >= 2
+    )
+    spans = [s for s in receives if s.name == f"receive {queue.name}"]
+    assert len(spans) == 2
+    assert all(span_summary(s, receives)["parent"] == "publish amq.default" for s in spans)
