@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -226,22 +226,18 @@ def render(result: FlowResult, console: Console | None = None, *, broker: str = 
     if result.extra_endpoint:
         lost_ids = [oid for oid, f in fates.items() if f.status == "lost"]
         example = "17" if "17" in lost_ids else (lost_ids[0] if lost_ids else "1")
-        console.print(
-            Panel(
-                Group(
-                    Text(f"The services also exported to {result.extra_endpoint}."),
-                    Text.assemble(
-                        "In Jaeger: Search → Service ",
-                        ("any of shop-api, srm-api, mes", "bold"),
-                        " → Tags ",
-                        (f"order.id={example} order_flow.run_id={result.run_id}", "bold"),
-                        " (resource tag) → Find Traces; follow the span links between hops.",
-                    ),
-                ),
-                title="where did the order stop?",
-                expand=False,
-            )
+        hint = Text.assemble(
+            f"The services also exported to {result.extra_endpoint}. In Jaeger: Search → Service ",
+            ("mes", "bold"),
+            " (or shop-api, srm-api) → Tags ",
+            (f"order.id={example}", "bold"),
+            " → Find Traces.\nAdd ",
+            ("error=true", "bold"),
+            " to the tags for the hop that failed, ",
+            (f"order_flow.run_id={result.run_id}", "bold"),
+            " for this run only; follow the span links (references) from hop to hop.",
         )
+        console.print(Panel(hint, title=f"where did order {example} stop?", expand=False))
     console.print()
     if problems:
         console.print(Text("The flow did NOT behave as designed:", style="bold red"))
