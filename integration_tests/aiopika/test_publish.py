@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import aio_pika
@@ -237,3 +238,20 @@ async def test_publish_without_publisher_confirms_makes_one_span(
     received = await queue.get(timeout=10, no_ack=True)
     assert received is not None
     assert sent_under(received.headers) == traceparent_of(span)
+
+
+@pytest.mark.asyncio
+async def test_unroutable_publish_without_confirms_has_an_ok_span(
+    instrumented: AioPikaInstrumentor,
+    otel: Recorder,
+    connect: Connect,
+    unique: Callable[[str], str],
+) -> None:
+    """Without publisher confirms nothing tells the client a mandatory message was returned (aiormq drops the return), so the span ends OK: the documented limit."""
+    connection = await connect()
+    channel = await connection.channel(publisher_confirms=False)
+    exchange = await channel.declare_exchange(unique("x"), "direct", auto_delete=True)
+    assert await exchange.publish(aio_pika.Message(b"lost"), "nowhere", mandatory=True) is None
+    await asyncio.sleep(0.3)
+    (span,) = otel.spans()
+    assert span_summary(span)["status"] == "UNSET"

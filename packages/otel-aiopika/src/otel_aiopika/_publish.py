@@ -21,7 +21,7 @@ from otel_aiopika._state import resolve
 from otel_messaging_core import Publish
 from otel_messaging_core._guard import log_internal_error
 
-__all__ = ["publish", "with_headers"]
+__all__ = ["headers_of", "publish", "with_headers"]
 
 _BROKER_NACK: Final = "broker_nack"
 _UNROUTABLE: Final = "unroutable"

@@ -68,7 +68,10 @@ def _start(
             routing_key = message.routing_key if type(message.routing_key) is str else ""
             fallback = telemetry.destinations(*server_of(message_channel(message))).get(
                 # the default exchange routes to the queue the routing key names
-                "process", exchange, routing_key, "" if exchange else routing_key
+                "process",
+                exchange,
+                routing_key,
+                "" if exchange else routing_key,
             )
         return telemetry.start_settle(
             operation,
