@@ -1,4 +1,268 @@
-"""OpenTelemetry tracing and metrics for aio-pika (draft guide, completed below)."""
+"""OpenTelemetry tracing and metrics for `aio-pika <https://aio-pika.readthedocs.io>`_ (RabbitMQ).
+
+Every publish, every consumed message and every lost message becomes a span with the messaging
+semantic-convention attributes; the trace context rides in the message headers, so the spans of a
+consumer join the trace of the producer, in every consumption style (callbacks, the queue
+iterator, ``Queue.get``); the four semconv messaging metrics are recorded. It covers plain and
+robust connections, aio-pika 8.x, 9.x and 10.x, Python 3.10 to 3.13.
+
+Install
+-------
+
+.. code-block:: console
+
+    pip install "otel-aiopika[instruments]"
+
+The ``instruments`` extra pulls in a supported aio-pika; leave it out to keep your own pin.
+
+Instrument
+----------
+
+.. code-block:: python
+
+    from otel_aiopika import AioPikaInstrumentor
+
+    AioPikaInstrumentor().instrument()      # before consumers are registered
+
+Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
+``otel_aiopika``; options then come from the ``OTEL_PYTHON_RABBITMQ_*`` variables below, and
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_aiopika`` turns it off).
+
+``instrument()`` patches aio-pika's classes, so exchanges, queues, iterators and messages that
+already exist are covered; a ``Queue.consume`` callback is traced when it is registered after
+``instrument()``. ``instrument()`` twice is a no-op; ``uninstrument()`` restores every patched
+attribute, and consumers registered while instrumented stop producing telemetry.
+
+To instrument one channel (plain or robust) with options of its own:
+
+.. code-block:: python
+
+    AioPikaInstrumentor.instrument_channel(channel, settle_spans=True)
+    ...
+    AioPikaInstrumentor.uninstrument_channel(channel)
+
+Exchanges, queues and messages of that channel then use these options, whether or not
+``instrument()`` was called; other channels are left to ``instrument()`` (or alone).
+
+Options
+-------
+
+``instrument()`` and ``instrument_channel()`` take the same keywords; an unknown keyword or a
+wrong value is a ``TypeError``/``ValueError`` at once, before anything is patched.
+
+``tracer_provider``, ``meter_provider``
+    Default: the global providers.
+``publish_hook``, ``consume_hook``
+    ``hook(span, envelope)``, called for recording spans only, right after the span starts.
+    ``envelope`` is the shared ``otel_messaging_core.Envelope`` (exchange, routing_key, queue,
+    body, headers (read-only; on publish the headers actually sent), message_id, correlation_id,
+    delivery_tag, redelivered, and ``raw``: the caller's ``aio_pika.Message`` on publish, the
+    ``IncomingMessage`` on consume). A hook that raises is logged once and never breaks the
+    publish or the handler.
+``consumer_context`` (``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``)
+    ``"parent"`` (default): a process/receive span is a child of the producer's span when no span
+    is active (and links to it); when one is active, that span is the parent and the producer is
+    a link. ``"link"``: every hop starts its own trace, linked to the producer.
+``settle_spans`` (``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``)
+    ``True``: a span for every ack/nack/reject. Default ``False``: only a nack/reject without
+    requeue gets one (always, as ERROR: the message is dropped or dead-lettered). Note that
+    aio-pika's ``reject()`` and ``message.process()`` do not requeue unless told to.
+``capture_headers`` (``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``, comma-separated)
+    Header names copied to ``messaging.header.<name>`` attributes.
+``baggage_attributes`` (``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES``, comma-separated)
+    Baggage entries copied onto every messaging span as attributes of the same name, e.g.
+    ``("order.id",)``.
+
+Spans
+-----
+
+.. list-table::
+   :header-rows: 1
+
+   * - aio-pika call
+     - span name
+     - kind
+     - parent / links
+   * - ``Exchange.publish`` (``channel.default_exchange`` too), one span per call
+     - ``publish {exchange}`` (``amq.default`` for ``""``)
+     - PRODUCER
+     - the current span; its context is injected into the headers of the message sent
+   * - a ``Queue.consume`` callback
+     - ``process {queue}``
+     - CONSUMER
+     - the producer (``consumer_context``); the callback runs in the span's context
+   * - each message of the queue iterator (``async for message in queue.iterator()``)
+     - ``receive {queue}``
+     - CLIENT
+     - as process; open and current while the loop body handles the message
+   * - ``Queue.get`` returning a message (an empty get makes no span)
+     - ``receive {queue}``
+     - CLIENT
+     - as process; covers the get, the caller's context is left as it was
+   * - ``IncomingMessage.ack`` / ``nack`` / ``reject``, and those ``message.process()`` makes
+       (see ``settle_spans``)
+     - ``ack {queue}`` / ``nack {queue}`` / ``reject {queue}``
+     - CLIENT
+     - the current span, else the delivery's process/receive span; links to the producer(s)
+
+Attributes (set when the span starts, so samplers see them): ``messaging.system=rabbitmq``,
+``messaging.operation.name`` (publish, process, receive, ack, nack, reject),
+``messaging.operation.type`` (send, process, receive, settle), ``messaging.destination.name``
+(publish: ``{exchange}:{routing_key}``; consume and settle: ``{exchange}:{routing_key}:{queue}``,
+empty parts dropped, a routing key equal to the queue kept once),
+``messaging.rabbitmq.destination.routing_key``, ``messaging.rabbitmq.message.delivery_tag``,
+``messaging.message.id``, ``messaging.message.conversation_id`` (the correlation id),
+``messaging.message.body.size``, ``messaging.batch.message_count`` (an ``ack(multiple=True)``
+of several deliveries), ``server.address`` (the host of the connection URL, never
+credentials), ``server.port``. A queue the broker names (``amq.gen-…``) or a robust channel
+names for you (``declare_queue()`` without a name: ``amq_<hex>``) is named ``amq.gen`` and
+marked ``messaging.destination.anonymous=true``.
+
+Failures
+--------
+
+A failure sets status ERROR, records the exception and sets ``error.type``; the original
+exception reaches the caller unchanged (same object). With publisher confirms (aio-pika's
+default):
+
+* a publish the broker nacks (a full queue with ``x-overflow=reject-publish``, say) raises
+  ``aiormq.exceptions.DeliveryError``: ``error.type=broker_nack``;
+* a ``mandatory`` publish (aio-pika's default) the broker cannot route is
+  ``error.type=unroutable``, whether it raises ``PublishError`` (``on_return_raises=True``) or
+  comes back as ``publish()``'s result (the default);
+* any other exception (a closed channel, a timeout) is recorded with its qualified class name.
+
+A callback or loop body that raises ends its process/receive span ERROR. Inside
+``async with message.process():`` an exception rejects the message (or requeues it with
+``requeue=True``): the reject span (always made without requeue, with ``settle_spans`` otherwise)
+is ERROR and records that exception; its ``error.type`` is ``rejected`` when the message is
+dropped, else the exception's class name.
+
+Consumption styles
+------------------
+
+.. code-block:: python
+
+    async def on_message(message):           # a process span around every call
+        async with message.process():
+            await handle(message)            # its spans join the order's trace
+
+    await queue.consume(on_message)
+
+    async with queue.iterator() as messages:  # a receive span per message
+        async for message in messages:
+            async with message.process():
+                await handle(message)        # runs in that message's context
+    # nothing of the last message is current here
+
+aio-pika runs every delivered message in a task of its own, so with ``prefetch_count > 1``
+concurrent handlers each stay in their own message's trace. The queue iterator's body runs in the
+task that iterates: the message's context is made current there when ``__anext__`` returns it and
+the previous context is restored when the next message is asked for, when the loop ends (by
+``break`` out of ``async with``, an exception, the iterator's timeout or ``close()``).
+
+``Queue.get`` leaves the caller's context alone, since nothing marks where handling ends.
+``message_context(message)`` makes a got message's context (and baggage) current for a block:
+
+.. code-block:: python
+
+    from otel_aiopika import message_context
+
+    message = await queue.get(fail=False)
+    if message is not None:
+        with message_context(message):
+            await handle(message)            # children of its receive span
+
+Robust connections
+------------------
+
+After the broker drops a robust connection, aio-pika re-registers the consumers it recorded with
+your own callbacks; they are traced again, once (a traced callback is marked and never wrapped
+twice). Queue iterators go on making one receive span per message across the reconnect.
+
+Metrics
+-------
+
+Meter ``otel_aiopika``: ``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
+``messaging.client.operation.duration`` (publish, receive, settle) and
+``messaging.process.duration``, with ``messaging.system``, ``messaging.operation.name``,
+``messaging.destination.name`` (generated queue names as ``amq.gen``), ``server.address``,
+``server.port`` and ``error.type`` on failure.
+
+Limits
+------
+
+* ``Queue.consume`` callbacks registered before ``instrument()`` (or ``instrument_channel()``)
+  are not traced until the consumer is registered again (a robust reconnect does that).
+* The queue iterator without ``async with``: ``async for message in queue: ... break`` leaves
+  the last receive span open, and its context current in that task, until the iterator is
+  closed (``await iterator.close()``) or asked for the next message. Leave the loop inside
+  ``async with queue.iterator()``, as aio-pika's documentation shows. An iterator closed from
+  another task ends the span there; the iterating task restores its own context on its next call
+  into the iterator.
+* Without publisher confirms (``channel(publisher_confirms=False)``) nothing tells the client
+  that a mandatory message was returned (aiormq drops the return and logs "Unhandled message"),
+  so such a publish span ends OK, and a broker nack cannot exist.
+* A message published without a ``message_id`` gets one from aiormq after the publish span
+  started: consumer spans show it, the publish span does not.
+* The settle record of a manual-ack delivery is kept on its aiormq channel (aio-pika >= 9 gives
+  ``IncomingMessage`` no room for it) until the settle, the channel's close, or 65,536 newer
+  unsettled deliveries on that channel. A settle without a record (those, or a message
+  consumed before instrumentation) has no producer link; an ack of one makes no span, a
+  nack/reject without requeue still makes its ERROR span.
+* ``message_context()`` finds the receive span of a manual-ack get until it is settled and of
+  the last 256 ``no_ack=True`` gets per channel; for older ones it continues the producer's
+  trace from the headers.
+* The per-channel mode patches aio-pika's classes too (``Queue`` and ``IncomingMessage`` take
+  no per-object attributes); for channels that are not instrumented the patched methods only
+  look up a cached "not instrumented" and call the original.
+* aio-pika 8.x runs a plain-function callback as it is (a coroutine it returns is never
+  awaited); its process span covers the function call.
+
+Migrating from opentelemetry-instrumentation-aio-pika
+-----------------------------------------------------
+
+Replace ``from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor`` with
+``from otel_aiopika import AioPikaInstrumentor`` and uninstall the contrib package (both at once
+would trace every message twice). Dashboards and queries need these renames:
+
+.. list-table::
+   :header-rows: 1
+
+   * - opentelemetry-instrumentation-aio-pika (0.66b1)
+     - otel-aiopika
+   * - span ``{exchange},{routing_key} send``
+     - ``publish {exchange}``
+   * - span ``{exchange or routing key} receive``, kind CONSUMER (``Queue.consume`` callbacks)
+     - ``process {queue}``
+   * - queue iterator: no span, the loop body has no trace context
+     - ``receive {queue}`` per message, current while the body runs
+   * - no span for ``Queue.get``, ack, nack, reject, a broker nack or a returned message
+     - ``receive {queue}``, ``ack``/``nack``/``reject {queue}``, publish span ERROR
+       (``broker_nack``, ``unroutable``)
+   * - ``messaging.destination`` (``{exchange},{routing_key}`` on publish, the exchange or
+       routing key on consume)
+     - ``messaging.destination.name`` (``exchange:routing_key[:queue]``) and
+       ``messaging.rabbitmq.destination.routing_key``
+   * - ``messaging.temp_destination=true`` (on every publish)
+     - none; ``messaging.destination.anonymous=true`` only for generated queue names
+   * - ``messaging.operation=receive``
+     - ``messaging.operation.name`` and ``messaging.operation.type``
+   * - ``messaging.conversation_id``
+     - ``messaging.message.conversation_id``
+   * - ``messaging.message.id``
+     - ``messaging.message.id`` (unchanged)
+   * - ``net.peer.name``, ``net.peer.port``
+     - ``server.address``, ``server.port``
+   * - consumer span: child of the producer, no link
+     - child of the producer and linked to it (or linked only, ``consumer_context="link"``)
+   * - the context is written into the caller's ``Message.headers``
+     - sent in a copy; the caller's message and headers dict are never touched
+   * - a ``bytes`` ``traceparent`` (other producers) raises ``TypeError`` in the consumer
+     - decoded; no header content breaks a consumer
+   * - no hooks, no metrics, aio-pika < 10
+     - ``publish_hook``/``consume_hook``, the four ``messaging.*`` metrics, aio-pika 8 to 10
+"""
 
 from otel_aiopika.instrumentor import AioPikaInstrumentor, message_context
 from otel_aiopika.version import __version__
