@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from otel_messaging_core.propagation import (
     extract_context,
@@ -206,3 +206,51 @@ def test_default_propagators_take_the_fast_path() -> None:
     assert propagation._default_textmap is propagate.get_global_textmap()
     assert propagation._fast_extract({"traceparent": TRACEPARENT}) is not None
     assert propagation._fast_extract({"traceparent": TRACEPARENT, "Baggage": "a=1"}) is None
+
+
+span_contexts = st.builds(
+    lambda trace_id, span_id, flags, state: SpanContext(
+        trace_id,
+        span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState(state),
+    ),
+    st.integers(min_value=0, max_value=2**128 - 1),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=255),
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+            st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True),
+        ),
+        max_size=3,
+        unique_by=lambda kv: kv[0],
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    span_context=span_contexts,
+    entries=st.dictionaries(
+        st.from_regex(r"[a-z][a-z.]{0,8}", fullmatch=True), st.text(max_size=10), max_size=3
+    ),
+)
+def test_inject_span_writes_what_the_propagators_write(
+    span_context: SpanContext, entries: dict[str, str]
+) -> None:
+    """The fast inject writes exactly the headers propagate.inject writes, baggage included."""
+    from opentelemetry import propagate
+
+    from otel_messaging_core.propagation import inject_span
+
+    ctx = Context()
+    for name, value in entries.items():
+        ctx = baggage.set_baggage(name, value, ctx)
+    span = NonRecordingSpan(span_context)
+    fast: dict[str, Any] = {"x": 1}
+    slow: dict[str, Any] = {"x": 1}
+    inject_span(fast, span, ctx)
+    propagate.inject(slow, context=trace.set_span_in_context(span, ctx))
+    assert fast == slow

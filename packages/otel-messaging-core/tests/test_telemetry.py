@@ -277,3 +277,58 @@ def test_receive_started_earlier_covers_the_pull(otel: Recorder) -> None:
     ]
     assert len(sums) == 1
     assert sums[0] >= 0.2
+
+
+def _unsampled_parent() -> dict[str, str]:
+    return {"traceparent": f"00-{0xABC:032x}-{0xDEF:016x}-00", "baggage": "order.id=17"}
+
+
+def test_unsampled_trace_makes_no_span_but_carries_on(otel: Recorder) -> None:
+    """With a parent-based sampler, a message of an unsampled trace makes no span, yet its handler
+    runs in that trace (baggage too), a publish from it passes the trace on, and both are counted."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider.add_span_processor(otel.tracer_provider._active_span_processor)
+    telemetry = MessagingTelemetry(
+        InstrumentationOptions.from_kwargs(
+            {"tracer_provider": provider, "meter_provider": otel.meter_provider}, environ={}
+        ),
+        instrumentation_name="t",
+        version="0",
+    )
+    consume_destination = telemetry.destinations().get("process", "", "srm", "srm")
+    op = telemetry.start_consume(consume_destination, _unsampled_parent(), track_delivery=True)
+    op.activate()
+    assert trace.get_current_span().get_span_context().trace_id == 0xABC
+    assert baggage.get_baggage("order.id") == "17"
+    sent = publish(telemetry)
+    op.end()
+    assert otel.spans() == []
+    assert sent["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+    assert sent["baggage"] == "order.id=17"
+    assert otel.points("messaging.client.sent.messages")[0][1] == 1
+    assert otel.points("messaging.client.consumed.messages")[0][1] == 1
+    telemetry.start_settle("reject", [op.delivery], requeue=False).end()
+    assert otel.spans() == []  # the reject span is a child of the unsampled trace: dropped too
+
+
+def test_other_samplers_are_always_asked(otel: Recorder) -> None:
+    """A sampler that may sample under an unsampled parent is asked, so its spans still appear."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+    provider = TracerProvider(
+        sampler=ParentBased(
+            ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+        )
+    )
+    provider.add_span_processor(otel.tracer_provider._active_span_processor)
+    telemetry = MessagingTelemetry(
+        InstrumentationOptions.from_kwargs({"tracer_provider": provider}, environ={}),
+        instrumentation_name="t",
+        version="0",
+    )
+    destination = telemetry.destinations().get("process", "", "srm", "srm")
+    telemetry.start_consume(destination, _unsampled_parent()).end()
+    (span,) = otel.spans()
+    assert span.context.trace_id == 0xABC

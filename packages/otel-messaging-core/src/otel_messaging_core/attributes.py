@@ -130,6 +130,7 @@ class Destination:
     anonymous: bool
     attributes: Mapping[str, AttributeValue]
     metric_attributes: Mapping[str, AttributeValue]
+    amqp: bool = True  # messaging.system is rabbitmq: the messaging.rabbitmq.* attributes apply
 
 
 def build_destination(
@@ -193,6 +194,7 @@ def build_destination(
         anonymous=anonymous,
         attributes=MappingProxyType(attributes),
         metric_attributes=MappingProxyType(metric_attributes),
+        amqp=is_amqp,
     )
 
 

@@ -109,18 +109,22 @@ class ContextActivation:
     def deactivate(self) -> None:
         """Restore the context that was current before :meth:`activate`."""
         token = self._token
-        if token is None:
-            return
-        self._token = None
-        try:
-            if _RUNTIME_CONTEXT is not None:
-                _RUNTIME_CONTEXT.detach(token)
-            else:  # pragma: no cover - every opentelemetry-api release so far has it
-                otel_context.detach(token)
-        except ValueError:
-            _logger.debug("handling context ended in another execution context; nothing to restore")
-        except Exception:  # pragma: no cover - defensive: never raise into user code
-            _logger.debug("could not restore the previous context", exc_info=True)
+        if token is not None:
+            self._token = None
+            restore(token)
+
+
+def restore(token: Token[Context]) -> None:
+    """Undo ``otel_context.attach()``; quiet when run in another execution context. Never raises."""
+    try:
+        if _RUNTIME_CONTEXT is not None:
+            _RUNTIME_CONTEXT.detach(token)
+        else:  # pragma: no cover - every opentelemetry-api release so far has it
+            otel_context.detach(token)
+    except ValueError:
+        _logger.debug("handling context ended in another execution context; nothing to restore")
+    except Exception:  # pragma: no cover - defensive: never raise into user code
+        _logger.debug("could not restore the previous context", exc_info=True)
 
 
 class MessageContext:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Mapping
+from typing import Any, Final, Mapping
 
 from opentelemetry.metrics import MeterProvider, get_meter
 from opentelemetry.semconv._incubating.metrics import messaging_metrics as _mm
@@ -34,7 +34,7 @@ class MessagingMetrics:
     (low-cardinality names), so recording costs no formatting.
     """
 
-    __slots__ = ("_consumed", "_operation_duration", "_process_duration", "_sent")
+    __slots__ = ("_consumed", "_operation_duration", "_process_duration", "_proxy", "_sent")
 
     def __init__(
         self,
@@ -66,11 +66,17 @@ class MessagingMetrics:
             description="Duration of processing operation.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        # Instruments of the API's proxy meter provider (no global provider set yet) forward to a
+        # real instrument once one is set; until then every call would be thrown away, so the
+        # recording methods return early (one attribute check instead of two calls).
+        self._proxy: Any = self._sent if hasattr(self._sent, "_real_instrument") else None
 
     def published(
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One publish attempt and how long the client call took."""
+        if self._proxy is not None and self._proxy._real_instrument is None:
+            return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._sent.add(1, attrs)
         self._operation_duration.record(duration, attrs)
@@ -79,6 +85,8 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One message pulled (``receive``) and how long the pull or its handling took."""
+        if self._proxy is not None and self._proxy._real_instrument is None:
+            return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._consumed.add(1, attrs)
         self._operation_duration.record(duration, attrs)
@@ -87,6 +95,8 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One pushed message handed to the application and how long its handler ran."""
+        if self._proxy is not None and self._proxy._real_instrument is None:
+            return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._consumed.add(1, attrs)
         self._process_duration.record(duration, attrs)
@@ -95,4 +105,6 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One ack, nack or reject call."""
+        if self._proxy is not None and self._proxy._real_instrument is None:
+            return  # no MeterProvider set (yet): nothing would be recorded
         self._operation_duration.record(duration, _with_error(attributes, error_type))

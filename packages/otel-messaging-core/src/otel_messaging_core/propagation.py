@@ -14,12 +14,19 @@ import re
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "header_texts",
     "headers_getter",
     "inject_into_copy",
+    "inject_span",
 ]
 
 _EMPTY_CONTEXT = Context()
@@ -130,6 +138,35 @@ def inject_into_copy(
     return carrier
 
 
+def inject_span(carrier: dict[Any, Any], span: Span, context: Context | None = None) -> None:
+    """Write ``span``'s context (and the baggage of ``context``) into ``carrier``.
+
+    Equivalent to ``propagate.inject(carrier, context=set_span_in_context(span, context))``; with
+    the default propagators (W3C tracecontext + baggage) it formats the fields directly, which
+    costs a fraction of the composite propagator's round of calls. A hypothesis test checks both
+    ways write the same headers.
+    """
+    textmap = propagate.get_global_textmap()
+    if textmap is not _default_textmap and not (_default_textmap is None and _is_default(textmap)):
+        propagate.inject(carrier, context=trace.set_span_in_context(span, context))
+        return
+    span_context = span.get_span_context()
+    # is_valid first: the tuple comparison the propagator makes is the slow part of the check
+    if span_context.is_valid or span_context != INVALID_SPAN_CONTEXT:
+        carrier["traceparent"] = (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}"
+        )
+        if span_context.trace_state:
+            carrier["tracestate"] = span_context.trace_state.to_header()
+    if context is None:
+        context = otel_context.get_current()
+    # The baggage entries live in the context (a dict) under the baggage module's key; reading it
+    # directly spares building a read-only view per message just to see that there is none.
+    if context.get(_BAGGAGE_KEY) if _BAGGAGE_KEY is not None else baggage.get_all(context):
+        _BAGGAGE_PROPAGATOR.inject(carrier, context=context)
+
+
 def extract_context(headers: Mapping[Any, Any] | None) -> Context:
     """The creation context (span context and baggage) carried by ``headers``.
 
@@ -157,6 +194,8 @@ _OTHER_FIELDS = frozenset({"tracestate", "baggage", "traceparent"})
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _default_textmap: TextMapPropagator | None = None
+_BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
+_BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)
 
 
 def _is_default(textmap: TextMapPropagator) -> bool:
