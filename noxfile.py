@@ -1,6 +1,6 @@
 """Every check of the workspace. ``nox -l`` lists them; ``nox -t ci`` runs what CI runs.
 
-One matrix cell: ``nox -s "integration_pika-3.12(pika='1.3.2')"``. Extra pytest arguments go
+One matrix cell: ``nox -s "integration_pika(python='3.12', pika='1.3.2')"``. Extra pytest arguments go
 after ``--``: ``nox -s unit -- -k naming``.
 """
 
@@ -196,12 +196,13 @@ DEMO_REQUIREMENTS = (
     "opentelemetry-exporter-otlp-proto-http>=1.29",
     "testcontainers>=4.8",
 )
+FLOW_REQUIREMENTS = (*DEMO_REQUIREMENTS, "pyyaml")
 
 
 @nox.session(python=MIDDLE, tags=["ci"])
 def integration_flow(session: nox.Session) -> None:
     """The order flow as three real processes against the real broker; asserts on the OTLP data."""
-    install(session, plugins=_all_plugins(), extra=DEMO_REQUIREMENTS)
+    install(session, plugins=_all_plugins(), extra=FLOW_REQUIREMENTS)
     paths = _existing(
         "integration_tests/flow", "integration_tests/reliability", "integration_tests/deploy"
     )
