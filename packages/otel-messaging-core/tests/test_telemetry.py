@@ -188,6 +188,30 @@ def test_settle_rules(otel: Recorder) -> None:
     assert reject.parent.span_id == consumer.context.span_id
 
 
+def test_settle_caused_by_an_exception_records_it(otel: Recorder) -> None:
+    """A settle made because the handler raised records that exception: ERROR, rejected when dropped, else its type; the metric keeps the settle's own outcome."""
+    telemetry = make(otel, settle_spans=True)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    failure = KeyError("sku")
+    for requeue in (False, True):
+        op = telemetry.start_consume(
+            destination, publish(telemetry), delivery_tag=1, track_delivery=True
+        )
+        op.end()
+        telemetry.start_settle("reject", [op.delivery], requeue=requeue).end(cause=failure)
+    dropped, requeued = [s for s in otel.spans() if s.name == "reject srm"]
+    for span, error_type in ((dropped, "rejected"), (requeued, "KeyError")):
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes["error.type"] == error_type  # type: ignore[index]
+        assert [e.name for e in span.events] == ["exception"]
+        assert span.events[0].attributes["exception.type"] == "KeyError"  # type: ignore[index]
+    settled = otel.points("messaging.client.operation.duration")
+    reject_points = [
+        a.get("error.type") for a, _ in settled if a["messaging.operation.name"] == "reject"
+    ]
+    assert sorted(reject_points, key=str) == [None, "rejected"]
+
+
 def test_settle_spans_option_and_multiple(otel: Recorder) -> None:
     """settle_spans=True gives every ack a span; several deliveries give one span with a link each."""
     telemetry = make(otel, settle_spans=True)

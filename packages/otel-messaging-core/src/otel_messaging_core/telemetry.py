@@ -272,8 +272,14 @@ class Settle:
         self._error_type = error_type
         self._start = perf_counter()
 
-    def end(self, exc: BaseException | None = None) -> None:
-        """End the settle span; a failed settle call records its exception. Never raises."""
+    def end(self, exc: BaseException | None = None, *, cause: BaseException | None = None) -> None:
+        """End the settle span; a failed settle call records its exception. Never raises.
+
+        ``cause`` is the application's exception that made it settle (aio-pika's
+        ``message.process()`` rejects when its block raises): the span records it and ends ERROR,
+        with ``error.type`` ``rejected`` when the message is dropped, else the exception's
+        qualified name. The metric keeps the settle call's own outcome.
+        """
         telemetry = self._telemetry
         if telemetry is None:
             return
@@ -285,6 +291,8 @@ class Settle:
             if span is not None:
                 if exc is not None:
                     _set_error(span, error_type or "error", exc, None)
+                elif cause is not None:
+                    _set_error(span, self._error_type or error_type_of(cause), cause, None)
                 span.end()
             if self._metric_attributes is not None:
                 telemetry.metrics.settled(self._metric_attributes, duration, error_type)
