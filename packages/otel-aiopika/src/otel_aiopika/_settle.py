@@ -99,7 +99,7 @@ def settle(operation: str) -> Wrapper:
         except BaseException as exc:
             op.end(exc)
             raise
-        op.end()
+        op.end(cause=_PROCESS_FAILURE.get())
         return result
 
     return wrapper
