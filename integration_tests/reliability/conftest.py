@@ -1,0 +1,159 @@
+"""Fixtures of the reliability tests: every plugin's instrumentor, named connections, a span
+counter that finds spans left open, and a watch on our own error log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from pika.adapters.blocking_connection import BlockingConnection
+
+from broker_harness import Broker, Recorder
+
+Instrument = Callable[..., Any]
+
+# The loggers of the core and the plugins: an "instrumentation error" there is a bug of ours.
+OUR_LOGGERS = ("otel_messaging_core", "otel_pika", "otel_aiopika", "otel_kombu")
+
+
+class SpanCounter(SpanProcessor):
+    """Counts spans started and ended, and remembers which are still open (a leak detector)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = 0
+        self.ended = 0
+        self._open: dict[int, str] = {}
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        with self._lock:
+            self.started += 1
+            self._open[id(span)] = span.name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self.ended += 1
+            self._open.pop(id(span), None)
+
+    def open_spans(self) -> list[str]:
+        """Names of the spans started and not ended yet."""
+        with self._lock:
+            return sorted(self._open.values())
+
+
+@pytest.fixture
+def counter(otel: Recorder) -> SpanCounter:
+    """A :class:`SpanCounter` on the test's tracer provider."""
+    found = SpanCounter()
+    otel.tracer_provider.add_span_processor(found)
+    return found
+
+
+class InternalErrors:
+    """Log records of our own failures (the guard's "instrumentation error", failing hooks)."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self._caplog = caplog
+
+    def records(self) -> list[str]:
+        return [
+            f"{r.name}: {r.getMessage()}"
+            for r in self._caplog.records
+            if r.name.split(".")[0] in OUR_LOGGERS
+            and (r.levelno >= logging.WARNING or "instrumentation error" in r.getMessage())
+        ]
+
+
+@pytest.fixture
+def internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[InternalErrors]:
+    """Captures our loggers down to DEBUG (repeated internal errors are logged at debug level);
+    the test fails if any of our code logged an error of its own."""
+    for name in OUR_LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    watch = InternalErrors(caplog)
+    yield watch
+    assert watch.records() == [], "our code logged errors of its own"
+
+
+def _instrument_fixture(make: Callable[[], Any], otel: Recorder) -> Iterator[Instrument]:
+    instrumentor = make()
+
+    def start(**options: Any) -> Any:
+        options.setdefault("tracer_provider", otel.tracer_provider)
+        options.setdefault("meter_provider", otel.meter_provider)
+        instrumentor.instrument(**options)
+        return instrumentor
+
+    yield start
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
+def instrument_pika(otel: Recorder) -> Iterator[Instrument]:
+    """``instrument_pika(**options)``: otel-pika with the test's providers, undone after the test."""
+    from otel_pika import PikaInstrumentor
+
+    yield from _instrument_fixture(PikaInstrumentor, otel)
+
+
+@pytest.fixture
+def instrument_aiopika(otel: Recorder) -> Iterator[Instrument]:
+    """``instrument_aiopika(**options)``: otel-aiopika with the test's providers, undone after the test."""
+    from otel_aiopika import AioPikaInstrumentor
+
+    yield from _instrument_fixture(AioPikaInstrumentor, otel)
+
+
+@pytest.fixture
+def instrument_kombu(otel: Recorder) -> Iterator[Instrument]:
+    """``instrument_kombu(**options)``: otel-kombu with the test's providers, undone after the test."""
+    from otel_kombu import KombuInstrumentor
+
+    yield from _instrument_fixture(KombuInstrumentor, otel)
+
+
+def connection_name(prefix: str = "otel-rel") -> str:
+    """A connection name no other test shares (so a fault test closes only its own)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def pika_parameters(url: str, name: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": name}
+    return params
+
+
+@pytest.fixture
+def pika_connect(rabbitmq: Broker) -> Iterator[Callable[..., BlockingConnection]]:
+    """``pika_connect(name=None, url=None)``: a named BlockingConnection, closed after the test."""
+    opened: list[BlockingConnection] = []
+
+    def open_connection(name: str | None = None, url: str | None = None) -> BlockingConnection:
+        connection = BlockingConnection(
+            pika_parameters(url or rabbitmq.url, name or connection_name())
+        )
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        with contextlib.suppress(Exception):  # already dropped by a fault test
+            if connection.is_open:
+                connection.close()
+
+
+@pytest.fixture
+def local_broker(rabbitmq: Broker) -> Broker:
+    """The broker, when rabbitmqctl on this machine administers it (fault and user tests)."""
+    if not rabbitmq.local:
+        pytest.skip("needs the local broker and rabbitmqctl (closing connections, adding a user)")
+    return rabbitmq
