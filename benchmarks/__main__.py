@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,66 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return {"floor_us": floor_us, "rows": rows}
 
 
+def _worker(args: list[str], prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "benchmarks.worker", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=HERE.parent,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        timeout=3600,
+    )
+
+
+def _instructions(spec: dict[str, Any]) -> int:
+    """Instructions callgrind counted for one whole worker run (prefill done beforehand)."""
+    if spec["path"] != "publish" and spec["lib"] != "floor":
+        spec = {**spec, "queue": f"otel-bench.ic.{os.getpid()}.{time.monotonic_ns()}"}
+        done = _worker(["fill", json.dumps(spec)])
+        if done.returncode != 0:
+            raise RuntimeError(f"fill failed:\n{done.stderr[-2000:]}")
+    done = _worker(
+        [json.dumps(spec)], ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"callgrind worker failed for {spec}:\n{done.stderr[-3000:]}")
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1].strip())
+    raise RuntimeError("no callgrind total in the output")
+
+
+def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    """Instructions per message (callgrind, deterministic): the count of a run with more messages
+    minus one with fewer, divided by the difference, so start-up and set-up cancel out."""
+    low, high = 300, 1300
+    rows = []
+    cells = [("floor", "publish"), ("floor", "consume")] + [
+        (lib, path) for lib in args.libs for path in args.paths
+    ]
+    for lib, path in cells:
+        variants = (
+            ["floor"]
+            if lib == "floor"
+            else [v for v in args.variants if v in ("bare", "ours", "contrib", "ours_unsampled")]
+        )
+        for variant in variants:
+            if variant == "contrib" and (
+                lib not in HAS_CONTRIB or not _installed(HAS_CONTRIB[lib])
+            ):
+                continue
+            spec = {"lib": lib, "path": path, "variant": variant, "warmup": 200, "url": url}
+            counts = [_instructions({**spec, "messages": n}) for n in (low, high)]
+            per = (counts[1] - counts[0]) / (high - low)
+            rows.append({"lib": lib, "path": path, "variant": variant, "instructions": per})
+            print(
+                f"  instructions {lib:8} {path:8} {variant:15} {per / 1000:8.1f}k per message",
+                flush=True,
+            )
+    return rows
+
+
 def run_memory(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
     out = []
     for lib in args.libs:
@@ -308,6 +369,11 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="only the memory check")
     parser.add_argument("--memory-scale", type=float, default=1.0)
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only count instructions per message with callgrind (valgrind; slow, deterministic)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)"
     )
     args = parser.parse_args()
@@ -323,7 +389,9 @@ def main() -> None:
         print(
             f"broker: {redacted(broker.url)} ({broker.source}); machine: {result['machine']['cpu']}, {result['machine']['cores']} cores"
         )
-        if not args.memory_only:
+        if args.instructions:
+            result["instructions"] = run_instructions(args, broker.url)
+        elif not args.memory_only:
             result["throughput"] = run_throughput(args, broker.url)
         if args.memory or args.memory_only:
             result["memory"] = run_memory(args, broker.url)

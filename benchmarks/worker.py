@@ -45,6 +45,7 @@ class Spec:
     url: str
     memory: bool = False  # sample RSS/tracemalloc while running (slower; separate mode)
     manual_ack: bool = False  # consume with manual acks (per-delivery settle state exists)
+    queue: str = ""  # consume paths: a queue the runner already filled (instruction-count mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,13 +451,15 @@ def kombu_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
 
 def floor(spec: Spec) -> float:
     """The bare SDK cost the goals are measured against: one span with the same attributes plus
-    inject (publish) or extract (consume), no broker, no client library, no instrumentation."""
+    inject (publish) or extract (consume), no broker, no client library, no instrumentation.
+    Consumer spans also carry the link to the producer that SPEC requires."""
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import Link, SpanKind, get_current_span
 
     tracer_provider, _ = _providers("ours")
     tracer = tracer_provider.get_tracer("floor")
-    attributes = {
+    # the attributes our spans carry on these paths (SPEC), so the floor is the same span
+    attributes: dict[str, Any] = {
         "messaging.system": "rabbitmq",
         "messaging.operation.name": "publish" if spec.path == "publish" else "process",
         "messaging.operation.type": "send" if spec.path == "publish" else "process",
@@ -464,7 +467,10 @@ def floor(spec: Spec) -> float:
         "messaging.rabbitmq.destination.routing_key": "orders",
         "messaging.message.body.size": 256,
         "server.address": "127.0.0.1",
+        "server.port": 5672,
     }
+    if spec.path != "publish":
+        attributes["messaging.rabbitmq.message.delivery_tag"] = 1
     parents = [{"traceparent": tp} for tp in _traceparents(spec, 1000)]
     set_span_in_context = trace.set_span_in_context
     inject, extract = propagate.inject, propagate.extract
@@ -479,9 +485,14 @@ def floor(spec: Spec) -> float:
             )
             inject({}, context=set_span_in_context(span))
         else:
+            # SPEC: the consumer span is a child of the producer and links to it
             ctx = extract(parents[n % 1000])
             span = tracer.start_span(
-                "process orders", context=ctx, kind=SpanKind.CONSUMER, attributes=attributes
+                "process orders",
+                context=ctx,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                links=[Link(get_current_span(ctx).get_span_context())],
             )
         span.end()
     elapsed = time.perf_counter() - start
@@ -501,8 +512,8 @@ def run(spec: Spec) -> dict[str, Any]:
             "rate": spec.messages / seconds,
         }
     sample = Sampler(spec)
-    queue = ""
-    if spec.path != "publish":
+    queue = spec.queue
+    if spec.path != "publish" and not queue:
         queue = f"otel-bench.{spec.lib}.{spec.path}.{uuid.uuid4().hex[:10]}"
         declare_and_fill(spec, queue, spec.warmup + spec.messages)
     flush = instrument(spec)
@@ -543,6 +554,10 @@ def run(spec: Spec) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[1] == "fill":  # python -m benchmarks.worker fill '<spec>': declare and fill only
+        spec = Spec(**json.loads(argv[2]))
+        declare_and_fill(spec, spec.queue, spec.warmup + spec.messages)
+        return
     spec = Spec(**json.loads(argv[1]))
     print(json.dumps(run(spec)))
 

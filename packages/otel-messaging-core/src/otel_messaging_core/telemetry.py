@@ -28,6 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
     Link,
     NonRecordingSpan,
     Span,
@@ -36,6 +37,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
 )
+from opentelemetry.trace import propagation as _span_propagation
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core._guard import call_hook, log_internal_error
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 _SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
+# Where the API keeps the current span in a Context (a dict); read directly on the per-message path.
+_SPAN_KEY: Final = _span_propagation._SPAN_KEY
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
 _RETURNED_UNROUTABLE: Final = "unroutable"
@@ -492,8 +496,25 @@ class MessagingTelemetry:
             if current.get(_SUPPRESS_KEY):
                 return Consume(*_NOOP_CONSUME_FIELDS)
             creation = extract_context(headers)
-            parent, links = handling_parent(creation, self._parent_mode, current)
-            parent_span_context = trace.get_current_span(parent).get_span_context()
+            active: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+            if active is not None and active.get_span_context().is_valid:
+                parent, links = handling_parent(creation, self._parent_mode, current)
+                parent_span_context = trace.get_current_span(parent).get_span_context()
+            else:
+                # The usual case, inlined (one message per call, every call counts): nothing is
+                # active, so the parent is the producer (parent mode) or nothing (link mode).
+                producer: Span | None = creation.get(_SPAN_KEY)  # type: ignore[assignment]
+                creation_sc = producer.get_span_context() if producer is not None else None
+                if creation_sc is not None and creation_sc.is_valid:
+                    links = [Link(creation_sc)]
+                    if self._parent_mode == "parent":
+                        parent, parent_span_context = creation, creation_sc
+                    else:
+                        parent = trace.set_span_in_context(INVALID_SPAN, creation)
+                        parent_span_context = INVALID_SPAN_CONTEXT
+                else:
+                    links = []
+                    parent, parent_span_context = creation, INVALID_SPAN_CONTEXT
             if self._skips_child_of(parent_span_context):
                 # The message's trace is not sampled and the sampler follows the parent: no span,
                 # the handler runs in the message's own (non-recording) context; counted only.

@@ -180,6 +180,14 @@ def active_state(impl: Any) -> ChannelState | None:
 
 def global_state(impl: Any) -> ChannelState | None:
     """For the class-level patches: the global state, unless the channel has its own."""
+    # the per-message case first, in one call: a channel already bound to the global telemetry
+    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    if state is not None:
+        if state.own:
+            return None
+        telemetry = runtime.telemetry
+        if telemetry is not None and state.telemetry is telemetry:
+            return state
     state = active_state(impl)
     return None if state is None or state.own else state
 
