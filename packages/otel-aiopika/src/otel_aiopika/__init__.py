@@ -219,6 +219,8 @@ Limits
 * aio-pika 8.x runs a plain-function callback as it is (a coroutine it returns is never
   awaited); its process span covers the function call.
 
+.. _aiopika-migration:
+
 Migrating from opentelemetry-instrumentation-aio-pika
 -----------------------------------------------------
 

@@ -156,6 +156,8 @@ Redis, memory and other virtual transports
 ``Producer.batch()`` (kombu 5.7, Redis)
     A publish span covers handing the message to the batch; the batch sends it on flush.
 
+.. _kombu-celery:
+
 Celery
 ======
 

@@ -164,6 +164,8 @@ Limits
   unsettled deliveries on one channel) has no queue name or producer link; an ack of such a
   delivery makes no span, a nack/reject without requeue still makes its ERROR span.
 
+.. _pika-migration:
+
 Migrating from opentelemetry-instrumentation-pika
 -------------------------------------------------
 
