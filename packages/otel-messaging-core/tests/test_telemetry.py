@@ -356,3 +356,20 @@ def test_other_samplers_are_always_asked(otel: Recorder) -> None:
     telemetry.start_consume(destination, _unsampled_parent()).end()
     (span,) = otel.spans()
     assert span.context.trace_id == 0xABC
+
+
+def test_settle_spans_carry_baggage_attributes(otel: Recorder) -> None:
+    """A settle span carries the message's baggage_attributes, even when settled after its handler."""
+    telemetry = make(otel, baggage_attributes=("order.id",), settle_spans=True)
+    token = otel_context.attach(baggage.set_baggage("order.id", "17"))
+    try:
+        sent = publish(telemetry)
+    finally:
+        otel_context.detach(token)
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    op = telemetry.start_consume(destination, sent, delivery_tag=1, track_delivery=True)
+    op.end()
+    telemetry.start_settle("reject", [op.delivery], requeue=False).end()
+    reject = otel.spans()[-1]
+    assert reject.name == "reject srm"
+    assert reject.attributes["order.id"] == "17"  # type: ignore[index]

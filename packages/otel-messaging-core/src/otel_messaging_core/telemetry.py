@@ -166,7 +166,7 @@ class Publish:
 class Delivery:
     """What a later ack/nack/reject needs to know about one delivery; small, kept per unsettled message."""
 
-    __slots__ = ("creation", "delivery_tag", "destination", "span_context")
+    __slots__ = ("baggage", "creation", "delivery_tag", "destination", "span_context")
 
     def __init__(
         self,
@@ -174,11 +174,14 @@ class Delivery:
         delivery_tag: int | None,
         creation: SpanContext | None,
         span_context: SpanContext | None,
+        baggage: Mapping[str, AttributeValue] | None = None,
     ) -> None:
         self.destination = destination
         self.delivery_tag = delivery_tag
         self.creation = creation
         self.span_context = span_context
+        # the baggage_attributes of the message, for a settle span made after its handler ended
+        self.baggage = baggage
 
 
 class Consume:
@@ -568,6 +571,9 @@ class MessagingTelemetry:
                     delivery_tag,
                     links[0].context if links else None,
                     span.get_span_context(),
+                    {n: attributes[n] for n in self._baggage_names if n in attributes} or None
+                    if self._baggage_names
+                    else None,
                 )
             op = Consume(self, destination, span, trace.set_span_in_context(span, parent), delivery)
             if started is not None:
@@ -641,6 +647,13 @@ class MessagingTelemetry:
             attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
         if len(known) > 1:
             attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(known)
+        if self._baggage_names:
+            # SPEC: baggage entries go on every messaging span. The settled messages' own
+            # entries first (an ack after the handler has no baggage current), then what is current.
+            for delivery in known:
+                if delivery.baggage:
+                    attributes.update(delivery.baggage)
+            self._add_optional_attributes(attributes, None, None)
         links = [Link(d.creation) for d in known if d.creation is not None]
         parent: Context | None = None
         if not trace.get_current_span().get_span_context().is_valid and len(known) == 1:
