@@ -36,12 +36,12 @@ class SpanCounter(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         with self._lock:
             self.started += 1
-            self._open[id(span)] = span.name
+            self._open[span.context.span_id] = span.name
 
     def on_end(self, span: ReadableSpan) -> None:
         with self._lock:
             self.ended += 1
-            self._open.pop(id(span), None)
+            self._open.pop(span.context.span_id, None)
 
     def open_spans(self) -> list[str]:
         """Names of the spans started and not ended yet."""
