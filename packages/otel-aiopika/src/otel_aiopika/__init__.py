@@ -200,6 +200,9 @@ Limits
   ``async with queue.iterator()``, as aio-pika's documentation shows. An iterator closed from
   another task ends the span there; the iterating task restores its own context on its next call
   into the iterator.
+* ``uninstrument()`` while a queue iterator's loop body runs ends its open receive span and
+  restores the iterating task's context. Called from another task on Python < 3.12 (which gives
+  no access to a suspended task's context), that task keeps the message's context until it ends.
 * Without publisher confirms (``channel(publisher_confirms=False)``) nothing tells the client
   that a mandatory message was returned (aiormq drops the return and logs "Unhandled message"),
   so such a publish span ends OK, and a broker nack cannot exist.

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from time import perf_counter
 from typing import Any, Callable, Final
 
@@ -24,7 +26,7 @@ from aio_pika.queue import QueueIterator
 from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
 
 from otel_aiopika._publish import headers_of
-from otel_aiopika._state import OwnerState, resolve, track
+from otel_aiopika._state import OwnerState, registry, resolve, track
 from otel_messaging_core import Consume, ContextActivation
 from otel_messaging_core._guard import log_internal_error
 
@@ -32,7 +34,14 @@ from otel_messaging_core._guard import log_internal_error
 # aio-pika 8.x runs a plain function as it is, in call_soon.
 _ensure_awaitable: Callable[[Any], Any] | None = getattr(aio_pika.tools, "ensure_awaitable", None)
 
-__all__ = ["consume", "get", "iterator_anext", "iterator_close", "iterator_exit"]
+__all__ = [
+    "consume",
+    "finish_iterations",
+    "get",
+    "iterator_anext",
+    "iterator_close",
+    "iterator_exit",
+]
 
 TRACED_MARK: Final = "_otel_aiopika_traced"
 ITERATOR_ATTR: Final = "_otel_aiopika_iteration"
@@ -185,7 +194,7 @@ async def get(
 class _Iteration:
     """The receive span open while the loop body handles the iterator's last message."""
 
-    __slots__ = ("activation", "busy", "op", "task")
+    __slots__ = ("__weakref__", "activation", "busy", "op", "task")
 
     def __init__(self) -> None:
         self.op: Consume | None = None
@@ -205,6 +214,37 @@ class _Iteration:
         if op is not None:
             self.op = None
             op.end(exc)
+
+    def abandon(self) -> None:
+        """The iterator's patches are being removed: nothing of ours will run at its next message,
+        so end the span now and restore the iterating task's context from here.
+
+        A task suspended in its loop body can have its context changed from outside only through
+        ``Task.get_context()`` (Python >= 3.12); on older Pythons that task keeps the message's
+        context until it ends (a documented limit).
+        """
+        task = self.task
+        if self.activation.active and task is not None and task is not _current_task():
+            get_context = getattr(task, "get_context", None)  # Python >= 3.12
+            if get_context is not None and not task.done():
+                # RuntimeError: that task is running right now (its loop is in another thread)
+                with contextlib.suppress(RuntimeError):
+                    get_context().run(self.activation.deactivate)
+        self.finish()
+
+
+# Every iterator the instrumentation has seen (weakly): uninstrument() ends their open spans.
+_iterations: weakref.WeakSet[_Iteration] = weakref.WeakSet()
+
+
+def finish_iterations() -> None:
+    """End every open receive span of a queue iterator and restore its task's context.
+
+    Called when the patches are removed: without them, an iterator's next message would leave
+    the previous message's span open and its context current in the iterating task.
+    """
+    for iteration in list(_iterations):
+        iteration.abandon()
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -229,11 +269,19 @@ async def iterator_anext(
         return await wrapped(*args, **kwargs)
     if iteration is None:
         iteration = instance.__dict__[ITERATOR_ATTR] = _Iteration()
+        _iterations.add(iteration)
+    generation = registry.generation
     iteration.busy = True
     try:
         message = await wrapped(*args, **kwargs)
     finally:
         iteration.busy = False
+    if registry.generation != generation:
+        # instrumentation changed while this call waited (uninstrument(), say): ask again, or
+        # the span would start with nothing left to end it
+        state = resolve(getattr(queue, "channel", None))
+        if state is None:
+            return message
     try:
         no_ack = bool(instance._consume_kwargs.get("no_ack", False))
     except Exception:

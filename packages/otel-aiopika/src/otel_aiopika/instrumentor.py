@@ -89,6 +89,9 @@ class _Patches:
     def remove(cls) -> None:
         if not cls.installed:
             return
+        from otel_aiopika._consume import finish_iterations
+
+        finish_iterations()  # without the patches, nothing would end an open receive span
         for owner, name, _wrapper in _targets():
             unwrap(owner, name)
         cls.installed = False
