@@ -32,10 +32,12 @@ class SpanCounter(SpanProcessor):
         self.started = 0
         self.ended = 0
         self._open: dict[int, str] = {}
+        self.names: list[str] = []  # in the order they started
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         with self._lock:
             self.started += 1
+            self.names.append(span.name)
             self._open[span.context.span_id] = span.name
 
     def on_end(self, span: ReadableSpan) -> None:
