@@ -170,10 +170,15 @@ Migrating from opentelemetry-instrumentation-pika
 -------------------------------------------------
 
 Replace ``from opentelemetry.instrumentation.pika import PikaInstrumentor`` with
-``from otel_pika import PikaInstrumentor`` and uninstall the contrib package (both at once would
-trace every message twice). Hooks change signature: contrib calls ``hook(span, body,
-properties)``, this package ``hook(span, envelope)`` with ``envelope.body`` and
-``envelope.raw`` (the properties). Dashboards and queries need these renames:
+``from otel_pika import PikaInstrumentor`` and uninstall the contrib package. If both end up
+instrumented (``opentelemetry-instrument`` loads every installed instrumentor, in no fixed
+order), ``instrument()`` turns the contrib instrumentor off with a warning naming both, and a
+later contrib ``instrument()`` patches nothing (another warning), so no message is traced
+twice; ``uninstrument()`` does not switch it back on. Channels opened while the contrib
+instrumentor alone was active keep its per-channel patches until they close, and
+``instrument_channel()`` does not turn it off. Hooks change signature: contrib calls
+``hook(span, body, properties)``, this package ``hook(span, envelope)`` with ``envelope.body``
+and ``envelope.raw`` (the properties). Dashboards and queries need these renames:
 
 .. list-table::
    :header-rows: 1

@@ -12,6 +12,7 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
 from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import handling_parent
 from otel_messaging_core.propagation import extract_context
 from otel_pika._package import _instruments
@@ -27,6 +28,16 @@ _BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
 Resolver = Callable[[Any], Any]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[Any, str, Callable[[Resolver], Wrapper]]
+
+# opentelemetry-instrumentation-pika would trace every message a second time: kept off while
+# this instrumentor is instrumented (see otel_messaging_core.conflicts).
+_CONTRIB = ContribGuard(
+    "opentelemetry.instrumentation.pika",
+    "PikaInstrumentor",
+    ours="otel-pika",
+    theirs="opentelemetry-instrumentation-pika",
+    entry_point="pika",
+)
 
 
 def _targets() -> tuple[list[Target], list[Target], list[Target]]:
@@ -98,6 +109,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         telemetry = _telemetry(kwargs)  # validates before anything is patched
         import wrapt
 
+        _CONTRIB.engage()
         channel, blocking, _ = _targets()
         for owner, name, factory in (*channel, *blocking):
             wrapt.wrap_function_wrapper(owner, name, factory(global_state))
@@ -108,6 +120,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         channel, blocking, _ = _targets()
         for owner, name, _factory in (*channel, *blocking):
             unwrap(owner, name)
+        _CONTRIB.release()
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
