@@ -228,8 +228,12 @@ Migrating from opentelemetry-instrumentation-aio-pika
 -----------------------------------------------------
 
 Replace ``from opentelemetry.instrumentation.aio_pika import AioPikaInstrumentor`` with
-``from otel_aiopika import AioPikaInstrumentor`` and uninstall the contrib package (both at once
-would trace every message twice). Dashboards and queries need these renames:
+``from otel_aiopika import AioPikaInstrumentor`` and uninstall the contrib package. If both end
+up instrumented (``opentelemetry-instrument`` loads every installed instrumentor, in no fixed
+order), ``instrument()`` turns the contrib instrumentor off with a warning naming both, and a
+later contrib ``instrument()`` patches nothing (another warning), so no message is traced
+twice; ``uninstrument()`` does not switch it back on, and ``instrument_channel()`` does not turn
+it off. Dashboards and queries need these renames:
 
 .. list-table::
    :header-rows: 1

@@ -15,6 +15,7 @@ from otel_aiopika._state import PIN_ATTR, recall, registry
 from otel_aiopika.version import __version__
 from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
 from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import handling_parent
 from otel_messaging_core.propagation import extract_context
 
@@ -26,6 +27,16 @@ _BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[type, str, Wrapper]
+
+# opentelemetry-instrumentation-aio-pika would trace every message a second time: kept off while
+# this instrumentor is instrumented (see otel_messaging_core.conflicts).
+_CONTRIB = ContribGuard(
+    "opentelemetry.instrumentation.aio_pika",
+    "AioPikaInstrumentor",
+    ours="otel-aiopika",
+    theirs="opentelemetry-instrumentation-aio-pika",
+    entry_point="aio-pika",
+)
 
 
 def _targets() -> list[Target]:
@@ -105,6 +116,7 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         telemetry = _telemetry(kwargs)  # validates before anything is patched
+        _CONTRIB.engage()
         _Patches.install()
         registry.telemetry = telemetry
         registry.changed()
@@ -114,6 +126,7 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         registry.changed()
         if not registry.pinned:
             _Patches.remove()
+        _CONTRIB.release()
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
