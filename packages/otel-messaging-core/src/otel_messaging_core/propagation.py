@@ -124,6 +124,19 @@ def _key_text(key: object) -> str:
 headers_getter = HeadersGetter()
 
 
+class _EncodableHeadersGetter(HeadersGetter):
+    """:class:`HeadersGetter` whose texts can always be encoded (lone surrogates replaced)."""
+
+    def get(self, carrier: Mapping[Any, Any] | None, key: str) -> list[str] | None:
+        texts = super().get(carrier, key)
+        if texts is None:
+            return None
+        return [t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for t in texts]
+
+
+_encodable_getter = _EncodableHeadersGetter()
+
+
 def inject_into_copy(
     headers: Mapping[Any, Any] | None, context: Context | None = None
 ) -> dict[Any, Any]:
@@ -180,7 +193,13 @@ def extract_context(headers: Mapping[Any, Any] | None) -> Context:
         fast = _fast_extract(headers)
         if fast is not None:
             return fast
-    return propagate.extract(headers, context=_EMPTY_CONTEXT, getter=headers_getter)
+    try:
+        return propagate.extract(headers, context=_EMPTY_CONTEXT, getter=headers_getter)
+    except UnicodeError:
+        # Text no codec can encode: lone surrogates, which py-amqp (kombu) makes of invalid UTF-8
+        # (it decodes with "surrogatepass"), and the baggage propagator encodes what it reads.
+        # Read again with such text replaced, as undecodable bytes are.
+        return propagate.extract(headers, context=_EMPTY_CONTEXT, getter=_encodable_getter)
 
 
 # The fast path. With the default propagators (W3C tracecontext + baggage), a message that carries
