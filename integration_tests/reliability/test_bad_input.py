@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pika
 import pika.data
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -30,7 +30,9 @@ from pika.adapters.blocking_connection import BlockingConnection
 
 from broker_harness import Broker, Recorder
 from integration_tests.reliability.amqp_tables import (
+    RawLongStr,
     Table,
+    ValidContext,
     bodies,
     decoded_by,
     encoded,
@@ -57,6 +59,27 @@ OPTIONS: dict[str, Any] = {
     "capture_headers": ("traceparent", "tracestate", "baggage", "x-missing"),
     "baggage_attributes": ("k", "a"),
 }
+
+
+_PARENT = ValidContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, sampled=True)
+_TRACEPARENT = f"00-{_PARENT.trace_id:032x}-{_PARENT.span_id:016x}-01"
+# Always run, besides what hypothesis draws: text no codec can encode once py-amqp (kombu) has
+# decoded these bytes with "surrogatepass", next to a valid traceparent, and a table of nothing
+# but malformed trace fields.
+NASTY = (
+    Table(
+        {"traceparent": _TRACEPARENT, "baggage": RawLongStr(b"\xed\xa0\x80order.id=17")}, _PARENT
+    ),
+    Table(
+        {
+            "traceparent": _TRACEPARENT.encode(),
+            "tracestate": RawLongStr(b"k=\xed\xb3\xbf"),
+            "Baggage": [RawLongStr(b"\xed\xa0\x80"), "a=b"],
+        },
+        _PARENT,
+    ),
+    Table({"TRACEPARENT": RawLongStr(b"\xed\xa0\x80"), "baggage": "a=b," * 3000}, None),
+)
 
 
 def _touch_envelope(_span: Span, envelope: Any) -> None:
@@ -360,6 +383,9 @@ def test_any_header_table_and_body_reach_the_handler_unchanged(
 
     @EXAMPLES
     @given(table=tables(binary_keys=binary_keys), body=bodies)
+    @example(table=NASTY[0], body=b"")
+    @example(table=NASTY[1], body=b"x" * 131_073)
+    @example(table=NASTY[2], body=b"order 17")
     def one_message(table: Table, body: bytes) -> None:
         seen = style.deliver(table.headers, body)
         check(style, table, body, seen)
