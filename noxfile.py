@@ -211,6 +211,21 @@ def integration_flow(session: nox.Session) -> None:
     _run_pytest(session, *paths)
 
 
+# The contrib packages our pika and aio-pika plugins replace; contrib aio-pika refuses aio-pika 10.
+CONTRIB_REQUIREMENTS = (
+    "aio-pika>=9.5,<10",
+    "opentelemetry-instrumentation-pika==0.66b1",
+    "opentelemetry-instrumentation-aio-pika==0.66b1",
+)
+
+
+@nox.session(python=MIDDLE, tags=["ci"])
+def integration_contrib(session: nox.Session) -> None:
+    """Our plugins next to opentelemetry-instrumentation-pika / -aio-pika in one process."""
+    install(session, plugins=_all_plugins(), extra=(*FLOW_REQUIREMENTS, *CONTRIB_REQUIREMENTS))
+    _run_pytest(session, "integration_tests/reliability/test_contrib_conflict.py")
+
+
 @nox.session(python=MIDDLE)
 def demo(session: nox.Session) -> None:
     """Run the shop -> SRM -> MES order flow (about 20 orders) and print where each order went."""
@@ -221,10 +236,8 @@ def demo(session: nox.Session) -> None:
 
 
 BENCH_REQUIREMENTS = (
-    # the contrib packages are measured in the same run; contrib aio-pika skips aio-pika 10
-    "aio-pika>=9.5,<10",
-    "opentelemetry-instrumentation-pika==0.66b1",
-    "opentelemetry-instrumentation-aio-pika==0.66b1",
+    # the contrib packages are measured in the same run
+    *CONTRIB_REQUIREMENTS,
     "opentelemetry-sdk>=1.29",
     "testcontainers>=4.8",
 )
