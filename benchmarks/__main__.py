@@ -3,9 +3,11 @@
 For each plugin and path (publish; push consume; pull consume) it runs, interleaved A B A B so that
 machine drift cancels: uninstrumented, ours (several SDK configurations) and, for pika and aio-pika,
 the contrib package, each measurement in a fresh process. It also measures the floor: the bare SDK
-cost of one span with the same attributes plus inject or extract. It prints messages/s, the ratio to
-uninstrumented (median of per-run ratios), µs added per message and µs beyond the floor, checks the
-goals, and writes JSON under benchmarks/results/.
+cost of one span with the same attributes plus inject or extract, alone in a loop, and the same
+work done by hand inside the uninstrumented loop (variant ``inline``: the least any instrumentation
+could add there). It prints messages/s, the ratio to uninstrumented (median of per-run ratios), µs
+added per message, µs beyond the floor and beyond ``inline``, checks the goals, and writes JSON
+under benchmarks/results/.
 
 ``--memory`` runs 100,000 messages per path with our plugin (manual acks on consume paths, so
 per-delivery settle state exists) and reports RSS and tracemalloc growth.
@@ -33,7 +35,8 @@ RESULTS = HERE / "results"
 
 LIBS = ("pika", "aiopika", "kombu")
 PATHS = ("publish", "consume", "pull")
-VARIANTS = ("bare", "ours", "contrib", "ours_metrics", "ours_10pct", "ours_unsampled")
+VARIANTS = ("bare", "inline", "ours", "contrib", "ours_metrics", "ours_10pct", "ours_unsampled")
+INLINE_PATHS = ("publish", "consume")  # the hand-written floor exists for these paths
 HAS_CONTRIB = {
     "pika": "opentelemetry-instrumentation-pika",
     "aiopika": "opentelemetry-instrumentation-aio-pika",
@@ -146,6 +149,8 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     lib not in HAS_CONTRIB or not _installed(HAS_CONTRIB[lib])
                 ):
                     continue
+                if variant == "inline" and path not in INLINE_PATHS:
+                    continue
                 n = int(MESSAGES[(lib, path)] * args.scale)
                 res = measure(
                     {
@@ -192,6 +197,14 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     "bare_us_per_message": bare_us,
                 }
             )
+    inline_added = {(r["lib"], r["path"]): r["us_added"] for r in rows if r["variant"] == "inline"}
+    for r in rows:
+        here = inline_added.get((r["lib"], r["path"]))
+        r["us_beyond_inline"] = (
+            r["us_added"] - here
+            if here is not None and r["variant"] not in ("bare", "inline")
+            else None
+        )
     return {"floor_us": floor_us, "rows": rows}
 
 
@@ -237,7 +250,12 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
         variants = (
             ["floor"]
             if lib == "floor"
-            else [v for v in args.variants if v in ("bare", "ours", "contrib", "ours_unsampled")]
+            else [
+                v
+                for v in args.variants
+                if v in ("bare", "inline", "ours", "contrib", "ours_unsampled")
+                and (v != "inline" or path in INLINE_PATHS)
+            ]
         )
         for variant in variants:
             if variant == "contrib" and (
@@ -298,9 +316,17 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     }
     for (lib, path), goal in RATIO_GOALS.items():
         ours = rows.get((lib, path, "ours"))
+        inline = rows.get((lib, path, "inline"))
         if ours:
+            attainable = (
+                f" (the hand-written floor in place: {inline['ratio']:.2f})" if inline else ""
+            )
             checks.append(
-                (f"{lib} {path} ratio >= {goal}", ours["ratio"] >= goal, f"{ours['ratio']:.2f}")
+                (
+                    f"{lib} {path} ratio >= {goal}",
+                    ours["ratio"] >= goal,
+                    f"{ours['ratio']:.2f}{attainable}",
+                )
             )
         contrib = rows.get((lib, path, "contrib"))
         if ours and contrib:
@@ -338,12 +364,14 @@ def print_report(result: dict[str, Any]) -> None:
             f"floor (bare SDK): publish {tp['floor_us']['publish']:.1f} µs, consume {tp['floor_us']['consume']:.1f} µs per message"
         )
         print(
-            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9}"
+            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9} {'+µs>inline':>10}"
         )
         for r in tp["rows"]:
+            beyond = r.get("us_beyond_inline")
             print(
                 f"{r['lib']:8} {r['path']:8} {r['variant']:15} {r['rate_median']:9.0f} {r['ratio']:6.2f} "
-                f"{r['us_per_message']:8.1f} {r['us_added']:7.1f} {r['us_beyond_floor']:9.1f}"
+                f"{r['us_per_message']:8.1f} {r['us_added']:7.1f} {r['us_beyond_floor']:9.1f} "
+                f"{'' if beyond is None else f'{beyond:10.1f}'}"
             )
     checks = goals(result)
     if checks:

@@ -14,6 +14,10 @@ Variants:
   traceparent sampled one time in ten.
 * ``ours_unsampled``: ``ours`` where no message is sampled (ratio 0, consumed parents not sampled):
   the cost of an unsampled message.
+* ``inline``: the floor in place: the uninstrumented loop plus, written by hand, what any
+  instrumentation must do per message: one SDK span with the same attributes as ours, plus
+  ``propagate.inject`` into the message's headers (publish) or ``propagate.extract`` from them and a
+  link (consume). No plugin. Same SDK configuration as ``ours``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,71 @@ from typing import Any
 
 BODY = b"x" * 256
 OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled"}
+
+
+class Inline:
+    """The hand-written minimum per message (variant ``inline``); a no-op for other variants."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.enabled = spec.variant == "inline"
+        if not self.enabled:
+            return
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import Link, SpanKind
+
+        self._tracer = trace.get_tracer("inline")
+        self._inject, self._extract = propagate.inject, propagate.extract
+        self._set_span_in_context, self._get_current_span = (
+            trace.set_span_in_context,
+            trace.get_current_span,
+        )
+        self._link, self._producer, self._consumer = Link, SpanKind.PRODUCER, SpanKind.CONSUMER
+        common: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": "orders",
+            "messaging.rabbitmq.destination.routing_key": "orders",
+            "messaging.message.body.size": len(BODY),
+            "server.address": "127.0.0.1",
+            "server.port": 5672,
+        }
+        self._publish_attributes = {
+            **common,
+            "messaging.operation.name": "publish",
+            "messaging.operation.type": "send",
+        }
+        self._consume_attributes = {
+            **common,
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+        }
+
+    def publish(self) -> tuple[Any, dict[str, Any] | None]:
+        """Start the publish span; returns it and the headers to send (None when disabled)."""
+        if not self.enabled:
+            return None, None
+        span = self._tracer.start_span(
+            "publish orders", kind=self._producer, attributes=self._publish_attributes
+        )
+        headers: dict[str, Any] = {}
+        self._inject(headers, context=self._set_span_in_context(span))
+        return span, headers
+
+    def consume(self, headers: Any, delivery_tag: int) -> Any:
+        """Start and return the process span of a delivery (None when disabled)."""
+        if not self.enabled:
+            return None
+        ctx = self._extract(headers or {})
+        attributes = {
+            **self._consume_attributes,
+            "messaging.rabbitmq.message.delivery_tag": delivery_tag,
+        }
+        return self._tracer.start_span(
+            "process orders",
+            context=ctx,
+            kind=self._consumer,
+            attributes=attributes,
+            links=[self._link(self._get_current_span(ctx).get_span_context())],
+        )
 
 
 @dataclass
@@ -110,6 +179,8 @@ def instrument(spec: Spec) -> Callable[[], None]:
     if spec.variant == "bare":
         return lambda: None
     tracer_provider, meter_provider = _providers(spec.variant)
+    if spec.variant == "inline":
+        return tracer_provider.shutdown  # type: ignore[no-any-return]
     kwargs: dict[str, Any] = {"tracer_provider": tracer_provider}
     if spec.variant in OURS:
         kwargs["meter_provider"] = meter_provider
@@ -222,12 +293,25 @@ def pika_publish(spec: Spec, sample: Sampler) -> float:
     channel = connection.channel()
     queue = channel.queue_declare("", exclusive=True).method.queue
     props = pika.BasicProperties(content_type="application/octet-stream")
+    inline = Inline(spec)
     for _ in range(spec.warmup):
         channel.basic_publish("", queue, BODY, props)
     start = time.perf_counter()
-    for i in range(1, spec.messages + 1):
-        channel.basic_publish("", queue, BODY, props)
-        sample(i)
+    if inline.enabled:
+        for i in range(1, spec.messages + 1):
+            span, headers = inline.publish()
+            channel.basic_publish(
+                "",
+                queue,
+                BODY,
+                pika.BasicProperties(content_type="application/octet-stream", headers=headers),
+            )
+            span.end()
+            sample(i)
+    else:
+        for i in range(1, spec.messages + 1):
+            channel.basic_publish("", queue, BODY, props)
+            sample(i)
     connection.process_data_events(0)
     elapsed = time.perf_counter() - start
     connection.close()
@@ -243,8 +327,10 @@ def pika_consume(spec: Spec, sample: Sampler, queue: str) -> float:
     total = spec.warmup + spec.messages
     state = {"n": 0, "start": 0.0, "end": 0.0}
     manual = spec.manual_ack
+    inline = Inline(spec)
 
     def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        span = inline.consume(properties.headers, method.delivery_tag)
         n = state["n"] = state["n"] + 1
         if manual:
             ch.basic_ack(method.delivery_tag)
@@ -252,6 +338,8 @@ def pika_consume(spec: Spec, sample: Sampler, queue: str) -> float:
             state["start"] = time.perf_counter()
         elif n > spec.warmup:
             sample(n - spec.warmup)
+        if span is not None:
+            span.end()
         if n == total:
             state["end"] = time.perf_counter()
             ch.stop_consuming()
@@ -299,12 +387,20 @@ async def _aiopika_publish(spec: Spec, sample: Sampler) -> float:
     channel = await connection.channel(publisher_confirms=False)
     queue = await channel.declare_queue("", exclusive=True)
     exchange = channel.default_exchange
+    inline = Inline(spec)
     for _ in range(spec.warmup):
         await exchange.publish(aio_pika.Message(BODY), queue.name)
     start = time.perf_counter()
-    for i in range(1, spec.messages + 1):
-        await exchange.publish(aio_pika.Message(BODY), queue.name)
-        sample(i)
+    if inline.enabled:
+        for i in range(1, spec.messages + 1):
+            span, headers = inline.publish()
+            await exchange.publish(aio_pika.Message(BODY, headers=headers), queue.name)
+            span.end()
+            sample(i)
+    else:
+        for i in range(1, spec.messages + 1):
+            await exchange.publish(aio_pika.Message(BODY), queue.name)
+            sample(i)
     elapsed = time.perf_counter() - start
     await connection.close()
     return elapsed
@@ -321,11 +417,15 @@ async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> floa
     done = asyncio.get_running_loop().create_future()
     state = {"n": 0, "start": time.perf_counter()}
     manual = spec.manual_ack
+    inline = Inline(spec)
 
     async def on_message(message: Any) -> None:
+        span = inline.consume(message.headers, message.delivery_tag)
         n = state["n"] = state["n"] + 1
         if manual:
             await message.ack()
+        if span is not None:
+            span.end()
         if n == spec.warmup:
             state["start"] = time.perf_counter()
         elif n > spec.warmup:
@@ -385,12 +485,20 @@ def kombu_publish(spec: Spec, sample: Sampler) -> float:
             "content_type": "application/octet-stream",
             "content_encoding": "binary",
         }
+        inline = Inline(spec)
         for _ in range(spec.warmup):
             publish(BODY, **kw)
         start = time.perf_counter()
-        for i in range(1, spec.messages + 1):
-            publish(BODY, **kw)
-            sample(i)
+        if inline.enabled:
+            for i in range(1, spec.messages + 1):
+                span, headers = inline.publish()
+                publish(BODY, headers=headers, **kw)
+                span.end()
+                sample(i)
+        else:
+            for i in range(1, spec.messages + 1):
+                publish(BODY, **kw)
+                sample(i)
         return time.perf_counter() - start
 
 
@@ -400,11 +508,15 @@ def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
     total = spec.warmup + spec.messages
     state = {"n": 0, "start": time.perf_counter()}
     manual = spec.manual_ack
+    inline = Inline(spec)
 
     def on_message(body: Any, message: Any) -> None:
+        span = inline.consume(message.headers, message.delivery_tag)
         n = state["n"] = state["n"] + 1
         if manual:
             message.ack()
+        if span is not None:
+            span.end()
         if n == spec.warmup:
             state["start"] = time.perf_counter()
         elif n > spec.warmup:
