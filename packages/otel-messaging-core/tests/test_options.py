@@ -22,6 +22,16 @@ def test_unknown_keyword_is_a_type_error() -> None:
         InstrumentationOptions.from_kwargs({"consumer_contxt": "link"}, environ={})
 
 
+def test_base_instrumentor_keywords_are_not_ours_and_not_errors() -> None:
+    """``instrument_channel(channel, **same_kwargs_as_instrument)`` may carry BaseInstrumentor's
+    own keywords: every plugin accepts and ignores them."""
+    options = InstrumentationOptions.from_kwargs(
+        {"skip_dep_check": True, "raise_exception_on_conflict": True, "settle_spans": True},
+        environ={},
+    )
+    assert options.settle_spans is True
+
+
 def test_bad_consumer_context_is_a_value_error() -> None:
     """consumer_context accepts only parent and link."""
     with pytest.raises(ValueError, match="parent' or 'link"):

@@ -22,8 +22,6 @@ from otel_messaging_core.propagation import extract_context
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_aiopika"
-# Keywords BaseInstrumentor.instrument() may pass on (depending on its version): not ours.
-_BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[type, str, Wrapper]
@@ -73,8 +71,6 @@ def _targets() -> list[Target]:
 
 
 def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
-    for keyword in _BASE_KEYWORDS:
-        kwargs.pop(keyword, None)
     options = InstrumentationOptions.from_kwargs(kwargs)
     return MessagingTelemetry(
         options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__

@@ -33,6 +33,10 @@ KEYWORDS: Final = (
     "baggage_attributes",
 )
 
+# BaseInstrumentor.instrument()'s own keywords: it consumes them, but a plugin's
+# ``instrument_channel(channel, **kwargs)`` may be handed the same keywords as ``instrument()``.
+BASE_INSTRUMENTOR_KEYWORDS: Final = ("skip_dep_check", "raise_exception_on_conflict")
+
 ENV_VARS: Final[Mapping[str, str]] = {
     "consumer_context": "OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT",
     "settle_spans": "OTEL_PYTHON_RABBITMQ_SETTLE_SPANS",
@@ -90,7 +94,7 @@ class InstrumentationOptions:
         cls, kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None
     ) -> InstrumentationOptions:
         """Validate ``instrument(**kwargs)``; options not given come from the environment."""
-        unknown = sorted(set(kwargs) - set(KEYWORDS))
+        unknown = sorted(set(kwargs) - set(KEYWORDS) - set(BASE_INSTRUMENTOR_KEYWORDS))
         if unknown:
             raise TypeError(
                 f"unknown instrumentation keyword(s) {', '.join(unknown)}; "

@@ -22,8 +22,6 @@ from otel_pika.version import __version__
 __all__ = ["PikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_pika"
-# Keywords BaseInstrumentor.instrument() may pass on (depending on its version): not ours.
-_BASE_KEYWORDS = ("skip_dep_check", "raise_exception_on_conflict")
 
 Resolver = Callable[[Any], Any]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -77,8 +75,6 @@ def _targets() -> tuple[list[Target], list[Target], list[Target]]:
 
 
 def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
-    for keyword in _BASE_KEYWORDS:
-        kwargs.pop(keyword, None)
     options = InstrumentationOptions.from_kwargs(kwargs)
     return MessagingTelemetry(
         options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
