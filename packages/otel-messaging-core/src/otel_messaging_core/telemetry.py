@@ -204,6 +204,7 @@ class Consume:
         span: Span,
         context: Context | None,
         delivery: Delivery | None,
+        started: float | None = None,
     ) -> None:
         self._telemetry = telemetry
         self.destination = destination
@@ -211,7 +212,7 @@ class Consume:
         self.context = context
         self.delivery = delivery
         self._token: Token[Context] | None = None
-        self._start = perf_counter()
+        self._start = perf_counter() if started is None else started
 
     def activate(self) -> None:
         """Make the handling context (span + message baggage) current."""
@@ -529,10 +530,7 @@ class MessagingTelemetry:
                         links[0].context if links else None,
                         parent_span_context,
                     )
-                op = Consume(self, destination, INVALID_SPAN, parent, delivery)
-                if started is not None:
-                    op._start = started
-                return op
+                return Consume(self, destination, INVALID_SPAN, parent, delivery, started)
             if body_size is None and body is not None:
                 body_size = len(body)
             attributes = _message_attributes(
@@ -575,10 +573,9 @@ class MessagingTelemetry:
                     if self._baggage_names
                     else None,
                 )
-            op = Consume(self, destination, span, trace.set_span_in_context(span, parent), delivery)
-            if started is not None:
-                op._start = started
-            return op
+            return Consume(
+                self, destination, span, trace.set_span_in_context(span, parent), delivery, started
+            )
         except Exception as internal:
             log_internal_error("consume start", internal)
             return Consume(*_NOOP_CONSUME_FIELDS)
