@@ -68,16 +68,23 @@ UNSAMPLED_US_GOAL = 10.0
 MEMORY_GOAL_BYTES = 5 * 1024 * 1024
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
+def _worker(
+    args: list[str], prefix: list[str] | None = None, timeout: float = 3600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.worker *args`` in a fresh process (under ``prefix``, e.g. valgrind)."""
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "benchmarks.worker", *args],
         capture_output=True,
         text=True,
         check=False,
         cwd=HERE.parent,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    done = _worker([json.dumps(spec)], timeout=900)
     if done.returncode != 0:
         raise RuntimeError(
             f"worker failed for {spec['lib']}/{spec['path']}/{spec['variant']}:\n{done.stderr[-3000:]}"
@@ -206,18 +213,6 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
             else None
         )
     return {"floor_us": floor_us, "rows": rows}
-
-
-def _worker(args: list[str], prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "benchmarks.worker", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=HERE.parent,
-        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
-        timeout=3600,
-    )
 
 
 def _instructions(spec: dict[str, Any]) -> int:

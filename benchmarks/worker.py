@@ -37,6 +37,8 @@ from typing import Any
 
 BODY = b"x" * 256
 OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled"}
+# the TraceIdRatioBased ratio of the sampling variants (also how often a consumed message arrives sampled)
+SAMPLING_RATIO = {"ours_10pct": 0.1, "ours_unsampled": 0.0}
 
 
 class Inline:
@@ -142,7 +144,7 @@ def _providers(variant: str) -> tuple[Any, Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    ratio = {"ours_10pct": 0.1, "ours_unsampled": 0.0}.get(variant)
+    ratio = SAMPLING_RATIO.get(variant)
     sampler = ParentBased(TraceIdRatioBased(ratio)) if ratio is not None else None
     tracer_provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))  # type: ignore[arg-type]
@@ -218,7 +220,7 @@ def instrument(spec: Spec) -> Callable[[], None]:
 
 def _traceparents(spec: Spec, count: int) -> list[str]:
     """What an upstream producer would have sent: sampled per the variant's sampling rate."""
-    rate = {"ours_10pct": 0.1, "ours_unsampled": 0.0}.get(spec.variant, 1.0)
+    rate = SAMPLING_RATIO.get(spec.variant, 1.0)
     rng = random.Random(42)
     return [
         f"00-{rng.getrandbits(128):032x}-{rng.getrandbits(64):016x}-{'01' if rng.random() < rate else '00'}"
