@@ -154,6 +154,21 @@ def pika_connect(rabbitmq: Broker) -> Iterator[Callable[..., BlockingConnection]
 
 
 @pytest.fixture
+def shared_queue(rabbitmq: Broker, unique: Callable[[str], str]) -> Iterator[str]:
+    """A named queue that outlives any one connection (producers, consumers, a connection the
+    broker drops); expires unused, deleted after the test."""
+    name = unique("q")
+    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
+    connection.channel().queue_declare(name, arguments={"x-expires": 120_000})
+    connection.close()
+    yield name
+    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
+    with contextlib.suppress(Exception):
+        connection.channel().queue_delete(name)
+    connection.close()
+
+
+@pytest.fixture
 def local_broker(rabbitmq: Broker) -> Broker:
     """The broker, when rabbitmqctl on this machine administers it (fault and user tests)."""
     if not rabbitmq.local:

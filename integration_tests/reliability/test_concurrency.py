@@ -15,7 +15,6 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -34,20 +33,6 @@ from integration_tests.reliability.conftest import (
 )
 
 OPTIONS: dict[str, Any] = {"baggage_attributes": ("order.id",)}
-
-
-@pytest.fixture
-def shared_queue(rabbitmq: Broker, unique: Callable[[str], str]) -> Iterator[str]:
-    """A queue every consumer connection of the test reads (expires unused; deleted afterwards)."""
-    name = unique("q")
-    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
-    connection.channel().queue_declare(name, arguments={"x-expires": 120_000})
-    connection.close()
-    yield name
-    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
-    with contextlib.suppress(Exception):
-        connection.channel().queue_delete(name)
-    connection.close()
 
 
 class Orders:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -46,20 +45,6 @@ def close_named(name: str) -> None:
     while not close_connections(name, "otel reliability fault test"):
         assert time.monotonic() < deadline, f"the broker never listed connection {name}"
         time.sleep(0.3)
-
-
-@pytest.fixture
-def shared_queue(local_broker: Broker, unique: Callable[[str], str]) -> Iterator[str]:
-    """A queue that outlives the consumer's connection (expires unused; deleted afterwards)."""
-    name = unique("q")
-    connection = BlockingConnection(pika_parameters(local_broker.url, connection_name("setup")))
-    connection.channel().queue_declare(name, arguments={"x-expires": 120_000})
-    connection.close()
-    yield name
-    connection = BlockingConnection(pika_parameters(local_broker.url, connection_name("setup")))
-    with contextlib.suppress(Exception):
-        connection.channel().queue_delete(name)
-    connection.close()
 
 
 def publish_orders(broker: Broker, queue: str, count: int) -> None:

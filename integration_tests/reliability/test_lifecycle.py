@@ -18,7 +18,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -38,20 +38,6 @@ from integration_tests.reliability.conftest import (
 
 TOTAL = 300
 IN_FLIGHT_SLACK = 4  # spans that may start after uninstrument() returned: calls already inside
-
-
-@pytest.fixture
-def shared_queue(rabbitmq: Broker, unique: Callable[[str], str]) -> Iterator[str]:
-    """A queue for producer and consumer connections (expires unused; deleted afterwards)."""
-    name = unique("q")
-    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
-    connection.channel().queue_declare(name, arguments={"x-expires": 120_000})
-    connection.close()
-    yield name
-    connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("setup")))
-    with contextlib.suppress(Exception):
-        connection.channel().queue_delete(name)
-    connection.close()
 
 
 class Flow:
