@@ -27,6 +27,7 @@ from opentelemetry.trace import (
     SpanContext,
     TraceFlags,
 )
+from opentelemetry.trace import propagation as _span_propagation
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
@@ -215,6 +216,9 @@ _ZERO_SPAN = "0" * 16
 _default_textmap: TextMapPropagator | None = None
 _BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
 _BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)
+_SPAN_KEY = _span_propagation._SPAN_KEY
+# the two flags nearly every traceparent carries, made once
+_TRACE_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 
 
 def _is_default(textmap: TextMapPropagator) -> bool:
@@ -247,13 +251,15 @@ def _fast_extract(headers: Mapping[Any, Any]) -> Context | None:
     trace_id, span_id, flags = match.groups()
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
+    trace_flags = _TRACE_FLAGS.get(flags)
     span_context = SpanContext(
-        trace_id=int(trace_id, 16),
-        span_id=int(span_id, 16),
-        is_remote=True,
-        trace_flags=TraceFlags(int(flags, 16)),
+        int(trace_id, 16),
+        int(span_id, 16),
+        True,
+        TraceFlags(int(flags, 16)) if trace_flags is None else trace_flags,
     )
-    return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY_CONTEXT)
+    # what set_span_in_context(span, empty context) builds, without copying the empty context
+    return Context({_SPAN_KEY: NonRecordingSpan(span_context)})
 
 
 def header_texts(headers: Mapping[Any, Any] | None, names: Iterable[str]) -> dict[str, str]:

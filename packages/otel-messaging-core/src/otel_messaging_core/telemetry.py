@@ -36,6 +36,7 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
 )
 from opentelemetry.trace import propagation as _span_propagation
 from opentelemetry.util.types import AttributeValue
@@ -54,7 +55,12 @@ from otel_messaging_core.attributes import (
     DestinationCache,
     error_type_of,
 )
-from otel_messaging_core.consumer import creation_span_context, handling_parent, restore
+from otel_messaging_core.consumer import (
+    _RUNTIME_CONTEXT,
+    creation_span_context,
+    handling_parent,
+    restore,
+)
 from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
@@ -72,11 +78,15 @@ __all__ = [
 _SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 # Where the API keeps the current span in a Context (a dict); read directly on the per-message path.
 _SPAN_KEY: Final = _span_propagation._SPAN_KEY
+_SAMPLED: Final = int(TraceFlags.SAMPLED)
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
 _RETURNED_UNROUTABLE: Final = "unroutable"
 
 Attributes = dict[str, AttributeValue]
+
+# otel_context.attach() only forwards to the runtime context; called directly once per message
+_attach: Final = otel_context.attach if _RUNTIME_CONTEXT is None else _RUNTIME_CONTEXT.attach
 
 
 def is_suppressed(context: Context | None = None) -> bool:
@@ -219,7 +229,7 @@ class Consume:
         if self.context is not None:
             if self._token is not None:
                 restore(self._token)
-            self._token = otel_context.attach(self.context)
+            self._token = _attach(self.context)
 
     def deactivate(self) -> None:
         """Restore the context that was current before :meth:`activate`. Never raises."""
@@ -340,6 +350,7 @@ class MessagingTelemetry:
         self._capture = tuple(options.capture_headers)
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
+        self._tracer_provider = options.tracer_provider
         self._sampler_provider: object = None
         self._drops_unsampled = False
 
@@ -354,9 +365,10 @@ class MessagingTelemetry:
         ``AlwaysOffSampler`` itself. Read from the sampler's public ``get_description()``; any
         other sampler is always asked.
         """
-        if not parent.is_valid or parent.trace_flags.sampled:
+        # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
+        if parent.trace_flags & _SAMPLED or not parent.is_valid:
             return False
-        provider = self.options.tracer_provider or trace.get_tracer_provider()
+        provider = self._tracer_provider or trace.get_tracer_provider()
         if provider is self._sampler_provider:
             return self._drops_unsampled
         sampler = getattr(provider, "sampler", None)
@@ -431,8 +443,8 @@ class MessagingTelemetry:
             if current.get(_SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
                 return Publish(None, None, INVALID_SPAN, carrier)
-            parent = trace.get_current_span(current)
-            if self._skips_child_of(parent.get_span_context()):
+            parent: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+            if parent is not None and self._skips_child_of(parent.get_span_context()):
                 # Not sampled upstream, and the sampler follows the parent: the span would be a
                 # no-op, so send the parent's context on as it is (the trace id and the
                 # not-sampled flag reach the next hop all the same) and only count the message.
@@ -504,33 +516,32 @@ class MessagingTelemetry:
             if active is not None and active.get_span_context().is_valid:
                 parent, links = handling_parent(creation, self._parent_mode, current)
                 parent_span_context = trace.get_current_span(parent).get_span_context()
+                creation_sc = links[0].context if links else None
             else:
                 # The usual case, inlined (one message per call, every call counts): nothing is
                 # active, so the parent is the producer (parent mode) or nothing (link mode).
+                # The link is made only once a span will be.
+                links = None
                 producer: Span | None = creation.get(_SPAN_KEY)  # type: ignore[assignment]
                 creation_sc = producer.get_span_context() if producer is not None else None
                 if creation_sc is not None and creation_sc.is_valid:
-                    links = [Link(creation_sc)]
                     if self._parent_mode == "parent":
                         parent, parent_span_context = creation, creation_sc
                     else:
                         parent = trace.set_span_in_context(INVALID_SPAN, creation)
                         parent_span_context = INVALID_SPAN_CONTEXT
                 else:
-                    links = []
+                    creation_sc = None
                     parent, parent_span_context = creation, INVALID_SPAN_CONTEXT
             if self._skips_child_of(parent_span_context):
                 # The message's trace is not sampled and the sampler follows the parent: no span,
                 # the handler runs in the message's own (non-recording) context; counted only.
                 delivery = None
                 if track_delivery:
-                    delivery = Delivery(
-                        destination,
-                        delivery_tag,
-                        links[0].context if links else None,
-                        parent_span_context,
-                    )
+                    delivery = Delivery(destination, delivery_tag, creation_sc, parent_span_context)
                 return Consume(self, destination, INVALID_SPAN, parent, delivery, started)
+            if links is None:
+                links = [] if creation_sc is None else [Link(creation_sc)]
             if body_size is None and body is not None:
                 body_size = len(body)
             attributes = _message_attributes(
@@ -567,7 +578,7 @@ class MessagingTelemetry:
                 delivery = Delivery(
                     destination,
                     delivery_tag,
-                    links[0].context if links else None,
+                    creation_sc,
                     span.get_span_context(),
                     {n: attributes[n] for n in self._baggage_names if n in attributes} or None
                     if self._baggage_names
