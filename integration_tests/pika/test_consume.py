@@ -9,7 +9,7 @@ import pika
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 from pika.adapters.blocking_connection import BlockingChannel
 
 from broker_harness import Broker, Recorder, span_summary
@@ -504,6 +504,43 @@ def test_message_context_without_a_recorded_span_uses_the_headers(
     with message_context(properties):
         assert f"{current().trace_id:032x}" == trace_id
     assert nothing_current()
+
+
+def test_message_context_of_an_unsampled_pulled_message(
+    instrument: Instrument, otel: Recorder, channel: BlockingChannel, queue: str
+) -> None:
+    """Under a parent-based sampler, a pulled message of an unsampled trace makes no span and is not
+    remembered; message_context() still puts the block in that trace, with the message's baggage,
+    so the block's spans are not sampled either and a publish from it carries the trace on."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    provider.add_span_processor(otel.tracer_provider._active_span_processor)
+    instrument(tracer_provider=provider)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    upstream = SpanContext(int(trace_id, 16), 0xB7AD6B7169203331, is_remote=True)  # not sampled
+    token = otel_context.attach(
+        baggage.set_baggage("order.id", "9", trace.set_span_in_context(NonRecordingSpan(upstream)))
+    )
+    try:  # a publish inside the unsampled trace passes it on as it is
+        channel.basic_publish("", queue, b"x")
+    finally:
+        otel_context.detach(token)
+    _method, properties, _body = channel.basic_get(queue, auto_ack=True)
+    assert properties.headers["traceparent"] == f"00-{trace_id}-b7ad6b7169203331-00"
+    with message_context(properties):
+        assert f"{current().trace_id:032x}" == trace_id
+        assert not current().trace_flags.sampled
+        assert baggage.get_baggage("order.id") == "9"
+        with provider.get_tracer("app").start_as_current_span("handle"):
+            channel.basic_publish("", queue, b"y")
+    assert nothing_current()
+    _method, forwarded, _body = channel.basic_get(queue, auto_ack=True)
+    assert forwarded.headers["traceparent"].startswith(f"00-{trace_id}-")
+    assert forwarded.headers["traceparent"].endswith("-00")
+    assert forwarded.headers["baggage"] == "order.id=9"
+    assert otel.spans() == []  # nothing sampled: no receive, handle or publish span
 
 
 def test_async_basic_get_makes_a_receive_span(

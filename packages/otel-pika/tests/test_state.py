@@ -5,9 +5,11 @@ from __future__ import annotations
 import gc
 
 import pika
+from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext
 
-from otel_messaging_core import Delivery, DestinationCache
+from otel_messaging_core import Consume, Delivery, DestinationCache
 from otel_pika import _state
 from otel_pika._state import ChannelState, recall, remember
 
@@ -56,11 +58,20 @@ def test_pulled_contexts_are_remembered_by_identity_and_forgotten_with_the_messa
     """message_context's memory holds a context for the very properties object, only while it lives."""
     first = pika.BasicProperties(headers={"a": 1})
     twin = pika.BasicProperties(headers={"a": 1})  # equal, but another message
-    context = Context({"k": "v"})
-    remember(first, context)
+    span = NonRecordingSpan(SpanContext(0x1234, 0x5678, is_remote=False))
+    context = trace.set_span_in_context(span, Context({"k": "v"}))
+    remember(first, Consume(None, None, span, context, None))
     assert recall(first) is context
     assert recall(twin) is None
     count = len(_state._remembered)
     del first
     gc.collect()
     assert len(_state._remembered) == count - 1
+
+
+def test_no_span_nothing_remembered() -> None:
+    """A pulled message that got no span (its trace is not sampled) is not remembered:
+    message_context() then builds its context from the headers, which gives the same one."""
+    properties = pika.BasicProperties(headers={"a": 1})
+    remember(properties, Consume(None, None, INVALID_SPAN, Context({"k": "v"}), None))
+    assert recall(properties) is None

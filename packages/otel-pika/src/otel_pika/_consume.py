@@ -256,7 +256,7 @@ class _TracedConsume:
             op = _begin(state, "receive", method, properties, body, self._queue, self._manual_ack)
             if op is None:
                 return
-            remember(properties, op.context)
+            remember(properties, op)
         except Exception as exc:
             log_internal_error("receive", exc)
             return
@@ -351,7 +351,7 @@ def blocking_get(resolve: Resolver) -> Wrapper:
                 queue, manual_ack = _get_args(args, kwargs, 1)
                 op = _begin(state, "receive", method, properties, body, queue, manual_ack, started)
                 if op is not None:
-                    remember(properties, op.context)
+                    remember(properties, op)
                     op.end()
         except Exception as exc:
             log_internal_error("basic_get", exc)
@@ -390,7 +390,7 @@ class _TracedGetCallback:
             )
         if op is None:
             return self.callback(channel, method, properties, body)
-        remember(properties, op.context)
+        remember(properties, op)
         op.activate()
         try:
             result = self.callback(channel, method, properties, body)

@@ -61,8 +61,9 @@ def _start(
             # they were (they are often reused for many publishes).
             cls: Any = type(properties)
             sent = cls.__new__(cls)
-            sent.__dict__.update(properties.__dict__)
-            sent.headers = op.headers
+            fields = properties.__dict__.copy()
+            fields["headers"] = op.headers
+            sent.__dict__ = fields
         if count > 3:
             args = (*args[:3], sent, *args[4:])
         else:

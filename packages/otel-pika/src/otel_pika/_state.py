@@ -17,8 +17,9 @@ import weakref
 from typing import Any, Final
 
 from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN
 
-from otel_messaging_core import Delivery, DestinationCache, MessagingTelemetry
+from otel_messaging_core import Consume, Delivery, DestinationCache, MessagingTelemetry
 from otel_messaging_core._guard import log_internal_error
 
 __all__ = [
@@ -211,9 +212,15 @@ def _forget(ref: weakref.KeyedRef[Any, int]) -> None:
         _remembered.pop(ref.key, None)
 
 
-def remember(properties: Any, context: Context | None) -> None:
-    """Remember the receive span's context of a pulled message, for as long as its properties live."""
-    if context is None or properties is None:
+def remember(properties: Any, op: Consume) -> None:
+    """Remember the receive span's context of a pulled message, for as long as its properties live.
+
+    Not when no span was made (suppressed, or the message's trace is not sampled and the sampler
+    follows it): :func:`recall` then finds nothing and ``message_context()`` builds the same
+    context from the headers.
+    """
+    context = op.context
+    if context is None or properties is None or op.span is INVALID_SPAN:
         return
     key = id(properties)
     try:
