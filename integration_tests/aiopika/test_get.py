@@ -151,3 +151,46 @@ async def test_message_context_without_instrumentation_uses_the_headers(
     spans = otel.spans()
     assert [s.name for s in spans] == ["publish amq.default", "handle"]
     assert span_summary(spans[1], spans)["parent"] == "publish amq.default"
+
+
+@pytest.mark.asyncio
+async def test_message_context_of_an_unsampled_get(
+    otel: Recorder,
+    instrument: Instrument,
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+) -> None:
+    """Under a parent-based sampler, a message got from an unsampled trace makes no span and is not
+    kept; message_context() still puts the block in that trace with the message's baggage, and a
+    publish from it carries the trace on, not sampled."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    provider.add_span_processor(otel.tracer_provider._active_span_processor)
+    instrument(tracer_provider=provider)
+    upstream = SpanContext(0xABC, 0xDEF, is_remote=True)  # not sampled
+    token = otel_context.attach(
+        baggage.set_baggage("order.id", "9", trace.set_span_in_context(NonRecordingSpan(upstream)))
+    )
+    try:
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
+    finally:
+        otel_context.detach(token)
+    message = await queue.get(timeout=10, no_ack=True)
+    assert message is not None
+    assert message.headers["traceparent"] == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+    with message_context(message):
+        current = trace.get_current_span().get_span_context()
+        assert (current.trace_id, current.trace_flags.sampled) == (0xABC, False)
+        assert baggage.get_baggage("order.id") == "9"
+        with provider.get_tracer("app").start_as_current_span("handle"):
+            await channel.default_exchange.publish(aio_pika.Message(b"y"), routing_key=queue.name)
+    forwarded = await queue.get(timeout=10, no_ack=True)
+    assert forwarded is not None
+    traceparent = str(forwarded.headers["traceparent"])
+    assert traceparent.startswith(f"00-{0xABC:032x}-")
+    assert traceparent.endswith("-00")
+    assert forwarded.headers["baggage"] == "order.id=9"
+    assert otel.spans() == []  # nothing sampled: no receive, handle or publish span
