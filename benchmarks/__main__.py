@@ -6,8 +6,9 @@ the contrib package, each measurement in a fresh process. It also measures the f
 cost of one span with the same attributes plus inject or extract, alone in a loop, and the same
 work done by hand inside the uninstrumented loop (variant ``inline``: the least any instrumentation
 could add there). It prints messages/s, the ratio to uninstrumented (median of per-run ratios), µs
-added per message, µs beyond the floor and beyond ``inline``, checks the goals, and writes JSON
-under benchmarks/results/.
+added per message, µs beyond the floor and beyond ``inline``, the client process's CPU µs per
+message (all its threads, so the span processor's too) and what it adds, checks the goals, and
+writes JSON under benchmarks/results/.
 
 ``--memory`` runs 100,000 messages per path with our plugin (manual acks on consume paths, so
 per-delivery settle state exists) and reports RSS and tracemalloc growth.
@@ -35,8 +36,19 @@ RESULTS = HERE / "results"
 
 LIBS = ("pika", "aiopika", "kombu")
 PATHS = ("publish", "consume", "pull")
-VARIANTS = ("bare", "inline", "ours", "contrib", "ours_metrics", "ours_10pct", "ours_unsampled")
+VARIANTS = (
+    "bare",
+    "inline",
+    "ours",
+    "contrib",
+    "ours_metrics",
+    "ours_10pct",
+    "ours_unsampled",
+    "ours_unsampled_parent",
+)
 INLINE_PATHS = ("publish", "consume")  # the hand-written floor exists for these paths
+# variants that exist for some paths only (elsewhere they would measure nothing new)
+ONLY_ON = {"inline": INLINE_PATHS, "ours_unsampled_parent": ("publish",)}
 HAS_CONTRIB = {
     "pika": "opentelemetry-instrumentation-pika",
     "aiopika": "opentelemetry-instrumentation-aio-pika",
@@ -135,6 +147,7 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
     cells = [(lib, path) for lib in args.libs for path in args.paths]
     variants = [v for v in args.variants]
     rates: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}  # client CPU µs per message
     floors: dict[str, list[float]] = {"publish": [], "consume": []}
     for run in range(args.runs):
         for kind in floors:
@@ -156,7 +169,7 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     lib not in HAS_CONTRIB or not _installed(HAS_CONTRIB[lib])
                 ):
                     continue
-                if variant == "inline" and path not in INLINE_PATHS:
+                if path not in ONLY_ON.get(variant, PATHS):
                     continue
                 n = int(MESSAGES[(lib, path)] * args.scale)
                 res = measure(
@@ -170,6 +183,9 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     }
                 )
                 rates.setdefault((lib, path, variant), []).append(res["rate"])
+                cpu.setdefault((lib, path, variant), []).append(
+                    1e6 * res["cpu_seconds"] / res["messages"]
+                )
                 print(
                     f"  run {run + 1}/{args.runs} {lib:8} {path:8} {variant:15} {res['rate']:10.0f} msg/s",
                     flush=True,
@@ -181,12 +197,15 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
         if not bare:
             continue
         bare_us = 1e6 / statistics.median(bare)
+        bare_cpu = cpu[(lib, path, "bare")]
         for variant in variants:
             got = rates.get((lib, path, variant))
             if not got:
                 continue
             ratios = [r / b for r, b in zip(got, bare, strict=False)]
             added = [1e6 / r - 1e6 / b for r, b in zip(got, bare, strict=False)]
+            got_cpu = cpu[(lib, path, variant)]
+            cpu_added = [c - b for c, b in zip(got_cpu, bare_cpu, strict=False)]
             floor = floor_us["publish" if path == "publish" else "consume"]
             rows.append(
                 {
@@ -202,6 +221,8 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     if variant != "bare"
                     else 0.0,
                     "bare_us_per_message": bare_us,
+                    "cpu_us_per_message": statistics.median(got_cpu),
+                    "cpu_us_added": statistics.median(cpu_added),
                 }
             )
     inline_added = {(r["lib"], r["path"]): r["us_added"] for r in rows if r["variant"] == "inline"}
@@ -248,8 +269,9 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
             else [
                 v
                 for v in args.variants
-                if v in ("bare", "inline", "ours", "contrib", "ours_unsampled")
-                and (v != "inline" or path in INLINE_PATHS)
+                if v
+                in ("bare", "inline", "ours", "contrib", "ours_unsampled", "ours_unsampled_parent")
+                and path in ONLY_ON.get(v, PATHS)
             ]
         )
         for variant in variants:
@@ -331,12 +353,15 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 (f"{lib} {path} ours >= {need}x contrib", speedup >= need, f"{speedup:.2f}x")
             )
     for (lib, path, variant), row in rows.items():
-        if variant == "ours_unsampled":
+        if variant in ("ours_unsampled", "ours_unsampled_parent") and "cpu_us_added" in row:
+            # judged on the client's CPU time: what the instrumentation costs the service (wall
+            # time on a 2-core machine also carries the broker's share of the cores)
+            where = " (in an unsampled trace)" if variant == "ours_unsampled_parent" else ""
             checks.append(
                 (
-                    f"{lib} {path} unsampled adds <= {UNSAMPLED_US_GOAL:.0f} µs",
-                    row["us_added"] <= UNSAMPLED_US_GOAL,
-                    f"{row['us_added']:.1f} µs",
+                    f"{lib} {path}{where} unsampled adds <= {UNSAMPLED_US_GOAL:.0f} µs of CPU",
+                    row["cpu_us_added"] <= UNSAMPLED_US_GOAL,
+                    f"{row['cpu_us_added']:.1f} µs (wall {row['us_added']:.1f} µs)",
                 )
             )
     for mem in result.get("memory", []):
@@ -359,14 +384,15 @@ def print_report(result: dict[str, Any]) -> None:
             f"floor (bare SDK): publish {tp['floor_us']['publish']:.1f} µs, consume {tp['floor_us']['consume']:.1f} µs per message"
         )
         print(
-            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9} {'+µs>inline':>10}"
+            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9} {'+µs>inline':>10} {'cpu µs':>7} {'cpu +µs':>8}"
         )
         for r in tp["rows"]:
             beyond = r.get("us_beyond_inline")
             print(
                 f"{r['lib']:8} {r['path']:8} {r['variant']:15} {r['rate_median']:9.0f} {r['ratio']:6.2f} "
                 f"{r['us_per_message']:8.1f} {r['us_added']:7.1f} {r['us_beyond_floor']:9.1f} "
-                f"{'' if beyond is None else f'{beyond:10.1f}'}"
+                f"{'' if beyond is None else f'{beyond:10.1f}':10} "
+                f"{r.get('cpu_us_per_message', float('nan')):7.1f} {r.get('cpu_us_added', float('nan')):8.1f}"
             )
     checks = goals(result)
     if checks:

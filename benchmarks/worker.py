@@ -13,7 +13,11 @@ Variants:
 * ``ours_10pct``: ``ours`` under ``ParentBased(TraceIdRatioBased(0.1))``; consumed messages carry a
   traceparent sampled one time in ten.
 * ``ours_unsampled``: ``ours`` where no message is sampled (ratio 0, consumed parents not sampled):
-  the cost of an unsampled message.
+  the cost of an unsampled message. A publish here starts its trace, so the SDK's sampler decides
+  at our span (a service publishing outside any request).
+* ``ours_unsampled_parent`` (publish only): the publishes run inside a trace that was not sampled
+  upstream (the service's request span was not sampled): what an unsampled publish costs where a
+  request handler publishes, the architecture's case.
 * ``inline``: the floor in place: the uninstrumented loop plus, written by hand, what any
   instrumentation must do per message: one SDK span with the same attributes as ours, plus
   ``propagate.inject`` into the message's headers (publish) or ``propagate.extract`` from them and a
@@ -33,12 +37,12 @@ import tracemalloc
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 BODY = b"x" * 256
-OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled"}
+OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled", "ours_unsampled_parent"}
 # the TraceIdRatioBased ratio of the sampling variants (also how often a consumed message arrives sampled)
-SAMPLING_RATIO = {"ours_10pct": 0.1, "ours_unsampled": 0.0}
+SAMPLING_RATIO = {"ours_10pct": 0.1, "ours_unsampled": 0.0, "ours_unsampled_parent": 0.0}
 
 
 class Inline:
@@ -285,10 +289,28 @@ def _rss() -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Workloads: each returns seconds for spec.messages messages after spec.warmup untimed ones
+# Workloads: each returns the Stamp (wall and CPU seconds) of spec.messages messages after
+# spec.warmup untimed ones
 
 
-def pika_publish(spec: Spec, sample: Sampler) -> float:
+class Stamp(NamedTuple):
+    """A point in time, or a span of it: wall clock and this process's CPU time (all threads)."""
+
+    wall: float
+    cpu: float
+
+    def __sub__(self, other: object) -> Stamp:
+        assert isinstance(other, Stamp)
+        return Stamp(self.wall - other.wall, self.cpu - other.cpu)
+
+
+def now() -> Stamp:
+    """Wall clock and process CPU time. CPU time is what the client itself spends: on a machine
+    where the broker shares the cores, it varies far less from run to run than wall time."""
+    return Stamp(time.perf_counter(), time.process_time())
+
+
+def pika_publish(spec: Spec, sample: Sampler) -> Stamp:
     import pika
 
     connection = pika.BlockingConnection(pika.URLParameters(spec.url))
@@ -298,7 +320,7 @@ def pika_publish(spec: Spec, sample: Sampler) -> float:
     inline = Inline(spec)
     for _ in range(spec.warmup):
         channel.basic_publish("", queue, BODY, props)
-    start = time.perf_counter()
+    start = now()
     if inline.enabled:
         for i in range(1, spec.messages + 1):
             span, headers = inline.publish()
@@ -315,12 +337,12 @@ def pika_publish(spec: Spec, sample: Sampler) -> float:
             channel.basic_publish("", queue, BODY, props)
             sample(i)
     connection.process_data_events(0)
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     connection.close()
     return elapsed
 
 
-def pika_consume(spec: Spec, sample: Sampler, queue: str) -> float:
+def pika_consume(spec: Spec, sample: Sampler, queue: str) -> Stamp:
     import pika
 
     connection = pika.BlockingConnection(pika.URLParameters(spec.url))
@@ -337,31 +359,31 @@ def pika_consume(spec: Spec, sample: Sampler, queue: str) -> float:
         if manual:
             ch.basic_ack(method.delivery_tag)
         if n == spec.warmup:
-            state["start"] = time.perf_counter()
+            state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
         if span is not None:
             span.end()
         if n == total:
-            state["end"] = time.perf_counter()
+            state["end"] = now()
             ch.stop_consuming()
 
     channel.basic_consume(queue, on_message, auto_ack=not manual)
     if spec.warmup == 0:
-        state["start"] = time.perf_counter()
+        state["start"] = now()
     channel.start_consuming()
     connection.close()
     return state["end"] - state["start"]
 
 
-def pika_pull(spec: Spec, sample: Sampler, queue: str) -> float:
+def pika_pull(spec: Spec, sample: Sampler, queue: str) -> Stamp:
     import pika
 
     connection = pika.BlockingConnection(pika.URLParameters(spec.url))
     channel = connection.channel()
     channel.basic_qos(prefetch_count=1000)
     total = spec.warmup + spec.messages
-    start = time.perf_counter()
+    start = now()
     messages = channel.consume(queue, auto_ack=not spec.manual_ack, inactivity_timeout=30)
     for n, (method, _props, _body) in enumerate(messages, start=1):
         if method is None:
@@ -369,18 +391,18 @@ def pika_pull(spec: Spec, sample: Sampler, queue: str) -> float:
         if spec.manual_ack:
             channel.basic_ack(method.delivery_tag)
         if n == spec.warmup:
-            start = time.perf_counter()
+            start = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
         if n == total:
             break
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     channel.cancel()
     connection.close()
     return elapsed
 
 
-async def _aiopika_publish(spec: Spec, sample: Sampler) -> float:
+async def _aiopika_publish(spec: Spec, sample: Sampler) -> Stamp:
     import aio_pika
 
     connection = await aio_pika.connect(spec.url)
@@ -392,7 +414,7 @@ async def _aiopika_publish(spec: Spec, sample: Sampler) -> float:
     inline = Inline(spec)
     for _ in range(spec.warmup):
         await exchange.publish(aio_pika.Message(BODY), queue.name)
-    start = time.perf_counter()
+    start = now()
     if inline.enabled:
         for i in range(1, spec.messages + 1):
             span, headers = inline.publish()
@@ -403,12 +425,12 @@ async def _aiopika_publish(spec: Spec, sample: Sampler) -> float:
         for i in range(1, spec.messages + 1):
             await exchange.publish(aio_pika.Message(BODY), queue.name)
             sample(i)
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     await connection.close()
     return elapsed
 
 
-async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
+async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> Stamp:
     import aio_pika
 
     connection = await aio_pika.connect(spec.url)
@@ -417,7 +439,7 @@ async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> floa
     queue = await channel.declare_queue(queue_name, passive=True)
     total = spec.warmup + spec.messages
     done = asyncio.get_running_loop().create_future()
-    state = {"n": 0, "start": time.perf_counter()}
+    state = {"n": 0, "start": now()}
     manual = spec.manual_ack
     inline = Inline(spec)
 
@@ -429,11 +451,11 @@ async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> floa
         if span is not None:
             span.end()
         if n == spec.warmup:
-            state["start"] = time.perf_counter()
+            state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
         if n == total and not done.done():
-            done.set_result(time.perf_counter())
+            done.set_result(now())
 
     await queue.consume(on_message, no_ack=not manual)
     end = await asyncio.wait_for(done, 300)
@@ -441,7 +463,7 @@ async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> floa
     return end - state["start"]
 
 
-async def _aiopika_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
+async def _aiopika_pull(spec: Spec, sample: Sampler, queue_name: str) -> Stamp:
     import aio_pika
 
     connection = await aio_pika.connect(spec.url)
@@ -449,7 +471,7 @@ async def _aiopika_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
     await channel.set_qos(prefetch_count=1000)
     queue = await channel.declare_queue(queue_name, passive=True)
     total = spec.warmup + spec.messages
-    start = time.perf_counter()
+    start = now()
     n = 0
     async with queue.iterator(no_ack=not spec.manual_ack) as messages:
         async for message in messages:
@@ -457,12 +479,12 @@ async def _aiopika_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
             if spec.manual_ack:
                 await message.ack()
             if n == spec.warmup:
-                start = time.perf_counter()
+                start = now()
             elif n > spec.warmup:
                 sample(n - spec.warmup)
             if n == total:
                 break
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     await connection.close()
     return elapsed
 
@@ -473,7 +495,7 @@ def _kombu_connection(spec: Spec) -> Any:
     return kombu.Connection(spec.url.replace("amqp://", "pyamqp://", 1))
 
 
-def kombu_publish(spec: Spec, sample: Sampler) -> float:
+def kombu_publish(spec: Spec, sample: Sampler) -> Stamp:
     import kombu
 
     with _kombu_connection(spec) as connection:
@@ -490,7 +512,7 @@ def kombu_publish(spec: Spec, sample: Sampler) -> float:
         inline = Inline(spec)
         for _ in range(spec.warmup):
             publish(BODY, **kw)
-        start = time.perf_counter()
+        start = now()
         if inline.enabled:
             for i in range(1, spec.messages + 1):
                 span, headers = inline.publish()
@@ -501,14 +523,14 @@ def kombu_publish(spec: Spec, sample: Sampler) -> float:
             for i in range(1, spec.messages + 1):
                 publish(BODY, **kw)
                 sample(i)
-        return time.perf_counter() - start
+        return now() - start
 
 
-def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
+def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> Stamp:
     import kombu
 
     total = spec.warmup + spec.messages
-    state = {"n": 0, "start": time.perf_counter()}
+    state = {"n": 0, "start": now()}
     manual = spec.manual_ack
     inline = Inline(spec)
 
@@ -520,7 +542,7 @@ def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
         if span is not None:
             span.end()
         if n == spec.warmup:
-            state["start"] = time.perf_counter()
+            state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
 
@@ -537,10 +559,10 @@ def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> float:
         with consumer:
             while state["n"] < total:
                 connection.drain_events(timeout=30)
-        return time.perf_counter() - state["start"]
+        return now() - state["start"]
 
 
-def kombu_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
+def kombu_pull(spec: Spec, sample: Sampler, queue_name: str) -> Stamp:
     import kombu
     from kombu.simple import SimpleQueue
 
@@ -549,21 +571,21 @@ def kombu_pull(spec: Spec, sample: Sampler, queue_name: str) -> float:
         queue = SimpleQueue(
             connection, kombu.Queue(queue_name, no_declare=True), no_ack=not spec.manual_ack
         )
-        start = time.perf_counter()
+        start = now()
         for n in range(1, total + 1):
             message = queue.get(block=True, timeout=30)
             if spec.manual_ack:
                 message.ack()
             if n == spec.warmup:
-                start = time.perf_counter()
+                start = now()
             elif n > spec.warmup:
                 sample(n - spec.warmup)
-        elapsed = time.perf_counter() - start
+        elapsed = now() - start
         queue.close()
         return elapsed
 
 
-def floor(spec: Spec) -> float:
+def floor(spec: Spec) -> Stamp:
     """The bare SDK cost the goals are measured against: one span with the same attributes plus
     inject (publish) or extract (consume), no broker, no client library, no instrumentation.
     Consumer spans also carry the link to the producer that SPEC requires."""
@@ -589,10 +611,10 @@ def floor(spec: Spec) -> float:
     set_span_in_context = trace.set_span_in_context
     inject, extract = propagate.inject, propagate.extract
     total = spec.warmup + spec.messages
-    start = time.perf_counter()
+    start = now()
     for n in range(total):
         if n == spec.warmup:
-            start = time.perf_counter()
+            start = now()
         if spec.path == "publish":
             span = tracer.start_span(
                 "publish orders", kind=SpanKind.PRODUCER, attributes=attributes
@@ -609,21 +631,32 @@ def floor(spec: Spec) -> float:
                 links=[Link(get_current_span(ctx).get_span_context())],
             )
         span.end()
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     tracer_provider.shutdown()
     return elapsed
 
 
+def _enter_unsampled_trace() -> None:
+    """Make a not-sampled remote parent current, as in a request handler whose trace was not sampled."""
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    rng = random.Random(7)
+    parent = SpanContext(rng.getrandbits(128), rng.getrandbits(64), is_remote=True)
+    context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+
+
 def run(spec: Spec) -> dict[str, Any]:
     if spec.lib == "floor":
-        seconds = floor(spec)
+        took = floor(spec)
         return {
             "lib": "floor",
             "path": spec.path,
             "variant": "floor",
             "messages": spec.messages,
-            "seconds": seconds,
-            "rate": spec.messages / seconds,
+            "seconds": took.wall,
+            "cpu_seconds": took.cpu,
+            "rate": spec.messages / took.wall,
         }
     sample = Sampler(spec)
     queue = spec.queue
@@ -631,21 +664,23 @@ def run(spec: Spec) -> dict[str, Any]:
         queue = f"otel-bench.{spec.lib}.{spec.path}.{uuid.uuid4().hex[:10]}"
         declare_and_fill(spec, queue, spec.warmup + spec.messages)
     flush = instrument(spec)
+    if spec.variant == "ours_unsampled_parent":
+        _enter_unsampled_trace()
     try:
         if spec.lib == "pika":
-            seconds = (
+            took = (
                 pika_publish(spec, sample)
                 if spec.path == "publish"
                 else (pika_consume if spec.path == "consume" else pika_pull)(spec, sample, queue)
             )
         elif spec.lib == "aiopika":
             if spec.path == "publish":
-                seconds = asyncio.run(_aiopika_publish(spec, sample))
+                took = asyncio.run(_aiopika_publish(spec, sample))
             else:
                 fn = _aiopika_consume if spec.path == "consume" else _aiopika_pull
-                seconds = asyncio.run(fn(spec, sample, queue))
+                took = asyncio.run(fn(spec, sample, queue))
         else:
-            seconds = (
+            took = (
                 kombu_publish(spec, sample)
                 if spec.path == "publish"
                 else (kombu_consume if spec.path == "consume" else kombu_pull)(spec, sample, queue)
@@ -659,8 +694,9 @@ def run(spec: Spec) -> dict[str, Any]:
         "path": spec.path,
         "variant": spec.variant,
         "messages": spec.messages,
-        "seconds": seconds,
-        "rate": spec.messages / seconds,
+        "seconds": took.wall,
+        "cpu_seconds": took.cpu,
+        "rate": spec.messages / took.wall,
     }
     if spec.memory:
         result["memory"] = sample.samples
