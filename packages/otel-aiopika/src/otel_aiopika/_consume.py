@@ -24,7 +24,6 @@ from typing import Any, Callable, Final
 import aio_pika.tools
 from aio_pika.queue import QueueIterator
 from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
-from opentelemetry.trace import INVALID_SPAN
 
 from otel_aiopika._publish import headers_of
 from otel_aiopika._state import OwnerState, registry, resolve, track
@@ -85,7 +84,7 @@ def _begin(
         )
         # A pulled message's context is kept for message_context(), unless no span was made (the
         # trace is not sampled and the sampler follows it): the headers then give the same context.
-        if manual_ack or (operation == "receive" and op.span is not INVALID_SPAN):
+        if manual_ack or (operation == "receive" and op.has_span):
             track(message, telemetry, op.delivery, op.context, manual_ack)
         return op
     except Exception as exc:

@@ -42,6 +42,8 @@ CONSUMER_CONTEXT_MODES: Final = ("parent", "link")
 # closed by the garbage collector). That is expected here and not worth a traceback, so the
 # runtime context is called directly when it is available.
 _RUNTIME_CONTEXT = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+# otel_context.attach() only forwards to the runtime context: called directly, once per message
+attach: Final = otel_context.attach if _RUNTIME_CONTEXT is None else _RUNTIME_CONTEXT.attach
 
 
 def creation_span_context(creation: Context) -> SpanContext | None:
@@ -104,7 +106,7 @@ class ContextActivation:
         """Make ``context`` current, replacing (and first undoing) a previous activation."""
         if self._token is not None:
             self.deactivate()
-        self._token = otel_context.attach(context)
+        self._token = attach(context)
 
     def deactivate(self) -> None:
         """Restore the context that was current before :meth:`activate`."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Final, Iterable, Mapping
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -216,7 +216,8 @@ _ZERO_SPAN = "0" * 16
 _default_textmap: TextMapPropagator | None = None
 _BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
 _BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)
-_SPAN_KEY = _span_propagation._SPAN_KEY
+# Where the API keeps the current span in a Context (a dict); read directly on per-message paths.
+_SPAN_KEY: Final = _span_propagation._SPAN_KEY
 # the two flags nearly every traceparent carries, made once
 _TRACE_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 

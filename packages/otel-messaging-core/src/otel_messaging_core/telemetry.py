@@ -38,7 +38,6 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace import propagation as _span_propagation
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core._guard import call_hook, log_internal_error
@@ -55,16 +54,11 @@ from otel_messaging_core.attributes import (
     DestinationCache,
     error_type_of,
 )
-from otel_messaging_core.consumer import (
-    _RUNTIME_CONTEXT,
-    creation_span_context,
-    handling_parent,
-    restore,
-)
+from otel_messaging_core.consumer import attach, creation_span_context, handling_parent, restore
 from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
-from otel_messaging_core.propagation import extract_context, header_texts, inject_span
+from otel_messaging_core.propagation import _SPAN_KEY, extract_context, header_texts, inject_span
 
 __all__ = [
     "Consume",
@@ -76,17 +70,12 @@ __all__ = [
 ]
 
 _SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
-# Where the API keeps the current span in a Context (a dict); read directly on the per-message path.
-_SPAN_KEY: Final = _span_propagation._SPAN_KEY
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
 _RETURNED_UNROUTABLE: Final = "unroutable"
 
 Attributes = dict[str, AttributeValue]
-
-# otel_context.attach() only forwards to the runtime context; called directly once per message
-_attach: Final = otel_context.attach if _RUNTIME_CONTEXT is None else _RUNTIME_CONTEXT.attach
 
 
 def is_suppressed(context: Context | None = None) -> bool:
@@ -224,12 +213,18 @@ class Consume:
         self._token: Token[Context] | None = None
         self._start = perf_counter() if started is None else started
 
+    @property
+    def has_span(self) -> bool:
+        """False when no span was made: suppressed, failed to start, or the message's trace is
+        not sampled and the sampler follows it (the context then comes from the headers alone)."""
+        return self.span is not INVALID_SPAN
+
     def activate(self) -> None:
         """Make the handling context (span + message baggage) current."""
         if self.context is not None:
             if self._token is not None:
                 restore(self._token)
-            self._token = _attach(self.context)
+            self._token = attach(self.context)
 
     def deactivate(self) -> None:
         """Restore the context that was current before :meth:`activate`. Never raises."""
@@ -350,7 +345,6 @@ class MessagingTelemetry:
         self._capture = tuple(options.capture_headers)
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
-        self._tracer_provider = options.tracer_provider
         self._sampler_provider: object = None
         self._drops_unsampled = False
 
@@ -368,7 +362,7 @@ class MessagingTelemetry:
         # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
         if parent.trace_flags & _SAMPLED or not parent.is_valid:
             return False
-        provider = self._tracer_provider or trace.get_tracer_provider()
+        provider = self.options.tracer_provider or trace.get_tracer_provider()
         if provider is self._sampler_provider:
             return self._drops_unsampled
         sampler = getattr(provider, "sampler", None)

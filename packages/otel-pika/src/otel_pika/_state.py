@@ -17,7 +17,6 @@ import weakref
 from typing import Any, Final
 
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN
 
 from otel_messaging_core import Consume, Delivery, DestinationCache, MessagingTelemetry
 from otel_messaging_core._guard import log_internal_error
@@ -220,7 +219,7 @@ def remember(properties: Any, op: Consume) -> None:
     context from the headers.
     """
     context = op.context
-    if context is None or properties is None or op.span is INVALID_SPAN:
+    if context is None or properties is None or not op.has_span:
         return
     key = id(properties)
     try:
