@@ -277,7 +277,7 @@ def test_plan_loses_three_orders_in_three_places() -> None:
     assert lost == {
         7: ("shop-api", "unroutable"),
         13: ("srm-api", "examples.order_flow.domain.UnknownSku"),
-        17: ("mes", "rejected"),
+        17: ("mes", "examples.order_flow.domain.CorruptFile"),
     }
     assert sum(o.expected.status == COMPLETED for o in orders) == 17
     assert len({o.work_ms for o in orders}) > 10  # processing times vary
