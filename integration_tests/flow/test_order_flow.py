@@ -166,7 +166,7 @@ def test_lost_orders_end_in_error_where_they_were_lost(flow: FlowResult) -> None
             assert (SRM, f"process {t.srm_queue}", expected.error_type) in errors
             assert (SRM, f"reject {t.srm_queue}", "rejected") in errors
             process = next(s for s in spans if s.name == f"process {t.srm_queue}")
-            assert "exception" in process.events
+            assert "exception" in process.event_names
             assert {s.service for s in spans} == {SHOP, SRM}
         else:
             # MES's own span says why (a corrupt file), then the reject drops the job
