@@ -354,7 +354,11 @@ def _jaeger_hint(result: FlowResult, fates: Mapping[str, Fate]) -> Panel:
         (f"order.id={example}", "bold"),
         " → Find Traces.\nAdd ",
         ("error=true", "bold"),
-        " to the tags for the spans that failed (the reason is their status description), ",
+        # Jaeger shows an OTLP status description as this tag and span events as the span's logs
+        # (jaeger's OTLP-to-Jaeger translator, getTagFromStatusMsg)
+        " for the spans that failed: the reason is their ",
+        ("otel.status_description", "bold"),
+        " tag, the exception is in their logs. Add ",
         (f"order_flow.run_id={result.run_id}", "bold"),
         " for this run only; follow the span links (references) from hop to hop.",
     )
