@@ -10,11 +10,13 @@ Three services, each its own process and ``service.name``:
 Three orders get lost the way real ones do: one is routed with a key no queue is bound to (a
 mandatory publish the broker returns: ``unroutable`` at ``shop-api``), one names a SKU the stock
 check does not know (the handler raises at ``srm-api``), and one carries a corrupt file (``mes``
-rejects it without requeue: ``rejected``).
+rejects it without requeue: ``rejected``). Where a service knows why, it says so on the span that
+failed (status description, exception event, attributes), so the reason is in the trace.
 
 ``python -m examples.order_flow [--orders N] [--consumer-context parent|link]`` finds a broker,
 declares exchanges and queues for this run only, starts an OTLP/HTTP receiver, runs the three
-services as subprocesses exporting to it, and prints where every order went. Modules:
+services as subprocesses exporting to it, and prints where every order went and why the lost
+ones were lost, readable at 80 columns. Modules:
 
 * :mod:`.domain`: the orders and what should become of each (pure data);
 * :mod:`.topology`: the run's exchange and queue names, declared and deleted by the runner;

@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with broker_session(allow_container=not args.no_container) as broker:
             where = f"{redacted(broker.url)} ({broker.source})"
-            console.print(f"[dim]broker: {where}; starting mes, srm-api, then shop-api …[/dim]")
+            console.print(f"broker {where}", style="dim", markup=False, highlight=False)
+            console.print("starting mes, srm-api, then shop-api", style="dim")
             with console.status("waiting for the orders …") as status:
 
                 def progress(fates: Mapping[str, Fate]) -> None:

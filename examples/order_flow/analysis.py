@@ -8,6 +8,10 @@ How an order is found: every messaging span carries ``order.id`` (the services i
 ``baggage_attributes=("order.id",)`` and the id rides in baggage). Spans are joined into groups
 through parent ids *and* links, so the same grouping works when every hop is its own trace
 (``consumer_context="link"``); a group's ``order.id`` names the order.
+
+Why an order was lost comes from its ERROR spans too (:class:`Loss`): the status description,
+the exception event and the few attributes in :data:`REASON_ATTRIBUTES` that the services set
+on the span that failed, the same things a support engineer reads in Jaeger.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from examples.order_flow.domain import CHECKSUM_ACTUAL_KEY, CHECKSUM_EXPECTED_KEY, SKU_KEY
+
 __all__ = [
     "ORDER_KEY",
+    "REASON_ATTRIBUTES",
     "Fate",
     "Histogram",
     "HistogramPoint",
     "Hop",
+    "Loss",
+    "SpanEvent",
     "SpanRecord",
     "SumPoint",
     "WaterfallRow",
@@ -33,6 +42,7 @@ __all__ = [
     "flow_problems",
     "group_orders",
     "hops",
+    "loss_of",
     "merge_histograms",
     "order_fate",
     "percentile",
@@ -44,6 +54,22 @@ __all__ = [
 
 ORDER_KEY: Final = "order.id"
 ERROR: Final = "ERROR"
+# The attributes that explain a failure, with the label a reader sees: where an unroutable
+# publish was sent, and the facts the services record on the span that fails.
+REASON_ATTRIBUTES: Final = (
+    ("routing key", "messaging.rabbitmq.destination.routing_key"),
+    ("SKU", SKU_KEY),
+    ("expected", CHECKSUM_EXPECTED_KEY),
+    ("actual", CHECKSUM_ACTUAL_KEY),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanEvent:
+    """One span event (``exception``, say) with its attributes."""
+
+    name: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +88,7 @@ class SpanRecord:
     status_message: str = ""
     attributes: Mapping[str, Any] = field(default_factory=dict)
     links: tuple[tuple[str, str], ...] = ()  # (trace_id, span_id) of each link
-    events: tuple[str, ...] = ()
+    events: tuple[SpanEvent, ...] = ()
     scope: str = ""
 
     @property
@@ -83,6 +109,15 @@ class SpanRecord:
     def operation_type(self) -> str | None:
         value = self.attributes.get("messaging.operation.type")
         return None if value is None else str(value)
+
+    @property
+    def event_names(self) -> tuple[str, ...]:
+        return tuple(event.name for event in self.events)
+
+    @property
+    def exception(self) -> Mapping[str, Any] | None:
+        """The attributes of the first ``exception`` event (type, message, stack trace), if any."""
+        return next((e.attributes for e in self.events if e.name == "exception"), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +211,74 @@ def _id_sort_key(order_id: str) -> tuple[int, int, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Loss:
+    """Where and why an order was lost, as its ERROR spans tell it.
+
+    ``kind="service"``: an operation of a service failed. ``span`` is the ERROR span that ended
+    first (an exception ends the innermost span first, so that is where it began); ``reason`` is
+    its status description (what Jaeger shows as the span's error), else the exception's message;
+    ``facts`` are its :data:`REASON_ATTRIBUTES` as ``(label, value)``. ``dropped_by`` is the ERROR
+    span that ended last when it is another one: the ``reject`` that dropped the message.
+
+    The report renders a loss by these fields only. A loss seen another way, a message the broker
+    expired and dead-lettered (``kind="broker"``, ``where`` naming the queue, the reason from the
+    dead-letter attributes), needs its own reader next to :func:`loss_of`, not a new layout.
+    """
+
+    kind: str  # service (a broker kind is to come: see above)
+    where: str  # the service that lost it
+    span: str
+    error_type: str | None
+    exception: str | None  # the exception's qualified type, when one was recorded
+    reason: str
+    facts: tuple[tuple[str, str], ...] = ()
+    dropped_by: str | None = None  # span name
+    dropped_as: str | None = None  # its error.type
+    dropped_why: str = ""  # its status description
+
+
+def _exception_type(span: SpanRecord) -> str | None:
+    event = span.exception
+    if event is None or event.get("exception.type") is None:
+        return None
+    recorded = str(event["exception.type"])
+    # SDKs before 1.39 record the bare class name; error.type has the qualified one
+    qualified = span.error_type
+    if "." not in recorded and qualified and qualified.rsplit(".", 1)[-1] == recorded:
+        return qualified
+    return recorded
+
+
+def loss_of(spans: Sequence[SpanRecord]) -> Loss | None:
+    """Why the order of ``spans`` was lost (``None`` when none of them is an ERROR span)."""
+    errors = sorted((s for s in spans if s.status == ERROR), key=lambda s: (s.end_ns, -s.start_ns))
+    if not errors:
+        return None
+    cause, last = errors[0], errors[-1]
+    event = cause.exception or {}
+    reason = cause.status_message or str(event.get("exception.message") or "")
+    facts = tuple(
+        (label, str(cause.attributes[key]))
+        for label, key in REASON_ATTRIBUTES
+        if cause.attributes.get(key) not in (None, "")
+    )
+    error_type = next((s.error_type for s in errors if s.error_type is not None), None)
+    dropped = last if last is not cause else None
+    return Loss(
+        kind="service",
+        where=cause.service,
+        span=cause.name,
+        error_type=cause.error_type or error_type,
+        exception=_exception_type(cause),
+        reason=reason,
+        facts=facts,
+        dropped_by=dropped.name if dropped else None,
+        dropped_as=dropped.error_type if dropped else None,
+        dropped_why=dropped.status_message if dropped else "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Fate:
     """Where an order went: ``completed``, ``lost`` (where, why) or ``in flight`` (last seen where)."""
 
@@ -184,7 +287,8 @@ class Fate:
     service: str | None
     span: str | None  # name of the span that decided it
     error_type: str | None = None
-    message: str = ""
+    message: str = ""  # why it was lost (the loss's reason)
+    loss: Loss | None = None
 
 
 def order_fate(
@@ -194,17 +298,14 @@ def order_fate(
 ) -> Fate:
     """Decide one order's fate from its spans.
 
-    Lost: the order has an ERROR span; the earliest-started one says where and why (a handler that
-    raises and then gets its message rejected shows both, and the raise came first). Completed: no
+    Lost: the order has an ERROR span; :func:`loss_of` says where and why (a handler that raises
+    and then gets its message rejected shows both, and the raise ended first). Completed: no
     ERROR span and some span satisfies ``completed``. Otherwise it is still in flight, last seen
     at the service of its latest span.
     """
-    errors = [s for s in spans if s.status == ERROR]
-    if errors:
-        first = min(errors, key=lambda s: (s.start_ns, s.end_ns))
-        return Fate(
-            order_id, "lost", first.service, first.name, first.error_type, first.status_message
-        )
+    loss = loss_of(spans)
+    if loss is not None:
+        return Fate(order_id, "lost", loss.where, loss.span, loss.error_type, loss.reason, loss)
     done = [s for s in spans if completed(s)]
     if done:
         last = max(done, key=lambda s: s.end_ns)
@@ -474,7 +575,8 @@ def flow_problems(
     """What differs from the design; empty when the flow behaved as designed.
 
     ``expected`` maps each order id to ``(status, service, error_type)``; the service is only
-    compared for lost orders. Also checked: no span exported twice, each order published at most
+    compared for lost orders, and a lost order's failing span must say why (a status
+    description or an exception message). Also checked: no span exported twice, each order published at most
     once per service, and no span group mixing two orders.
     """
     problems = []
@@ -488,6 +590,8 @@ def flow_problems(
                 f"order {order_id}: expected lost at {service} with {error_type}, "
                 f"got {fate.service} with {fate.error_type}"
             )
+        elif status == "lost" and not fate.message:
+            problems.append(f"order {order_id}: lost in {fate.span}, whose span does not say why")
     duplicates = duplicate_span_ids(spans)
     if duplicates:
         problems.append(f"{len(duplicates)} span id(s) exported more than once")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
+    "CHECKSUM_ACTUAL_KEY",
+    "CHECKSUM_EXPECTED_KEY",
     "COMPLETED",
     "LOST",
     "MES",
@@ -20,12 +22,14 @@ __all__ = [
     "SHOP",
     "SRM",
     "SERVICES",
+    "SKU_KEY",
     "STOCK",
     "CorruptFile",
     "Expectation",
     "Order",
     "UnknownSku",
     "check_stock",
+    "error_type_of",
     "job_for",
     "plan_orders",
     "verify_file",
@@ -40,13 +44,35 @@ LOST: Final = "lost"
 STOCK: Final = {"SKU-1001": 40, "SKU-1002": 25, "SKU-1003": 60, "SKU-1004": 15}
 REGIONS: Final = ("eu", "us")  # the regions srm-api's queue is bound to
 
+# Attributes a service sets on the span that failed, next to its status description, so the
+# reason shows in Jaeger (and in the report) without the logs. Listed in docs/find-a-lost-order.md.
+SKU_KEY: Final = "srm.sku"  # the SKU srm-api checked (on ``check stock``)
+CHECKSUM_EXPECTED_KEY: Final = "mes.file.checksum.expected"  # sha256 the order was sent with
+CHECKSUM_ACTUAL_KEY: Final = "mes.file.checksum.actual"  # sha256 of the file MES received
+
 
 class UnknownSku(LookupError):
     """The stock list does not know the ordered SKU (srm-api's handler raises it)."""
 
+    def __init__(self, order_id: object, sku: object) -> None:
+        super().__init__(f"order {order_id}: unknown SKU {sku!r}: not in srm-api's stock list")
+        self.sku = str(sku)
+
 
 class CorruptFile(ValueError):
-    """A production file whose checksum does not match its content."""
+    """A production file whose checksum does not match its content (sha256, hex)."""
+
+    def __init__(self, order_id: object, expected: str, actual: str) -> None:
+        super().__init__(
+            f"order {order_id}: file checksum mismatch: expected sha256 {expected}, got {actual}"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+def error_type_of(exc_type: type[BaseException]) -> str:
+    """``error.type`` for an exception: its qualified class name, as the instrumentation records it."""
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +147,12 @@ def plan_orders(count: int = 20) -> list[Order]:
             expected = Expectation(LOST, SHOP, "unroutable")
         elif order_id == unknown_sku:
             sku = "SKU-404"
-            expected = Expectation(LOST, SRM, f"{UnknownSku.__module__}.{UnknownSku.__qualname__}")
+            expected = Expectation(LOST, SRM, error_type_of(UnknownSku))
         file = _file_for(order_id, sku)
         checksum = _checksum(file)
         if order_id == corrupt:
             file = file[: len(file) // 2]  # truncated on the way: the checksum no longer matches
-            expected = Expectation(LOST, MES, "rejected")
+            expected = Expectation(LOST, MES, error_type_of(CorruptFile))
         # 20-140 ms, varying with the order so p50 and p95 differ
         work_ms = 20 + (order_id * 53) % 121
         orders.append(
@@ -139,7 +165,7 @@ def check_stock(order: dict[str, Any]) -> int:
     """The units in stock for the order's SKU; :class:`UnknownSku` for a SKU we do not build."""
     sku = order.get("sku")
     if sku not in STOCK:
-        raise UnknownSku(f"order {order.get('order_id')}: unknown SKU {sku!r}")
+        raise UnknownSku(order.get("order_id"), sku)
     return STOCK[sku]
 
 
@@ -158,5 +184,6 @@ def job_for(order: dict[str, Any]) -> bytes:
 
 def verify_file(job: dict[str, Any]) -> None:
     """Raise :class:`CorruptFile` when the job's file does not match its checksum."""
-    if _checksum(str(job.get("file", ""))) != job.get("checksum"):
-        raise CorruptFile(f"order {job.get('order_id')}: file checksum mismatch")
+    expected, actual = str(job.get("checksum")), _checksum(str(job.get("file", "")))
+    if actual != expected:
+        raise CorruptFile(job.get("order_id"), expected, actual)

@@ -4,7 +4,9 @@
 ``messaging.process.duration`` measures the file processing (a short sleep that varies per order).
 A file whose checksum does not match is rejected without requeue: the instrumentation always makes
 an ERROR ``reject`` span (``error.type=rejected``) for that, since it drops or dead-letters the
-message.
+message. Why it was rejected only MES knows, so its ``process file`` span says so: ERROR with the
+mismatch as status description, the expected and actual sha256 as ``mes.file.checksum.expected``
+and ``mes.file.checksum.actual``, and the ``CorruptFile`` exception event.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ import pika
 from opentelemetry import trace
 
 from examples.order_flow.analysis import ORDER_KEY
-from examples.order_flow.domain import MES, CorruptFile, verify_file
+from examples.order_flow.domain import (
+    CHECKSUM_ACTUAL_KEY,
+    CHECKSUM_EXPECTED_KEY,
+    MES,
+    CorruptFile,
+    verify_file,
+)
 from examples.order_flow.service import (
     instrument_options,
     parse_config,
+    record_failure,
     signal_ready,
     start_telemetry,
     stop_event,
@@ -52,7 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verify_file(job)
             except CorruptFile as exc:
                 corrupt = exc
-                span.add_event("checksum mismatch", {"mes.reason": str(exc)})
+                # The reject below is all the instrumentation can see (error.type=rejected);
+                # why the job is rejected is known only here, so it goes on this span.
+                record_failure(
+                    span,
+                    exc,
+                    # short ids here, the full values in the attributes and the exception
+                    f"file checksum mismatch: expected sha256 {exc.expected[:12]}, "
+                    f"got {exc.actual[:12]}",
+                    {CHECKSUM_EXPECTED_KEY: exc.expected, CHECKSUM_ACTUAL_KEY: exc.actual},
+                )
             else:
                 time.sleep(int(job.get("work_ms", 50)) / 1000)
         if corrupt is not None:

@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from examples.order_flow.analysis import HistogramPoint, SpanRecord, SumPoint
+from examples.order_flow.analysis import HistogramPoint, SpanEvent, SpanRecord, SumPoint
 
 __all__ = ["Receiver", "decode_metrics", "decode_spans"]
 
@@ -86,7 +86,7 @@ def _span_record(service: str, scope: str, span: Span) -> SpanRecord:
         status_message=span.status.message,
         attributes=attributes(span.attributes),
         links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
-        events=tuple(event.name for event in span.events),
+        events=tuple(SpanEvent(e.name, attributes(e.attributes)) for e in span.events),
         scope=scope,
     )
 

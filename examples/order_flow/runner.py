@@ -190,6 +190,7 @@ def run_flow(
     consumer_context: str = "parent",
     timeout: float = 90.0,
     topology: Topology | None = None,
+    name_prefix: str = "",
     publish_interval: float = 0.05,
     idle_timeout: float = 20.0,
     on_progress: Callable[[Mapping[str, Fate]], None] | None = None,
@@ -200,12 +201,15 @@ def run_flow(
     order is completed or lost, the consumers are told to stop (stdin closed), flush and exit.
     The wait also ends when the shop has finished and no span arrived for ``idle_timeout``
     seconds (something is broken: the result says which orders are unaccounted for).
+    Without ``topology`` the run names its own, ``order-flow.<run id>.<role>``; with one,
+    ``name_prefix`` is what its names share, which the report leaves out.
     """
     if consumer_context not in ("parent", "link"):
         raise ValueError(f"consumer_context must be 'parent' or 'link', got {consumer_context!r}")
     run_id = uuid.uuid4().hex[:8]
-    name_prefix = "" if topology else f"order-flow.{run_id}."
-    topology = topology or Topology.named(lambda role: f"{name_prefix}{role}")
+    if topology is None:
+        name_prefix = f"order-flow.{run_id}."
+        topology = Topology.named(lambda role: f"{name_prefix}{role}")
     plan = plan_orders(orders)
     order_ids = [str(o.order_id) for o in plan]
     topology.declare(broker_url)

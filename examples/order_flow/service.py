@@ -6,6 +6,10 @@ when its stdin reaches end-of-file. The runner closes stdin to stop it; if the r
 pipe closes too, so no service outlives it. On stopping, a service closes its connections and
 shuts its providers down, which flushes the last spans and the final metric points.
 
+Why an operation failed goes on its span, not only into the log: :func:`record_failure` records
+the exception, sets ``error.type`` and an ERROR status whose description says why in one line.
+Jaeger shows all three on the span, and the demo's report prints them.
+
 Telemetry: each process has its own ``service.name`` and exports over OTLP/HTTP to the runner's
 receiver (``BatchSpanProcessor``, a periodic metric reader). With ``OTEL_EXPORTER_OTLP_ENDPOINT``
 set, it *also* exports there (a Jaeger or a collector), configured by the usual OTLP variables.
@@ -32,8 +36,11 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from examples.order_flow.analysis import ORDER_KEY
+from examples.order_flow.domain import error_type_of
 from examples.order_flow.topology import Topology
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "ServiceTelemetry",
     "instrument_options",
     "parse_config",
+    "record_failure",
     "signal_ready",
     "start_telemetry",
     "stop_event",
@@ -153,6 +161,28 @@ def instrument_options(config: ServiceConfig, telemetry: ServiceTelemetry) -> di
         "baggage_attributes": (ORDER_KEY,),
         "consumer_context": config.consumer_context,
     }
+
+
+def record_failure(
+    span: Span,
+    exc: BaseException,
+    description: str,
+    attributes: dict[str, AttributeValue] | None = None,
+) -> None:
+    """Mark ``span`` as the operation that failed and say why, where Jaeger shows it.
+
+    The exception event (type, message, stack trace), ``error.type`` = the exception's qualified
+    class name (what the instrumentation sets when a handler raises), ``attributes`` with the
+    facts behind the failure, and an ERROR status whose ``description`` is the reason in one line.
+    A span started with ``start_as_current_span`` should pass ``record_exception=False,
+    set_status_on_exception=False`` when the exception escapes it, so the SDK neither records it
+    twice nor replaces this description with its own.
+    """
+    span.record_exception(exc)
+    span.set_attribute("error.type", error_type_of(type(exc)))
+    if attributes:
+        span.set_attributes(attributes)
+    span.set_status(Status(StatusCode.ERROR, description))
 
 
 def stop_event() -> threading.Event:

@@ -3,8 +3,10 @@
 The order handler is a plain kombu callback, so the instrumentation's ``process`` span is current
 while it runs: the ``check stock`` span and the pika publish of the job join the order's trace,
 and the order's baggage rides on to MES. A SKU the stock list does not know raises
-:class:`~examples.order_flow.domain.UnknownSku` out of the handler, where the instrumentation
-records it (ERROR, ``error.type`` = the exception's qualified name). The consume loop then rejects
+:class:`~examples.order_flow.domain.UnknownSku`: the handler records why on its ``check stock``
+span (ERROR, "unknown SKU 'SKU-404': not in srm-api's stock list", ``srm.sku``, the exception
+event) and lets it escape, where the instrumentation records it on the ``process`` span too
+(ERROR, ``error.type`` = the exception's qualified name). The consume loop then rejects
 that message without requeue, so it is not redelivered forever.
 """
 
@@ -23,10 +25,11 @@ from kombu.messaging import Consumer
 from opentelemetry import trace
 
 from examples.order_flow.analysis import ORDER_KEY
-from examples.order_flow.domain import SRM, check_stock, job_for
+from examples.order_flow.domain import SKU_KEY, SRM, UnknownSku, check_stock, job_for
 from examples.order_flow.service import (
     instrument_options,
     parse_config,
+    record_failure,
     signal_ready,
     start_telemetry,
     stop_event,
@@ -57,9 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         in_hand[:] = [message]
         order_id = str(body.get("order_id"))
         with tracer.start_as_current_span(
-            "check stock", attributes={ORDER_KEY: order_id, "srm.sku": str(body.get("sku"))}
-        ):
-            units = check_stock(body)  # UnknownSku for a SKU we do not build
+            "check stock",
+            attributes={ORDER_KEY: order_id, SKU_KEY: str(body.get("sku"))},
+            record_exception=False,  # record_failure does it, with the reason
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                units = check_stock(body)
+            except UnknownSku as exc:
+                # the order dies here: say why on this span; the raise then reaches the
+                # instrumentation, which marks the process span and the loop rejects the message
+                record_failure(span, exc, f"unknown SKU {exc.sku!r}: not in srm-api's stock list")
+                raise
             time.sleep(0.005)
         jobs.basic_publish(
             topology.production_exchange,

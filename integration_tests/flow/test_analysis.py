@@ -10,12 +10,15 @@ import pytest
 from examples.order_flow.analysis import (
     Histogram,
     HistogramPoint,
+    SpanEvent,
     SpanRecord,
     SumPoint,
     duplicate_span_ids,
     exact_percentile,
+    flow_problems,
     group_orders,
     hops,
+    loss_of,
     merge_histograms,
     order_fate,
     percentile,
@@ -41,8 +44,12 @@ def span(
     op: str | None = None,
     order: str | None = None,
     error: str | None = None,
+    failed: bool = False,
+    why: str = "",
+    exception: dict[str, Any] | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> SpanRecord:
-    attributes: dict[str, Any] = {}
+    attributes = dict(attributes or {})
     if op:
         attributes["messaging.operation.type"] = op
     if order:
@@ -58,9 +65,11 @@ def span(
         kind="INTERNAL",
         start_ns=start * MS,
         end_ns=end * MS,
-        status="ERROR" if error else "UNSET",
+        status="ERROR" if error or failed else "UNSET",
+        status_message=why,
         attributes=attributes,
         links=tuple(("tx", sid) for sid in links),
+        events=(SpanEvent("exception", exception),) if exception is not None else (),
     )
 
 
@@ -116,7 +125,7 @@ def mes_processed(s: SpanRecord) -> bool:
 
 
 def test_fate_completed_lost_and_in_flight() -> None:
-    """Completed needs the final step and no error; the earliest ERROR span says where an order was lost."""
+    """Completed needs the final step and no error; the ERROR span that ended first says where an order was lost."""
     done = order_fate("1", parent_mode_order(), mes_processed)
     assert (done.status, done.service, done.span) == ("completed", "mes", "process jobs")
 
@@ -135,6 +144,88 @@ def test_fate_completed_lost_and_in_flight() -> None:
     waiting = order_fate("5", raised[:1], mes_processed)
     assert (waiting.status, waiting.service) == ("in flight", "shop")
     assert order_fate("6", [], mes_processed).status == "in flight"
+
+
+def test_loss_says_why_from_the_span_that_failed_first() -> None:
+    """A loss names the innermost failing span, its status description, exception, facts and the span that then dropped the message."""
+    spans = [
+        span("a", "publish shop", service="shop", start=0, end=1, op="send", order="13"),
+        span("b", "process srm", parent="a", service="srm", start=2, end=9, op="process",
+             error="app.UnknownSku", why="UnknownSku: order 13: unknown SKU 'X'",
+             exception={"exception.type": "UnknownSku", "exception.message": "order 13: unknown SKU 'X'"}),
+        span("c", "check stock", parent="b", service="srm", start=3, end=5, error="app.UnknownSku",
+             why="unknown SKU 'X': not in stock", attributes={"srm.sku": "X"},
+             exception={"exception.type": "UnknownSku", "exception.message": "order 13: unknown SKU 'X'"}),
+        span("d", "reject srm", parent="b", service="srm", start=10, end=11, error="rejected",
+             why="reject without requeue: message dropped or dead-lettered"),
+    ]  # fmt: skip
+    loss = loss_of(spans)
+    assert loss is not None
+    assert (loss.kind, loss.where, loss.span, loss.error_type, loss.exception) == (
+        "service",
+        "srm",
+        "check stock",
+        "app.UnknownSku",  # the bare class name of an older SDK's event, qualified by error.type
+        "app.UnknownSku",
+    )
+    assert loss.reason == "unknown SKU 'X': not in stock"
+    assert loss.facts == (("SKU", "X"),)
+    assert (loss.dropped_by, loss.dropped_as, loss.dropped_why) == (
+        "reject srm",
+        "rejected",
+        "reject without requeue: message dropped or dead-lettered",
+    )
+    fate = order_fate("13", spans, mes_processed)
+    assert (fate.status, fate.service, fate.span, fate.error_type, fate.message) == (
+        "lost",
+        "srm",
+        "check stock",
+        "app.UnknownSku",
+        "unknown SKU 'X': not in stock",
+    )
+    assert fate.loss == loss
+
+
+def test_loss_reason_falls_back_to_the_exception_then_nothing() -> None:
+    """Without a status description the exception's message is the reason; a bare ERROR span gives an empty one and no drop."""
+    raised = span("a", "process file", failed=True,
+                  exception={"exception.type": "pkg.CorruptFile", "exception.message": "bad checksum"})  # fmt: skip
+    loss = loss_of([raised])
+    assert loss is not None
+    assert (loss.reason, loss.exception, loss.error_type, loss.dropped_by) == (
+        "bad checksum",
+        "pkg.CorruptFile",
+        None,
+        None,
+    )
+    unroutable = span("b", "publish shop", error="unroutable", why="returned by the broker: 312 NO_ROUTE",
+                      attributes={"messaging.rabbitmq.destination.routing_key": "orders.apac"})  # fmt: skip
+    loss = loss_of([unroutable])
+    assert loss is not None
+    assert (loss.reason, loss.exception, loss.facts) == (
+        "returned by the broker: 312 NO_ROUTE",
+        None,
+        (("routing key", "orders.apac"),),
+    )
+    silent = loss_of([span("c", "process file", failed=True)])
+    assert silent is not None
+    assert (silent.reason, silent.error_type, silent.exception) == ("", None, None)
+    assert loss_of([span("d", "process file")]) is None
+
+
+def test_a_lost_order_whose_span_does_not_say_why_is_a_problem() -> None:
+    """The flow check reports a lost order whose failing span has neither a description nor an exception message."""
+    silent = [span("a", "publish shop", service="shop", order="7", op="send", error="unroutable")]
+    fates = {"7": order_fate("7", silent, mes_processed)}
+    assert flow_problems(silent, fates, {"7": ("lost", "shop", "unroutable")}) == [
+        "order 7: lost in publish shop, whose span does not say why"
+    ]
+    said = [
+        span("a", "publish shop", service="shop", order="7", op="send", error="unroutable",
+             why="returned by the broker: 312 NO_ROUTE"),
+    ]  # fmt: skip
+    fates = {"7": order_fate("7", said, mes_processed)}
+    assert flow_problems(said, fates, {"7": ("lost", "shop", "unroutable")}) == []
 
 
 def test_hops_pair_each_consumer_with_its_publish() -> None:
@@ -277,7 +368,7 @@ def test_plan_loses_three_orders_in_three_places() -> None:
     assert lost == {
         7: ("shop-api", "unroutable"),
         13: ("srm-api", "examples.order_flow.domain.UnknownSku"),
-        17: ("mes", "rejected"),
+        17: ("mes", "examples.order_flow.domain.CorruptFile"),
     }
     assert sum(o.expected.status == COMPLETED for o in orders) == 17
     assert len({o.work_ms for o in orders}) > 10  # processing times vary

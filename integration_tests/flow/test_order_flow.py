@@ -1,17 +1,23 @@
 """The order flow as three real processes against the real broker, judged by the OTLP data they exported.
 
 Each mode runs the flow once (module-scoped fixture, ~10-20 s) and the tests below look at that
-run from different sides. The exchanges and queues get unique names (``broker_harness.unique_name``,
-what the ``unique`` fixture uses), so runs never collide on a shared broker.
+run from different sides: the spans, why the lost orders were lost, and the report a support
+engineer reads. The exchanges and queues get unique names (``broker_harness.unique_name``, what
+the ``unique`` fixture uses), so runs never collide on a shared broker.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from rich.cells import cell_len
+from rich.console import Console
 
 from broker_harness import Broker, unique_name
 from examples.order_flow.analysis import (
@@ -24,9 +30,21 @@ from examples.order_flow.analysis import (
     percentile,
     publishes_per_service,
     sum_total,
+    waterfall,
 )
-from examples.order_flow.domain import COMPLETED, LOST, MES, SHOP, SRM
+from examples.order_flow.domain import (
+    CHECKSUM_ACTUAL_KEY,
+    CHECKSUM_EXPECTED_KEY,
+    COMPLETED,
+    LOST,
+    MES,
+    SHOP,
+    SKU_KEY,
+    SRM,
+    Order,
+)
 from examples.order_flow.receiver import Receiver
+from examples.order_flow.report import choose_examples, render, short
 from examples.order_flow.runner import FlowResult, run_flow
 from examples.order_flow.topology import Topology
 
@@ -47,12 +65,18 @@ class Run:
 @pytest.fixture(scope="module", params=["parent", "link"])
 def run(request: pytest.FixtureRequest, rabbitmq: Broker) -> Iterator[Run]:
     mode = request.param
-    topology = Topology.named(lambda role: unique_name(f"flow-{mode}.{role}"))
+    prefix = f"{unique_name(f'flow-{mode}')}."
+    topology = Topology.named(lambda role: f"{prefix}{role}")
     # a second receiver stands in for a real Jaeger or collector
     with Receiver() as backend, pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", backend.endpoint)
         result = run_flow(
-            rabbitmq.url, orders=ORDERS, consumer_context=mode, topology=topology, timeout=180
+            rabbitmq.url,
+            orders=ORDERS,
+            consumer_context=mode,
+            topology=topology,
+            name_prefix=prefix,
+            timeout=180,
         )
         yield Run(result, backend.spans())
 
@@ -166,10 +190,14 @@ def test_lost_orders_end_in_error_where_they_were_lost(flow: FlowResult) -> None
             assert (SRM, f"process {t.srm_queue}", expected.error_type) in errors
             assert (SRM, f"reject {t.srm_queue}", "rejected") in errors
             process = next(s for s in spans if s.name == f"process {t.srm_queue}")
-            assert "exception" in process.events
+            assert "exception" in process.event_names
             assert {s.service for s in spans} == {SHOP, SRM}
         else:
-            assert errors == [(MES, f"reject {t.mes_queue}", "rejected")]
+            # MES's own span says why (a corrupt file), then the reject drops the job
+            assert errors == [
+                (MES, "process file", expected.error_type),
+                (MES, f"reject {t.mes_queue}", "rejected"),
+            ]
         fate = flow.fates()[order_id]
         assert (fate.status, fate.service, fate.error_type) == (
             "lost",
@@ -217,3 +245,164 @@ def test_services_also_export_to_the_configured_endpoint(run: Run) -> None:
     assert run.result.extra_endpoint is not None
     assert sorted(s.span_id for s in run.mirrored) == sorted(s.span_id for s in run.result.spans)
     assert {s.service for s in run.mirrored} == {SHOP, SRM, MES}
+
+
+def _lost(flow: FlowResult) -> dict[str, Order]:
+    return {str(o.order_id): o for o in flow.plan if o.expected.status == LOST}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _failing_span(flow: FlowResult, order: Order) -> SpanRecord:
+    """The span where each designed loss happens (see examples/order_flow/domain.py)."""
+    name = {
+        SHOP: f"publish {flow.topology.shop_exchange}",
+        SRM: "check stock",
+        MES: "process file",
+    }[order.expected.service]
+    spans = group_orders(flow.spans)[str(order.order_id)]
+    return next(s for s in spans if s.name == name and s.service == order.expected.service)
+
+
+def test_lost_orders_say_why_on_the_span_that_failed(flow: FlowResult) -> None:
+    """The span where each order dies carries the reason as ERROR status description, exception event and attributes."""
+    for order in _lost(flow).values():
+        span = _failing_span(flow, order)
+        assert span.status == "ERROR", span
+        if order.expected.service == SHOP:
+            # the broker's answer, and the routing key no queue is bound to
+            assert span.status_message == "returned by the broker: 312 NO_ROUTE"
+            assert span.attributes["messaging.rabbitmq.destination.routing_key"] == "orders.apac"
+            continue
+        assert span.error_type == order.expected.error_type
+        assert span.exception is not None, span.events
+        assert str(span.exception["exception.type"]).endswith(
+            str(order.expected.error_type).rsplit(".", 1)[-1]
+        )
+        if order.expected.service == SRM:
+            assert span.attributes[SKU_KEY] == order.sku == "SKU-404"
+            assert span.status_message == "unknown SKU 'SKU-404': not in srm-api's stock list"
+            assert "unknown SKU 'SKU-404'" in str(span.exception["exception.message"])
+        else:
+            expected, actual = order.checksum, _sha256(order.file)  # the file was truncated
+            assert expected != actual
+            assert (
+                span.attributes[CHECKSUM_EXPECTED_KEY],
+                span.attributes[CHECKSUM_ACTUAL_KEY],
+            ) == (
+                expected,
+                actual,
+            )
+            assert span.status_message == (
+                f"file checksum mismatch: expected sha256 {expected[:12]}, got {actual[:12]}"
+            )
+            message = str(span.exception["exception.message"])
+            assert expected in message
+            assert actual in message
+
+
+def test_each_lost_order_has_its_reason_in_the_analysis(flow: FlowResult) -> None:
+    """The analysis reads where, why and what followed off the exported spans, for each kind of loss."""
+    fates = flow.fates()
+    t = flow.topology
+    for order_id, order in _lost(flow).items():
+        loss = fates[order_id].loss
+        assert loss is not None, fates[order_id]
+        span = _failing_span(flow, order)
+        assert (loss.kind, loss.where, loss.span, loss.reason) == (
+            "service",
+            order.expected.service,
+            span.name,
+            span.status_message,
+        )
+        if order.expected.service == SHOP:
+            assert (loss.exception, loss.dropped_by) == (None, None)
+            assert loss.facts == (("routing key", "orders.apac"),)
+        elif order.expected.service == SRM:
+            assert loss.exception == order.expected.error_type
+            assert loss.facts == (("SKU", "SKU-404"),)
+            assert (loss.dropped_by, loss.dropped_as) == (f"reject {t.srm_queue}", "rejected")
+        else:
+            assert loss.exception == order.expected.error_type
+            assert loss.facts == (("expected", order.checksum), ("actual", _sha256(order.file)))
+            assert (loss.dropped_by, loss.dropped_as) == (f"reject {t.mes_queue}", "rejected")
+
+
+def test_the_configured_endpoint_gets_the_reasons_too(run: Run) -> None:
+    """What Jaeger would get has the same ERROR spans with the same descriptions, attributes and events."""
+
+    def failures(spans: list[SpanRecord]) -> dict[str, tuple[object, ...]]:
+        return {
+            s.span_id: (s.name, s.status_message, dict(s.attributes), s.events)
+            for s in spans
+            if s.status == "ERROR"
+        }
+
+    received = failures(run.result.spans)
+    assert len(received) == 6  # 7: publish; 13: check stock, process, reject; 17: file, reject
+    assert failures(run.mirrored) == received
+
+
+def _render(flow: FlowResult, width: int) -> list[str]:
+    out = io.StringIO()
+    # what `nox -s demo > out.txt` gets: no terminal, no colour, a fixed width
+    console = Console(file=out, width=width, force_terminal=False, color_system=None)
+    render(flow, console, broker="amqp://guest:***@127.0.0.1:5672/ (local)")
+    return [line.rstrip() for line in out.getvalue().splitlines()]
+
+
+def _one_line(lines: list[str], pattern: str) -> str:
+    found = [line for line in lines if re.fullmatch(pattern, line)]
+    assert len(found) == 1, (pattern, "\n".join(lines))
+    return found[0]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_report_fits_the_terminal_without_cutting_or_splitting_words(
+    flow: FlowResult, width: int
+) -> None:
+    """At 80 columns (piped to a file) and wider, every table row stays on one line and every name, reason and checksum is printed whole."""
+    lines = _render(flow, width)
+    text = "\n".join(lines)
+    assert max(cell_len(line) for line in lines) <= width, text
+    assert "…" not in text, text  # rich's mark for a cell it cut short
+    fates = flow.fates()
+    # the orders table: one line per order, the exception's class name, no self-check column
+    _one_line(lines, r"\s*order\s+fate\s+where\s+span\s+error\s+spans/traces")
+    orders = group_orders(flow.spans)
+    for order in flow.plan:
+        oid = str(order.order_id)
+        fate, spans = fates[oid], orders[oid]
+        status = "LOST" if fate.status == LOST else fate.status
+        error = (fate.error_type or "").rsplit(".", 1)[-1]
+        _one_line(
+            lines,
+            rf"\s*{oid}\s+{status}\s+{fate.service}\s+{re.escape(short(fate.span or '', flow))}"
+            rf"\s+{re.escape(error)}\s*{len(spans)}/{len({s.trace_id for s in spans})}",
+        )
+    _one_line(lines, rf"✓ self-check: all {ORDERS} orders ended where the scenario says")
+    # why each lost order was lost: the full exception name, the reason, the facts
+    flat = " ".join(text.split())
+    for oid in _lost(flow):
+        loss = fates[oid].loss
+        assert loss is not None
+        _one_line(
+            lines, rf"Order {oid} lost at {loss.where}, in {re.escape(short(loss.span, flow))}"
+        )
+        if loss.exception:
+            _one_line(lines, rf"\s+exception\s+{re.escape(loss.exception)}")
+        assert f"reason {loss.reason} " in flat
+        for label, value in loss.facts:
+            if value not in loss.reason:
+                _one_line(lines, rf"\s+{re.escape(label)}\s+{re.escape(value)}")
+    # the waterfalls: every span on one line, with its service, start and duration
+    for order_id in choose_examples(flow, fates):
+        for row in waterfall(orders[order_id]):
+            mark = " ✗" if row.span.status == "ERROR" else ""
+            _one_line(
+                lines,
+                rf"\s+(?:[↳⇢] )?{re.escape(short(row.span.name, flow) + mark)}\s+{row.span.service}"
+                rf"\s+{row.offset_s * 1000:.1f} ms\s+{row.duration_s * 1000:.1f} ms\s+█+\s*",
+            )

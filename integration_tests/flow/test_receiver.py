@@ -32,7 +32,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
 def test_spans_arrive_decoded(receiver: Receiver, compression: Compression) -> None:
-    """Spans exported over OTLP/HTTP (plain or gzip) arrive with ids, parent, links, status and attributes."""
+    """Spans exported over OTLP/HTTP (plain or gzip) arrive with ids, parent, links, status, attributes and events."""
     provider = TracerProvider(resource=RESOURCE)
     provider.add_span_processor(
         SimpleSpanProcessor(
@@ -46,6 +46,7 @@ def test_spans_arrive_decoded(receiver: Receiver, compression: Compression) -> N
     with tracer.start_as_current_span(
         "process orders", kind=SpanKind.CONSUMER, links=[Link(producer.get_span_context())]
     ) as consumer:
+        consumer.record_exception(ValueError("bad file"), attributes={"file.bytes": 3})
         consumer.set_status(Status(StatusCode.ERROR, "boom"))
         consumer.set_attribute("error.type", "rejected")
     provider.shutdown()
@@ -71,6 +72,15 @@ def test_spans_arrive_decoded(receiver: Receiver, compression: Compression) -> N
         "boom",
         "rejected",
     )
+    assert process.event_names == ("exception",)
+    assert process.exception is not None
+    assert (process.exception["exception.message"], process.exception["file.bytes"]) == (
+        "bad file",
+        3,
+    )
+    assert str(process.exception["exception.type"]).endswith("ValueError")
+    assert publish.events == ()
+    assert publish.exception is None
     assert process.end_ns >= process.start_ns > 0
 
 
