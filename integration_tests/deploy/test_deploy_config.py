@@ -369,7 +369,7 @@ def test_jaeger_uses_the_keyspaces_the_schema_jobs_create() -> None:
             assert backend["schema"]["create"] is False, f"{relative}:{name}"
             assert backend["schema"]["datacenter"] == datacenter
             connection = backend["connection"]
-            assert connection["servers"] == ["cassandra"]
+            assert connection["servers"] == ["cassandra:9042"]
             assert connection["local_dc"] == datacenter
             assert connection["tls"]["insecure"] is True, "plain CQL on the internal network"
     for job in SCHEMA_JOBS:
