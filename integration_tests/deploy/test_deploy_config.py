@@ -474,7 +474,8 @@ def test_secrets_come_from_the_env_file_and_none_is_committed() -> None:
 def test_every_variable_the_stack_reads_is_documented_in_the_env_example() -> None:
     """Each variable compose.yaml or a mounted config reads is listed in .env.example."""
     compose_text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
-    read = set(COMPOSE_VAR.findall(compose_text))
+    # $$ is a literal $ for the container, not a variable of the env file
+    read = set(COMPOSE_VAR.findall(compose_text.replace("$$", "")))
     names = {name for name, _operator, _argument in read}
     for relative in ("otel/sampler.yaml", "jaeger/collector.yaml", "jaeger/query.yaml"):
         text = (DEPLOY / relative).read_text(encoding="utf-8")

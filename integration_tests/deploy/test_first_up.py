@@ -10,11 +10,27 @@ programs it calls.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from .deploy_files import (
+    CASSANDRA,
+    COLLECTOR,
+    QUERY,
+    SCHEMA_JOBS,
     cassandra_backends,
+    doc_section,
+    env_example,
+    env_example_text,
+    environment,
+    interpolate,
+    operator_env,
     services,
+    yaml,
 )
 from .upstream import govalidator_is_url
 
@@ -53,3 +69,156 @@ def test_every_cassandra_server_passes_jaegers_url_validation() -> None:
                 host, _, port = server.rpartition(":")
                 assert host in services(), f"{server} is not a service of compose.yaml"
                 assert port == str(backend["connection"]["port"]) == "9042"
+
+
+# --- Cassandra: healthy under password authentication ----------------------------------------------
+
+_RECORDER = """#!/bin/sh
+# stands in for {name}: records its arguments, one per line, and exits {status}
+for arg in "$@"; do printf '%s\\n' "$arg"; done > "{log}"
+exit {status}
+"""
+
+
+def _stand_in(directory: Path, name: str, *, status: int = 0) -> Path:
+    """An executable called `name` in `directory` that writes its argv to `name`.args."""
+    log = directory / f"{name}.args"
+    program = directory / name
+    program.write_text(_RECORDER.format(name=name, log=log, status=status), encoding="utf-8")
+    program.chmod(0o755)
+    return log
+
+
+def _container_command(text: str) -> str:
+    """A compose string as the container gets it: the env file's variables in, $$ turned into $."""
+    return interpolate(text, operator_env())
+
+
+def _run(shell: str, script: str, env: dict[str, str], bin_dir: Path) -> int:
+    executable = shutil.which(shell)
+    if executable is None:
+        pytest.skip(f"{shell} is not installed here")
+    full_env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    done = subprocess.run(
+        [executable, "-c", script],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode
+
+
+def _healthcheck() -> str:
+    kind, command = services()[CASSANDRA]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL", "the check needs the container's shell to read the credentials"
+    return _container_command(command)
+
+
+def test_cassandra_gets_the_credentials_the_stack_logs_in_with() -> None:
+    """Cassandra's container has the same CASSANDRA_USERNAME/PASSWORD as the schema jobs and Jaeger."""
+    expected = {
+        key: environment(services()[COLLECTOR])[key]
+        for key in ("CASSANDRA_USERNAME", "CASSANDRA_PASSWORD")
+    }
+    for name in (CASSANDRA, QUERY, *SCHEMA_JOBS):
+        env = environment(services()[name])
+        assert {key: env.get(key) for key in expected} == expected, name
+    for relative in ("jaeger/collector.yaml", "jaeger/query.yaml"):
+        for backend in cassandra_backends(relative).values():
+            assert backend["connection"]["auth"]["basic"] == {
+                "username": "${env:CASSANDRA_USERNAME}",
+                "password": "${env:CASSANDRA_PASSWORD}",
+            }
+
+
+def test_the_cassandra_healthcheck_logs_in_when_a_password_is_set(tmp_path: Path) -> None:
+    """With CASSANDRA_PASSWORD set the healthcheck runs cqlsh -u USER -p PASSWORD, so it can pass."""
+    log = _stand_in(tmp_path, "cqlsh")
+    password = 'p4ss word"$x'
+    status = _run(
+        "sh",
+        _healthcheck(),
+        {"CASSANDRA_USERNAME": "jaeger", "CASSANDRA_PASSWORD": password},
+        tmp_path,
+    )
+    assert status == 0
+    assert log.read_text(encoding="utf-8").splitlines() == [
+        "-u",
+        "jaeger",
+        "-p",
+        password,
+        "-e",
+        "describe keyspaces",
+    ]
+
+
+def test_the_cassandra_healthcheck_needs_no_credentials_without_authentication(
+    tmp_path: Path,
+) -> None:
+    """With no password configured the healthcheck runs plain cqlsh, as before authentication."""
+    log = _stand_in(tmp_path, "cqlsh")
+    assert (
+        _run("sh", _healthcheck(), {"CASSANDRA_USERNAME": "", "CASSANDRA_PASSWORD": ""}, tmp_path)
+        == 0
+    )
+    assert log.read_text(encoding="utf-8").splitlines() == ["-e", "describe keyspaces"]
+
+
+def test_the_cassandra_healthcheck_fails_when_cqlsh_fails(tmp_path: Path) -> None:
+    """A refused login (cqlsh exit status 1) makes the healthcheck fail, not pass silently."""
+    _stand_in(tmp_path, "cqlsh", status=1)
+    env = {"CASSANDRA_USERNAME": "jaeger", "CASSANDRA_PASSWORD": "wrong"}
+    assert _run("sh", _healthcheck(), env, tmp_path) != 0
+
+
+def _cassandra_start(tmp_path: Path, authenticator: str) -> tuple[Path, Path]:
+    """Run the cassandra service's command with a stand-in entrypoint; (cassandra.yaml, its args)."""
+    command = services()[CASSANDRA]["command"]
+    assert command[:2] == ["bash", "-c"], command
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    cassandra_yaml = conf / "cassandra.yaml"
+    # the shape of the key in Cassandra 5's own cassandra.yaml
+    cassandra_yaml.write_text(
+        "cluster_name: 'Test Cluster'\nauthenticator:\n  class_name : org.apache.cassandra.auth."
+        "AllowAllAuthenticator\nauthorizer:\n  class_name : AllowAllAuthorizer\n",
+        encoding="utf-8",
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    args = _stand_in(bin_dir, "docker-entrypoint.sh")
+    env = {"CASSANDRA_CONF": str(conf), "CASSANDRA_AUTHENTICATOR": authenticator}
+    assert _run("bash", _container_command(command[2]), env, bin_dir) == 0
+    return cassandra_yaml, args
+
+
+def test_cassandra_starts_with_the_authenticator_the_env_file_names(tmp_path: Path) -> None:
+    """CASSANDRA_AUTHENTICATOR=PasswordAuthenticator ends up as cassandra.yaml's authenticator."""
+    cassandra_yaml, args = _cassandra_start(tmp_path, "PasswordAuthenticator")
+    # SnakeYAML, like PyYAML, keeps the last of duplicate keys
+    assert yaml.safe_load(cassandra_yaml.read_text(encoding="utf-8"))["authenticator"] == (
+        "PasswordAuthenticator"
+    )
+    assert args.read_text(encoding="utf-8").splitlines() == ["cassandra", "-f"]
+
+
+def test_cassandra_starts_as_the_image_does_without_an_authenticator(tmp_path: Path) -> None:
+    """With CASSANDRA_AUTHENTICATOR empty, cassandra.yaml is untouched and the entrypoint runs as usual."""
+    cassandra_yaml, args = _cassandra_start(tmp_path, "")
+    assert "\nauthenticator: " not in cassandra_yaml.read_text(encoding="utf-8")
+    assert args.read_text(encoding="utf-8").splitlines() == ["cassandra", "-f"]
+    assert env_example()["CASSANDRA_AUTHENTICATOR"] == ""
+
+
+def test_the_authentication_procedure_creates_the_role_before_the_stack_logs_in_with_it() -> None:
+    """docs/deploy.md enables PasswordAuthenticator, creates the role, then sets it in the env file."""
+    section = doc_section("deploy.md", "Storage: Cassandra, the schema jobs and the TTLs")
+    steps = [
+        section.index("CASSANDRA_AUTHENTICATOR=PasswordAuthenticator"),
+        section.index("CREATE ROLE"),
+        section.index("CASSANDRA_USERNAME="),
+    ]
+    assert steps == sorted(steps), "enable, create the role, then log in with it"
+    assert "CASSANDRA_AUTHENTICATOR" in env_example_text()
