@@ -20,6 +20,7 @@ import pytest
 from .deploy_files import (
     CASSANDRA,
     COLLECTOR,
+    PROXY,
     QUERY,
     SCHEMA_JOBS,
     cassandra_backends,
@@ -28,7 +29,9 @@ from .deploy_files import (
     env_example_text,
     environment,
     interpolate,
+    mounts,
     operator_env,
+    proxy_config,
     services,
     yaml,
 )
@@ -222,3 +225,62 @@ def test_the_authentication_procedure_creates_the_role_before_the_stack_logs_in_
     ]
     assert steps == sorted(steps), "enable, create the role, then log in with it"
     assert "CASSANDRA_AUTHENTICATOR" in env_example_text()
+
+
+# --- oauth2-proxy: the first sign-in ---------------------------------------------------------------
+
+_IDP_DIR = "/etc/oauth2-proxy/idp"
+
+
+def test_an_internal_ca_for_the_idp_is_one_env_line_and_never_blocks_a_public_one() -> None:
+    """The proxy reads its IdP CA from an env-file path inside a mounted directory, empty by default."""
+    proxy = services()[PROXY]
+    assert environment(proxy)["OAUTH2_PROXY_PROVIDER_CA_FILES"] == (
+        "${OAUTH2_PROXY_PROVIDER_CA_FILES:-}"
+    )
+    assert env_example()["OAUTH2_PROXY_PROVIDER_CA_FILES"] == "", (
+        "a listed CA file that is missing stops oauth2-proxy: no default path"
+    )
+    assert _IDP_DIR in mounts(proxy), "the CA needs a way into the distroless container"
+    (raw,) = [v for v in proxy["volumes"] if f":{_IDP_DIR}:" in v]
+    assert raw.endswith(":ro")
+    documented = [
+        line.split("=", 1)[1]
+        for line in env_example_text().splitlines()
+        if line.lstrip("# ").startswith("OAUTH2_PROXY_PROVIDER_CA_FILES=/")
+    ]
+    assert documented, ".env.example shows where the CA file goes"
+    assert all(path.startswith(f"{_IDP_DIR}/") for path in documented), documented
+    config = proxy_config()
+    assert config["use_system_trust_store"] is True, (
+        "public CAs stay trusted next to the internal one"
+    )
+    assert "provider_ca_files" not in config, (
+        "a path in the config file would be required of every IdP"
+    )
+
+
+def test_an_unverified_address_lets_a_member_in_because_email_authorizes_nothing() -> None:
+    """Sign-in accepts email_verified=false only while access is decided by group alone."""
+    config = proxy_config()
+    assert config["insecure_oidc_allow_unverified_email"] is True
+    assert config["email_domains"] == ["*"], "an unverified address must not pass a domain check"
+    for by_email in ("authenticated_emails_file", "htpasswd_file"):
+        assert by_email not in config
+    assert config["allowed_groups"], "the group check is what grants access"
+
+
+def test_the_docs_give_each_identity_providers_group_and_email_settings() -> None:
+    """docs/deploy.md says what Keycloak, Entra ID and Google Workspace need so members are not refused."""
+    section = doc_section("deploy.md", "Access: the UI behind oauth2-proxy")
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in section.splitlines()
+        if line.startswith("| ") and line.count("|") >= 4
+    }
+    assert '"/developers"' in rows["Keycloak"], "Keycloak sends group paths"
+    assert "Object IDs" in rows["Entra ID"], "Entra ID sends group IDs"
+    assert "oidc_email_claim" in rows["Entra ID"]
+    assert "google_groups" in rows["Google Workspace"], "Google tokens carry no groups"
+    assert f"{_IDP_DIR}/" in rows["Google Workspace"], "the key goes where compose mounts it"
+    assert "OAUTH2_PROXY_PROVIDER_CA_FILES" in section
