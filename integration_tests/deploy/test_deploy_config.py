@@ -30,6 +30,7 @@ from .deploy_files import (
     cassandra_backends,
     collector_default,
     compose,
+    doc_section,
     env_example,
     environment,
     hours,
@@ -305,20 +306,58 @@ def test_the_sampling_percentage_and_latency_threshold_come_from_the_env_file() 
             assert passed.startswith(f"${{{variable}:-"), f"{name} does not pass {variable}"
 
 
-def test_decision_wait_covers_a_messaging_hop() -> None:
-    """A sampler waits long enough for a hop's spans and holds enough traces while it waits."""
+# The OpenTelemetry SDK's BatchSpanProcessor exports every OTEL_BSP_SCHEDULE_DELAY (5000 ms by
+# default, opentelemetry-specification sdk-environment-variables.md); the span that ends last in
+# a hop can wait for the next export, hence two of them.
+SDK_EXPORT_DELAY_S = 5.0
+
+
+def test_decision_wait_covers_a_whole_mes_hop_in_link_mode() -> None:
+    """A sampler waits for a hop's handler, two SDK exports and the gateway batch before deciding."""
+    wait = seconds(str(collector_default(tail_sampling()["decision_wait"])))
+    gateway_batch = seconds(str(load_yaml("otel/gateway.yaml")["processors"]["batch"]["timeout"]))
+    handler_budget = wait - 2 * SDK_EXPORT_DELAY_S - gateway_batch
+    assert handler_budget >= 30, f"only {handler_budget:.0f} s left for the MES handler"
+    assert wait <= 600, "longer waits hold whole production cycles in memory: use link mode"
+
+
+def test_num_traces_holds_every_trace_until_its_decision_with_headroom() -> None:
+    """num_traces is at least twice the traces that arrive during one decision_wait."""
     config = tail_sampling()
     wait = seconds(str(collector_default(config["decision_wait"])))
-    # a hop: its handler, two SDK export intervals (5 s each) and the gateway's batch timeout
-    assert wait >= 30
-    assert wait <= 600, "longer waits hold whole production cycles in memory: use link mode"
     held = collector_default(config["num_traces"])
     expected = collector_default(config["expected_new_traces_per_sec"])
-    assert held >= expected * wait
+    assert held >= 2 * expected * wait
+
+
+def test_a_kept_trace_is_remembered_and_a_dropped_one_is_forgotten_at_once() -> None:
+    """Late spans of kept traces stay kept; a late ERROR span of a dropped trace is decided anew."""
+    config = tail_sampling()
     cache = config["decision_cache"]
-    assert cache["sampled_cache_size"] >= held
-    # a cached "drop" would also drop a late ERROR span of that trace
-    assert not cache.get("non_sampled_cache_size")
+    assert cache["sampled_cache_size"] >= collector_default(config["num_traces"])
+    # 0 disables the cache, which leaves the dropped trace in the map until num_traces evicts it;
+    # 1 is the smallest LRU the processor accepts and makes it forget each drop at the next one.
+    assert cache["non_sampled_cache_size"] == 1
+
+
+def test_the_error_policy_is_unconditional_and_decides_each_trace() -> None:
+    """Any ERROR span keeps its trace (in link mode: its hop), whatever the other policies say."""
+    policies = tail_sampling()["policies"]
+    errors = [p for p in policies if p["type"] == "status_code"]
+    assert len(errors) == 1
+    assert errors[0]["status_code"]["status_codes"] == ["ERROR"]
+    # a drop/and/composite/not policy could veto or narrow it
+    assert {p["type"] for p in policies} <= {"status_code", "latency", "probabilistic"}
+
+
+def test_the_docs_make_link_mode_the_default_for_the_mes_hop() -> None:
+    """docs/deploy.md's example service for MES consumes in link mode, so its hop is a trace of its own."""
+    section = doc_section("deploy.md", "Point the services at it")
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    example = yaml.safe_load(block)
+    mes = example["services"]["mes"]["environment"]
+    assert mes["OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT"] == "link"
+    assert mes["OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES"] == "order.id"
 
 
 def test_samplers_decide_before_batching_and_send_to_jaeger() -> None:
