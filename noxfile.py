@@ -196,7 +196,7 @@ DEMO_REQUIREMENTS = (
     "opentelemetry-exporter-otlp-proto-http>=1.29",
     "testcontainers>=4.8",
 )
-FLOW_REQUIREMENTS = (*DEMO_REQUIREMENTS, "pyyaml")
+FLOW_REQUIREMENTS = (*DEMO_REQUIREMENTS, "pyyaml", "jsonschema>=4.18", "check-jsonschema==0.39.0")
 
 
 @nox.session(python=MIDDLE, tags=["ci"])

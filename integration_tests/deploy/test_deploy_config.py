@@ -10,20 +10,47 @@ secret is committed. Each check fails when the files break the promise.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import re
-import sys
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-yaml = pytest.importorskip("yaml", reason="the deploy checks read YAML: install pyyaml")
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+from .deploy_files import (
+    COLLECTOR,
+    COLLECTOR_VAR,
+    COMPOSE_VAR,
+    DEPLOY,
+    EXAMPLE_ENV,
+    GATEWAY,
+    PROXY,
+    QUERY,
+    SCHEMA_JOBS,
+    cassandra_backends,
+    collector_default,
+    compose,
+    doc_section,
+    env_example,
+    environment,
+    hours,
+    image_tag,
+    interpolate,
+    load_yaml,
+    main_and_archive,
+    members,
+    mounts,
+    networks_of,
+    policies_by_type,
+    proxy_config,
+    published,
+    sampler_services,
+    seconds,
+    services,
+    services_mounting,
+    tail_sampling,
+    yaml,
+)
 
 SIX_WEEKS_HOURS = 6 * 7 * 24  # 1008
 NEVER_PUBLISHED = {
@@ -33,11 +60,6 @@ NEVER_PUBLISHED = {
     4318: "OTLP HTTP",
     9042: "Cassandra CQL",
 }
-PROXY = "oauth2-proxy"
-QUERY = "jaeger-query"
-COLLECTOR = "jaeger-collector"
-GATEWAY = "otel-gateway"
-SCHEMA_JOBS = ("cassandra-schema", "cassandra-schema-archive")
 REQUIRED_GROUPS = {"developers", "devops", "support"}
 SECRETS = (
     "OAUTH2_PROXY_CLIENT_SECRET",
@@ -45,183 +67,6 @@ SECRETS = (
     "RABBITMQ_DEFAULT_PASS",
     "CASSANDRA_PASSWORD",
 )
-# What an operator would write in deploy/.env (example values, used to expand compose.yaml).
-EXAMPLE_ENV = {
-    "JAEGER_UI_BIND_ADDRESS": "10.20.0.15",
-    "JAEGER_UI_URL": "https://jaeger.corp.example:8443",
-    "OAUTH2_PROXY_OIDC_ISSUER_URL": "https://sso.corp.example/realms/corp",
-    "OAUTH2_PROXY_CLIENT_ID": "jaeger-ui",
-    "OAUTH2_PROXY_CLIENT_SECRET": "x" * 32,
-    "OAUTH2_PROXY_COOKIE_SECRET": "y" * 32,
-    "RABBITMQ_DEFAULT_USER": "shop",
-    "RABBITMQ_DEFAULT_PASS": "z" * 24,
-}
-
-# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error} (compose interpolation)
-_COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-# ${env:VAR} and ${env:VAR:-default} (collector configuration)
-_COLLECTOR_VAR = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-# --- loading ---------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _yaml(relative: str) -> dict[str, Any]:
-    loaded = yaml.safe_load((DEPLOY / relative).read_text(encoding="utf-8"))
-    assert isinstance(loaded, dict), f"{relative} is not a YAML mapping"
-    return loaded
-
-
-@functools.cache
-def _proxy_config() -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - the flow session runs on 3.12
-        tomllib = pytest.importorskip("tomli", reason="the oauth2-proxy config is TOML")
-    with (DEPLOY / "oauth2-proxy" / "oauth2-proxy.cfg").open("rb") as file:
-        loaded: dict[str, Any] = tomllib.load(file)
-    return loaded
-
-
-@functools.cache
-def _env_example() -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in (DEPLOY / ".env.example").read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            values[name.strip()] = value.strip()
-    return values
-
-
-def _compose() -> dict[str, Any]:
-    return _yaml("compose.yaml")
-
-
-def _services() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = _compose()["services"]
-    return services
-
-
-def _interpolate(text: str, env: dict[str, str]) -> str:
-    """Expand compose variables the way ``docker compose`` does for the given env file."""
-
-    def expand(match: re.Match[str]) -> str:
-        name, operator, argument = match.group(1), match.group(2), match.group(3)
-        value = env.get(name)
-        # with a colon, an empty value counts as unset
-        missing = not value if operator in (":-", ":?") else value is None
-        if not missing:
-            return str(value)
-        if operator in (":?", "?"):
-            raise LookupError(f"{name} is required: {argument}")
-        return argument if operator in (":-", "-") else ""
-
-    return _COMPOSE_VAR.sub(expand, text.replace("$$", "\0")).replace("\0", "$")
-
-
-def _collector_default(value: Any) -> Any:
-    """A collector setting as it takes effect when its ``${env:VAR:-default}`` variable is unset."""
-    if isinstance(value, str):
-        match = _COLLECTOR_VAR.fullmatch(value.strip())
-        if match:
-            assert match.group(2) is not None, f"{value} has no default"
-            return yaml.safe_load(match.group(2))
-    return value
-
-
-def _networks_of(service: dict[str, Any]) -> set[str]:
-    networks = service.get("networks", [])
-    return set(networks if isinstance(networks, list) else networks.keys())
-
-
-def _members(network: str) -> set[str]:
-    return {name for name, service in _services().items() if network in _networks_of(service)}
-
-
-def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host path of each bind mount (relative to deploy/)."""
-    mounts: dict[str, str] = {}
-    for volume in service.get("volumes", []):
-        source, target = _interpolate(volume, EXAMPLE_ENV).split(":")[:2]
-        mounts[target] = source
-    return mounts
-
-
-def _services_mounting(relative: str) -> list[str]:
-    return [
-        name
-        for name, service in _services().items()
-        if f"./{relative}" in _mounts(service).values()
-    ]
-
-
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    environment = service.get("environment", {})
-    if isinstance(environment, list):
-        environment = dict(item.split("=", 1) for item in environment)
-    return {str(key): str(value) for key, value in environment.items()}
-
-
-def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(host address, host port, container port) of each published port, for the example env."""
-    published = []
-    for entry in service.get("ports", []):
-        if isinstance(entry, dict):
-            published.append(
-                (str(entry.get("host_ip", "")), int(entry["published"]), int(entry["target"]))
-            )
-            continue
-        parts = _interpolate(str(entry), EXAMPLE_ENV).split("/")[0].split(":")
-        if len(parts) == 3:
-            published.append((parts[0], int(parts[1]), int(parts[2])))
-        elif len(parts) == 2:
-            published.append(("", int(parts[0]), int(parts[1])))
-        else:
-            published.append(("", 0, int(parts[0])))
-    return published
-
-
-def _seconds(duration: str) -> float:
-    """A Go duration such as 60s, 2m or 1008h in seconds."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total = 0.0
-    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration):
-        total += float(amount) * units[unit]
-    assert re.fullmatch(r"(\d+(\.\d+)?(ms|s|m|h))+", duration), f"not a Go duration: {duration}"
-    return total
-
-
-def _hours(duration: str) -> int:
-    """A TTL written as whole hours (``1008h``), the form Jaeger's Cassandra schema settings take."""
-    match = re.fullmatch(r"(\d+)h", duration)
-    assert match, f"TTL {duration!r} is not written as whole hours"
-    return int(match.group(1))
-
-
-def _cassandra_backends(relative: str) -> dict[str, dict[str, Any]]:
-    backends = _yaml(relative)["extensions"]["jaeger_storage"]["backends"]
-    return {name: backend["cassandra"] for name, backend in backends.items()}
-
-
-def _main_and_archive() -> tuple[dict[str, Any], dict[str, Any]]:
-    query = _yaml("jaeger/query.yaml")["extensions"]["jaeger_query"]["storage"]
-    backends = _cassandra_backends("jaeger/query.yaml")
-    return backends[query["traces"]], backends[query["traces_archive"]]
-
-
-def _sampler_services() -> list[str]:
-    return _services_mounting("otel/sampler.yaml")
-
-
-def _tail_sampling() -> dict[str, Any]:
-    config: dict[str, Any] = _yaml("otel/sampler.yaml")["processors"]["tail_sampling"]
-    return config
-
-
-def _policies_by_type() -> dict[str, dict[str, Any]]:
-    return {policy["type"]: policy for policy in _tail_sampling()["policies"]}
 
 
 # --- files and images ------------------------------------------------------------------------------
@@ -233,16 +78,16 @@ def test_every_deploy_file_parses_and_every_mounted_file_exists() -> None:
         assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict), path
     for path in sorted(DEPLOY.rglob("*.json")):
         assert isinstance(json.loads(path.read_text(encoding="utf-8")), dict), path
-    assert _proxy_config()
-    for name, service in _services().items():
-        for source in _mounts(service).values():
+    assert proxy_config()
+    for name, service in services().items():
+        for source in mounts(service).values():
             if source.startswith("./") and "secrets" not in source:
                 assert (DEPLOY / source).is_file(), f"{name} mounts missing {source}"
 
 
 def test_every_image_is_pinned_to_a_release() -> None:
     """Each service runs an image pinned to a numbered release, never a floating tag."""
-    for name, service in _services().items():
+    for name, service in services().items():
         image = service["image"]
         repository, _, tag = image.rpartition(":")
         assert repository, f"{name}: {image} has no tag"
@@ -251,12 +96,44 @@ def test_every_image_is_pinned_to_a_release() -> None:
         assert "latest" not in tag, f"{name}: {image}"
 
 
-def test_jaeger_images_and_schema_job_are_the_same_release() -> None:
-    """The schema job creates the schema of the Jaeger release that reads it."""
-    tags = {
-        _services()[name]["image"].rpartition(":")[2] for name in (COLLECTOR, QUERY, *SCHEMA_JOBS)
-    }
-    assert len(tags) == 1, tags
+# Jaeger 2.x releases up to 2.13.0 were cut from the same commit as a 1.x release, and the release
+# job tagged the jaeger-cassandra-schema image with that 1.x version (BRANCH=$(make echo-v1) in
+# .github/workflows/ci-release.yml; `git tag --points-at` on each v2 tag). From v2.14.0 the job
+# uses `make echo-version`, the v2 version, and the table below is no longer needed.
+SCHEMA_IMAGE_TAG_OF_JAEGER = {
+    "2.8.0": "1.71.0",
+    "2.9.0": "1.72.0",
+    "2.10.0": "1.73.0",
+    "2.11.0": "1.74.0",
+    "2.12.0": "1.75.0",
+    "2.13.0": "1.76.0",
+}
+
+
+def _release(tag: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in tag.split("."))
+
+
+def test_the_schema_jobs_run_the_schema_image_jaeger_published_for_its_release() -> None:
+    """The schema jobs use the jaeger-cassandra-schema tag that exists for the pinned Jaeger (1.71.0 for 2.8.0)."""
+    jaeger_tags = {image_tag(name) for name in (COLLECTOR, QUERY)}
+    assert len(jaeger_tags) == 1, f"collector and query run different releases: {jaeger_tags}"
+    (jaeger,) = jaeger_tags
+    for job in SCHEMA_JOBS:
+        repository = services()[job]["image"].rpartition(":")[0]
+        assert repository == "jaegertracing/jaeger-cassandra-schema"
+    schema_tags = {image_tag(job) for job in SCHEMA_JOBS}
+    assert len(schema_tags) == 1, schema_tags
+    (schema,) = schema_tags
+    if _release(jaeger) >= (2, 14, 0):
+        assert schema == jaeger
+    else:
+        assert jaeger in SCHEMA_IMAGE_TAG_OF_JAEGER, (
+            f"Jaeger {jaeger}: look up the v1 tag on the same commit before pinning it"
+        )
+        assert schema == SCHEMA_IMAGE_TAG_OF_JAEGER[jaeger], (
+            f"jaegertracing/jaeger-cassandra-schema:{schema} is not the image of Jaeger {jaeger}"
+        )
 
 
 # --- what is published where -----------------------------------------------------------------------
@@ -264,15 +141,15 @@ def test_jaeger_images_and_schema_job_are_the_same_release() -> None:
 
 def test_only_the_proxy_publishes_a_port() -> None:
     """oauth2-proxy is the only service with a published port."""
-    publishing = {name for name, service in _services().items() if service.get("ports")}
+    publishing = {name for name, service in services().items() if service.get("ports")}
     assert publishing == {PROXY}
 
 
 def test_query_otlp_and_cassandra_ports_are_published_nowhere() -> None:
     """No service publishes the Jaeger query, OTLP or CQL ports, nor shares the host's network."""
-    for name, service in _services().items():
+    for name, service in services().items():
         assert service.get("network_mode") is None, f"{name} uses network_mode"
-        for _address, host_port, container_port in _published(service):
+        for _address, host_port, container_port in published(service):
             for port in (host_port, container_port):
                 assert port not in NEVER_PUBLISHED, (
                     f"{name} publishes {port} ({NEVER_PUBLISHED[port]})"
@@ -281,18 +158,18 @@ def test_query_otlp_and_cassandra_ports_are_published_nowhere() -> None:
 
 def test_the_proxy_publishes_only_on_the_internal_bind_address() -> None:
     """The proxy's port binds the required JAEGER_UI_BIND_ADDRESS, never every interface."""
-    (raw,) = _services()[PROXY]["ports"]
+    (raw,) = services()[PROXY]["ports"]
     assert str(raw).startswith("${JAEGER_UI_BIND_ADDRESS:?"), "the bind address must be required"
-    ((address, _host_port, container_port),) = _published(_services()[PROXY])
+    ((address, _host_port, container_port),) = published(services()[PROXY])
     assert address == EXAMPLE_ENV["JAEGER_UI_BIND_ADDRESS"]
-    https_port = int(_proxy_config()["https_address"].rpartition(":")[2])
+    https_port = int(proxy_config()["https_address"].rpartition(":")[2])
     assert container_port == https_port
     with pytest.raises(LookupError):
-        _interpolate(
+        interpolate(
             str(raw), {k: v for k, v in EXAMPLE_ENV.items() if k != "JAEGER_UI_BIND_ADDRESS"}
         )
-    assert "JAEGER_UI_BIND_ADDRESS" in _env_example()
-    assert _env_example()["JAEGER_UI_BIND_ADDRESS"] == "", "no committed default bind address"
+    assert "JAEGER_UI_BIND_ADDRESS" in env_example()
+    assert env_example()["JAEGER_UI_BIND_ADDRESS"] == "", "no committed default bind address"
 
 
 # --- networks --------------------------------------------------------------------------------------
@@ -300,38 +177,38 @@ def test_the_proxy_publishes_only_on_the_internal_bind_address() -> None:
 
 def test_every_network_but_edge_is_internal() -> None:
     """Every network except the proxy's `edge` is internal, and only the proxy is on `edge`."""
-    networks = _compose()["networks"]
+    networks = compose()["networks"]
     for name, network in networks.items():
         if name == "edge":
             continue
         assert (network or {}).get("internal") is True, f"network {name} is not internal"
-    assert _members("edge") == {PROXY}
-    used = set().union(*(_networks_of(service) for service in _services().values()))
+    assert members("edge") == {PROXY}
+    used = set().union(*(networks_of(service) for service in services().values()))
     assert used <= set(networks), f"undeclared networks: {used - set(networks)}"
 
 
 def test_the_ui_network_holds_only_the_proxy_and_jaeger_query() -> None:
     """Jaeger's UI sits on a network that only the proxy shares with it."""
-    assert _members("ui") == {PROXY, QUERY}
-    shared = _networks_of(_services()[PROXY]) & _networks_of(_services()[QUERY])
+    assert members("ui") == {PROXY, QUERY}
+    shared = networks_of(services()[PROXY]) & networks_of(services()[QUERY])
     assert shared == {"ui"}
 
 
 def test_jaeger_query_listens_only_on_its_ui_address() -> None:
     """The UI and query API bind jaeger-query's fixed address on `ui`, inside the `ui` subnet."""
-    query = _yaml("jaeger/query.yaml")["extensions"]["jaeger_query"]
+    query = load_yaml("jaeger/query.yaml")["extensions"]["jaeger_query"]
     for listener in ("http", "grpc"):
         host, _, port = query[listener]["endpoint"].rpartition(":")
         assert host == "${env:JAEGER_QUERY_UI_ADDRESS}", f"{listener} binds {host}"
         assert port in ("16686", "16685")
-    service = _services()[QUERY]
-    configured = _environment(service)["JAEGER_QUERY_UI_ADDRESS"]
+    service = services()[QUERY]
+    configured = environment(service)["JAEGER_QUERY_UI_ADDRESS"]
     assigned = service["networks"]["ui"]["ipv4_address"]
     assert configured == assigned
-    address = ipaddress.ip_address(_interpolate(assigned, {}))
-    (subnet,) = _compose()["networks"]["ui"]["ipam"]["config"]
-    assert address in ipaddress.ip_network(_interpolate(subnet["subnet"], {}))
-    example = _env_example()
+    address = ipaddress.ip_address(interpolate(assigned, {}))
+    (subnet,) = compose()["networks"]["ui"]["ipam"]["config"]
+    assert address in ipaddress.ip_network(interpolate(subnet["subnet"], {}))
+    example = env_example()
     assert ipaddress.ip_address(example["JAEGER_QUERY_UI_ADDRESS"]) in ipaddress.ip_network(
         example["JAEGER_UI_SUBNET"]
     )
@@ -339,23 +216,23 @@ def test_jaeger_query_listens_only_on_its_ui_address() -> None:
 
 def test_the_proxy_forwards_to_jaeger_query_over_the_ui_network() -> None:
     """The proxy's only upstream is jaeger-query's UI port, reached over `ui`."""
-    (upstream,) = _proxy_config()["upstreams"]
+    (upstream,) = proxy_config()["upstreams"]
     url = urlsplit(upstream)
     assert (url.hostname, url.port) == (QUERY, 16686)
 
 
 def test_cassandra_is_reachable_only_from_the_storage_network() -> None:
     """Cassandra shares a network only with the schema jobs and Jaeger."""
-    assert _networks_of(_services()["cassandra"]) == {"storage"}
-    assert _members("storage") == {"cassandra", *SCHEMA_JOBS, COLLECTOR, QUERY}
+    assert networks_of(services()["cassandra"]) == {"storage"}
+    assert members("storage") == {"cassandra", *SCHEMA_JOBS, COLLECTOR, QUERY}
 
 
 def test_services_reach_rabbitmq_and_the_gateway_on_the_apps_network() -> None:
     """Services join the named `otel-apps` network to reach RabbitMQ and the gateway's OTLP ports."""
-    apps = _compose()["networks"]["apps"]
+    apps = compose()["networks"]["apps"]
     assert apps["name"] == "otel-apps"
-    assert _members("apps") == {"rabbitmq", GATEWAY}
-    protocols = _yaml("otel/gateway.yaml")["receivers"]["otlp"]["protocols"]
+    assert members("apps") == {"rabbitmq", GATEWAY}
+    protocols = load_yaml("otel/gateway.yaml")["receivers"]["otlp"]["protocols"]
     assert protocols["grpc"]["endpoint"].endswith(":4317")
     assert protocols["http"]["endpoint"].endswith(":4318")
 
@@ -365,44 +242,44 @@ def test_services_reach_rabbitmq_and_the_gateway_on_the_apps_network() -> None:
 
 def test_the_gateway_routes_spans_by_trace_id_to_more_than_one_sampler() -> None:
     """The gateway's traces go through `loadbalancing` keyed by traceID to two or more samplers."""
-    gateway = _yaml("otel/gateway.yaml")
+    gateway = load_yaml("otel/gateway.yaml")
     balancer = gateway["exporters"]["loadbalancing"]
     assert balancer["routing_key"] == "traceID"
     hostnames = balancer["resolver"]["static"]["hostnames"]
     assert len(hostnames) > 1
     assert gateway["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
     assert "tail_sampling" not in gateway.get("processors", {})
-    samplers = set(_sampler_services())
-    gateway_networks = _networks_of(_services()[GATEWAY])
+    samplers = set(sampler_services())
+    gateway_networks = networks_of(services()[GATEWAY])
     for hostname in hostnames:
         host, _, port = hostname.rpartition(":")
         assert host in samplers, f"{hostname} is not a sampling collector"
         assert port == "4317"
-        assert _networks_of(_services()[host]) & gateway_networks, f"{host} is unreachable"
-    assert set(_services_mounting("otel/gateway.yaml")) == {GATEWAY}
+        assert networks_of(services()[host]) & gateway_networks, f"{host} is unreachable"
+    assert set(services_mounting("otel/gateway.yaml")) == {GATEWAY}
 
 
 def test_every_sampler_runs_the_same_tail_sampling_configuration() -> None:
     """The sampler services differ only in name: same image, config, environment and networks."""
-    samplers = [_services()[name] for name in _sampler_services()]
+    samplers = [services()[name] for name in sampler_services()]
     assert len(samplers) > 1
     first = samplers[0]
     for other in samplers[1:]:
         for key in ("image", "command", "volumes", "environment", "networks"):
             assert other[key] == first[key], key
-    pipeline = _yaml("otel/sampler.yaml")["service"]["pipelines"]["traces"]
+    pipeline = load_yaml("otel/sampler.yaml")["service"]["pipelines"]["traces"]
     assert "tail_sampling" in pipeline["processors"]
 
 
 def test_tail_sampling_keeps_errors_slow_traces_and_a_percentage_of_the_rest() -> None:
     """The samplers keep every trace with an ERROR span, every slow trace, and a percentage."""
-    policies = _policies_by_type()
+    policies = policies_by_type()
     assert set(policies) == {"status_code", "latency", "probabilistic"}
     assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]
-    threshold = _collector_default(policies["latency"]["latency"]["threshold_ms"])
+    threshold = collector_default(policies["latency"]["latency"]["threshold_ms"])
     assert isinstance(threshold, int)
     assert threshold > 0
-    percentage = _collector_default(
+    percentage = collector_default(
         policies["probabilistic"]["probabilistic"]["sampling_percentage"]
     )
     assert isinstance(percentage, (int, float))
@@ -411,43 +288,81 @@ def test_tail_sampling_keeps_errors_slow_traces_and_a_percentage_of_the_rest() -
 
 def test_the_sampling_percentage_and_latency_threshold_come_from_the_env_file() -> None:
     """TAIL_SAMPLING_PERCENTAGE and the latency threshold are read from the environment."""
-    policies = _policies_by_type()
+    policies = policies_by_type()
     settings = {
         "TAIL_SAMPLING_PERCENTAGE": policies["probabilistic"]["probabilistic"][
             "sampling_percentage"
         ],
         "TAIL_SAMPLING_LATENCY_THRESHOLD_MS": policies["latency"]["latency"]["threshold_ms"],
-        "TAIL_SAMPLING_DECISION_WAIT": _tail_sampling()["decision_wait"],
+        "TAIL_SAMPLING_DECISION_WAIT": tail_sampling()["decision_wait"],
     }
     for variable, setting in settings.items():
-        match = _COLLECTOR_VAR.fullmatch(str(setting))
+        match = COLLECTOR_VAR.fullmatch(str(setting))
         assert match, f"{setting} does not read a variable"
         assert match.group(1) == variable, f"{setting} does not read {variable}"
-        assert variable in _env_example(), f"{variable} is not in .env.example"
-        for name in _sampler_services():
-            passed = _environment(_services()[name]).get(variable, "")
+        assert variable in env_example(), f"{variable} is not in .env.example"
+        for name in sampler_services():
+            passed = environment(services()[name]).get(variable, "")
             assert passed.startswith(f"${{{variable}:-"), f"{name} does not pass {variable}"
 
 
-def test_decision_wait_covers_a_messaging_hop() -> None:
-    """A sampler waits long enough for a hop's spans and holds enough traces while it waits."""
-    config = _tail_sampling()
-    wait = _seconds(str(_collector_default(config["decision_wait"])))
-    # a hop: its handler, two SDK export intervals (5 s each) and the gateway's batch timeout
-    assert wait >= 30
+# The OpenTelemetry SDK's BatchSpanProcessor exports every OTEL_BSP_SCHEDULE_DELAY (5000 ms by
+# default, opentelemetry-specification sdk-environment-variables.md); the span that ends last in
+# a hop can wait for the next export, hence two of them.
+SDK_EXPORT_DELAY_S = 5.0
+
+
+def test_decision_wait_covers_a_whole_mes_hop_in_link_mode() -> None:
+    """A sampler waits for a hop's handler, two SDK exports and the gateway batch before deciding."""
+    wait = seconds(str(collector_default(tail_sampling()["decision_wait"])))
+    gateway_batch = seconds(str(load_yaml("otel/gateway.yaml")["processors"]["batch"]["timeout"]))
+    handler_budget = wait - 2 * SDK_EXPORT_DELAY_S - gateway_batch
+    assert handler_budget >= 30, f"only {handler_budget:.0f} s left for the MES handler"
     assert wait <= 600, "longer waits hold whole production cycles in memory: use link mode"
-    held = _collector_default(config["num_traces"])
-    expected = _collector_default(config["expected_new_traces_per_sec"])
-    assert held >= expected * wait
+
+
+def test_num_traces_holds_every_trace_until_its_decision_with_headroom() -> None:
+    """num_traces is at least twice the traces that arrive during one decision_wait."""
+    config = tail_sampling()
+    wait = seconds(str(collector_default(config["decision_wait"])))
+    held = collector_default(config["num_traces"])
+    expected = collector_default(config["expected_new_traces_per_sec"])
+    assert held >= 2 * expected * wait
+
+
+def test_a_kept_trace_is_remembered_and_a_dropped_one_is_forgotten_at_once() -> None:
+    """Late spans of kept traces stay kept; a late ERROR span of a dropped trace is decided anew."""
+    config = tail_sampling()
     cache = config["decision_cache"]
-    assert cache["sampled_cache_size"] >= held
-    # a cached "drop" would also drop a late ERROR span of that trace
-    assert not cache.get("non_sampled_cache_size")
+    assert cache["sampled_cache_size"] >= collector_default(config["num_traces"])
+    # 0 disables the cache, which leaves the dropped trace in the map until num_traces evicts it;
+    # 1 is the smallest LRU the processor accepts and makes it forget each drop at the next one.
+    assert cache["non_sampled_cache_size"] == 1
+
+
+def test_the_error_policy_is_unconditional_and_decides_each_trace() -> None:
+    """Any ERROR span keeps its trace (in link mode: its hop), whatever the other policies say."""
+    policies = tail_sampling()["policies"]
+    errors = [p for p in policies if p["type"] == "status_code"]
+    assert len(errors) == 1
+    assert errors[0]["status_code"]["status_codes"] == ["ERROR"]
+    # a drop/and/composite/not policy could veto or narrow it
+    assert {p["type"] for p in policies} <= {"status_code", "latency", "probabilistic"}
+
+
+def test_the_docs_make_link_mode_the_default_for_the_mes_hop() -> None:
+    """docs/deploy.md's example service for MES consumes in link mode, so its hop is a trace of its own."""
+    section = doc_section("deploy.md", "Point the services at it")
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    example = yaml.safe_load(block)
+    mes = example["services"]["mes"]["environment"]
+    assert mes["OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT"] == "link"
+    assert mes["OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES"] == "order.id"
 
 
 def test_samplers_decide_before_batching_and_send_to_jaeger() -> None:
     """Samplers run memory_limiter, then tail_sampling, then batch, and export to jaeger-collector."""
-    sampler = _yaml("otel/sampler.yaml")
+    sampler = load_yaml("otel/sampler.yaml")
     pipeline = sampler["service"]["pipelines"]["traces"]
     processors = pipeline["processors"]
     assert processors[0] == "memory_limiter"
@@ -455,10 +370,10 @@ def test_samplers_decide_before_batching_and_send_to_jaeger() -> None:
     (exporter,) = pipeline["exporters"]
     host, _, port = sampler["exporters"][exporter]["endpoint"].rpartition(":")
     assert host == COLLECTOR
-    receiver = _yaml("jaeger/collector.yaml")["receivers"]["otlp"]["protocols"]["grpc"]
+    receiver = load_yaml("jaeger/collector.yaml")["receivers"]["otlp"]["protocols"]["grpc"]
     assert receiver["endpoint"].endswith(f":{port}")
-    for name in _sampler_services():
-        assert _networks_of(_services()[name]) & _networks_of(_services()[COLLECTOR])
+    for name in sampler_services():
+        assert networks_of(services()[name]) & networks_of(services()[COLLECTOR])
 
 
 # --- Jaeger and Cassandra --------------------------------------------------------------------------
@@ -466,65 +381,65 @@ def test_samplers_decide_before_batching_and_send_to_jaeger() -> None:
 
 def test_traces_live_six_weeks_written_as_hours_for_jaeger_and_seconds_for_the_schema_job() -> None:
     """The main keyspace's TTL is six weeks: 1008h in Jaeger's config, 3628800 s in the schema job."""
-    main, _archive = _main_and_archive()
-    (collector_backend,) = _cassandra_backends("jaeger/collector.yaml").values()
+    main, _archive = main_and_archive()
+    (collector_backend,) = cassandra_backends("jaeger/collector.yaml").values()
     for backend in (main, collector_backend):
-        assert _hours(backend["schema"]["trace_ttl"]) == SIX_WEEKS_HOURS
-    job = _environment(_services()["cassandra-schema"])
+        assert hours(backend["schema"]["trace_ttl"]) == SIX_WEEKS_HOURS
+    job = environment(services()["cassandra-schema"])
     assert job["KEYSPACE"] == main["schema"]["keyspace"]
     assert int(job["TRACE_TTL"]) == SIX_WEEKS_HOURS * 3600
 
 
 def test_the_archive_keyspace_keeps_traces_longer() -> None:
     """The archive keyspace has its own, longer TTL, the same in Jaeger's config and its schema job."""
-    main, archive = _main_and_archive()
-    archive_hours = _hours(archive["schema"]["trace_ttl"])
-    assert archive_hours > _hours(main["schema"]["trace_ttl"])
-    job = _environment(_services()["cassandra-schema-archive"])
+    main, archive = main_and_archive()
+    archive_hours = hours(archive["schema"]["trace_ttl"])
+    assert archive_hours > hours(main["schema"]["trace_ttl"])
+    job = environment(services()["cassandra-schema-archive"])
     assert job["KEYSPACE"] == archive["schema"]["keyspace"] != main["schema"]["keyspace"]
     assert int(job["TRACE_TTL"]) == archive_hours * 3600
 
 
 def test_jaeger_uses_the_keyspaces_the_schema_jobs_create() -> None:
     """Jaeger never creates the schema; it starts after the jobs and reads their datacenter."""
-    datacenter = _environment(_services()["cassandra"])["CASSANDRA_DC"]
+    datacenter = environment(services()["cassandra"])["CASSANDRA_DC"]
     for relative in ("jaeger/collector.yaml", "jaeger/query.yaml"):
-        for name, backend in _cassandra_backends(relative).items():
+        for name, backend in cassandra_backends(relative).items():
             assert backend["schema"]["create"] is False, f"{relative}:{name}"
             assert backend["schema"]["datacenter"] == datacenter
             connection = backend["connection"]
-            assert connection["servers"] == ["cassandra"]
+            assert connection["servers"] == ["cassandra:9042"]
             assert connection["local_dc"] == datacenter
             assert connection["tls"]["insecure"] is True, "plain CQL on the internal network"
     for job in SCHEMA_JOBS:
-        environment = _environment(_services()[job])
-        assert environment["MODE"] == "prod"
-        assert environment["DATACENTER"] == datacenter
-    assert _services()[COLLECTOR]["depends_on"]["cassandra-schema"] == {
+        env = environment(services()[job])
+        assert env["MODE"] == "prod"
+        assert env["DATACENTER"] == datacenter
+    assert services()[COLLECTOR]["depends_on"]["cassandra-schema"] == {
         "condition": "service_completed_successfully"
     }
     for job in SCHEMA_JOBS:
-        assert _services()[QUERY]["depends_on"][job]["condition"] == (
+        assert services()[QUERY]["depends_on"][job]["condition"] == (
             "service_completed_successfully"
         )
-    main, _archive = _main_and_archive()
-    (collector_backend,) = _cassandra_backends("jaeger/collector.yaml").values()
+    main, _archive = main_and_archive()
+    (collector_backend,) = cassandra_backends("jaeger/collector.yaml").values()
     assert collector_backend == main, "collector and query must use the same main keyspace"
 
 
 def test_the_collector_writes_and_the_query_reads_with_archive() -> None:
     """jaeger-collector only writes (no UI), jaeger-query serves the UI with archive storage."""
-    collector = _yaml("jaeger/collector.yaml")
+    collector = load_yaml("jaeger/collector.yaml")
     assert "jaeger_query" not in collector["extensions"]
     assert "jaeger_query" not in collector["service"]["extensions"]
     exporter = collector["exporters"]["jaeger_storage_exporter"]
     assert exporter["trace_storage"] in collector["extensions"]["jaeger_storage"]["backends"]
-    query = _yaml("jaeger/query.yaml")
+    query = load_yaml("jaeger/query.yaml")
     assert "jaeger_query" in query["service"]["extensions"]
     assert "otlp" not in query.get("receivers", {}), "the query role receives no spans"
     ui = json.loads((DEPLOY / "jaeger" / "ui-config.json").read_text(encoding="utf-8"))
     assert ui["archiveEnabled"] is True
-    mounted = _mounts(_services()[QUERY])
+    mounted = mounts(services()[QUERY])
     assert mounted[query["extensions"]["jaeger_query"]["ui"]["config_file"]] == (
         "./jaeger/ui-config.json"
     )
@@ -535,13 +450,13 @@ def test_the_collector_writes_and_the_query_reads_with_archive() -> None:
 
 def test_the_proxy_admits_only_developers_devops_and_support() -> None:
     """oauth2-proxy signs users in over OIDC and requires one of the three groups."""
-    config = _proxy_config()
+    config = proxy_config()
     assert config["provider"] == "oidc"
     assert set(config["allowed_groups"]) == REQUIRED_GROUPS
     assert config["oidc_groups_claim"]
-    environment = _environment(_services()[PROXY])
+    proxy_env = environment(services()[PROXY])
     for overridable in ("ALLOWED_GROUPS", "EMAIL_DOMAINS", "UPSTREAMS", "SKIP_AUTH_ROUTES"):
-        assert f"OAUTH2_PROXY_{overridable}" not in environment
+        assert f"OAUTH2_PROXY_{overridable}" not in proxy_env
     for bypass in (
         "skip_auth_routes",
         "skip_auth_regex",
@@ -553,15 +468,17 @@ def test_the_proxy_admits_only_developers_devops_and_support() -> None:
 
 def test_the_proxy_serves_https_with_secure_cookies() -> None:
     """The proxy's reachable listener is HTTPS with secure cookies; plain HTTP stays on loopback."""
-    config = _proxy_config()
+    config = proxy_config()
     assert config["https_address"].startswith("0.0.0.0:")
     assert config["http_address"].startswith("127.0.0.1:")
     assert config["cookie_secure"] is True
-    mounts = _mounts(_services()[PROXY])
+    proxy_mounts = mounts(services()[PROXY])
     for key in ("tls_cert_file", "tls_key_file"):
         directory = config[key].rpartition("/")[0]
-        assert directory in mounts, f"{config[key]} is not in a mounted directory"
-        assert mounts[directory] == "./secrets/tls", "TLS material comes from JAEGER_UI_TLS_DIR"
+        assert directory in proxy_mounts, f"{config[key]} is not in a mounted directory"
+        assert proxy_mounts[directory] == "./secrets/tls", (
+            "TLS material comes from JAEGER_UI_TLS_DIR"
+        )
 
 
 # --- secrets and settings --------------------------------------------------------------------------
@@ -570,7 +487,7 @@ def test_the_proxy_serves_https_with_secure_cookies() -> None:
 def test_secrets_come_from_the_env_file_and_none_is_committed() -> None:
     """Secrets are read from the env file (required ones fail `up` when unset) and never committed."""
     compose_text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
-    example = _env_example()
+    example = env_example()
     for secret in SECRETS:
         assert example.get(secret) == "", f".env.example must leave {secret} empty"
         references = re.findall(r"\$\{" + secret + r"(:?[-?])?", compose_text)
@@ -581,11 +498,11 @@ def test_secrets_come_from_the_env_file_and_none_is_committed() -> None:
         "RABBITMQ_DEFAULT_PASS",
     ):
         assert f"${{{required}:?" in compose_text, f"{required} must be required"
-    config = _proxy_config()
+    config = proxy_config()
     for key in ("client_secret", "cookie_secret", "client_id"):
         assert key not in config, f"{key} belongs in the env file"
     for relative in ("jaeger/collector.yaml", "jaeger/query.yaml"):
-        for backend in _cassandra_backends(relative).values():
+        for backend in cassandra_backends(relative).values():
             basic = backend["connection"]["auth"]["basic"]
             assert basic["password"] == "${env:CASSANDRA_PASSWORD}"
     ignored = (DEPLOY / ".gitignore").read_text(encoding="utf-8").split()
@@ -596,16 +513,17 @@ def test_secrets_come_from_the_env_file_and_none_is_committed() -> None:
 def test_every_variable_the_stack_reads_is_documented_in_the_env_example() -> None:
     """Each variable compose.yaml or a mounted config reads is listed in .env.example."""
     compose_text = (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
-    read = set(_COMPOSE_VAR.findall(compose_text))
+    # $$ is a literal $ for the container, not a variable of the env file
+    read = set(COMPOSE_VAR.findall(compose_text.replace("$$", "")))
     names = {name for name, _operator, _argument in read}
     for relative in ("otel/sampler.yaml", "jaeger/collector.yaml", "jaeger/query.yaml"):
         text = (DEPLOY / relative).read_text(encoding="utf-8")
-        for variable, _default in _COLLECTOR_VAR.findall(text):
-            for name in _services_mounting(relative):
-                assert variable in _environment(_services()[name]), (
+        for variable, _default in COLLECTOR_VAR.findall(text):
+            for name in services_mounting(relative):
+                assert variable in environment(services()[name]), (
                     f"{name} runs {relative}, which reads {variable}, but is not given it"
                 )
-    assert names <= set(_env_example()), f"undocumented: {sorted(names - set(_env_example()))}"
+    assert names <= set(env_example()), f"undocumented: {sorted(names - set(env_example()))}"
     # the example env file, filled in, is enough to render the compose file
-    filled = {**{name: value for name, value in _env_example().items() if value}, **EXAMPLE_ENV}
-    _interpolate(compose_text, filled)
+    filled = {**{name: value for name, value in env_example().items() if value}, **EXAMPLE_ENV}
+    interpolate(compose_text, filled)
