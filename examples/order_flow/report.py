@@ -350,7 +350,7 @@ def _jaeger_hint(result: FlowResult, fates: Mapping[str, Fate]) -> Panel:
     hint = Text.assemble(
         f"The services also exported to {result.extra_endpoint}. In Jaeger: Search → Service ",
         ("mes", "bold"),
-        " (or shop-api, srm-api) → Tags ",
+        " → Tags ",
         (f"order.id={example}", "bold"),
         " → Find Traces.\nAdd ",
         ("error=true", "bold"),
@@ -360,7 +360,7 @@ def _jaeger_hint(result: FlowResult, fates: Mapping[str, Fate]) -> Panel:
         ("otel.status_description", "bold"),
         " tag, the exception is in their logs. Add ",
         (f"order_flow.run_id={result.run_id}", "bold"),
-        " for this run only; follow the span links (references) from hop to hop.",
+        " for this run only. A tag search is per service: repeat it for srm-api and shop-api, or follow the span links (references) from hop to hop.",
     )
     return Panel(hint, title=f"where did order {example} stop?", expand=False)
 
