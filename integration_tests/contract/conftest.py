@@ -1,0 +1,136 @@
+"""Runs each contract test against every installed plugin, or every path of every installed
+plugin. A plugin is installed in its own nox session (with its client library); the others are
+not collected there, so a missing plugin is never a skip. A test marked
+``@pytest.mark.paths(predicate)`` runs on the paths the predicate keeps; where it keeps none in a
+session, the test is deselected there (it has nothing to check)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from broker_harness import Broker
+from integration_tests.contract.protocol import Client, Path, Plugin
+
+# plugin -> (its Plugin class here, the plugin's package, its client library)
+PLUGINS = {
+    "pika": ("integration_tests.contract.pika_paths:PikaPlugin", "otel_pika", "pika"),
+    "aiopika": (
+        "integration_tests.contract.aiopika_paths:AioPikaPlugin",
+        "otel_aiopika",
+        "aio_pika",
+    ),
+    "kombu": ("integration_tests.contract.kombu_paths:KombuPlugin", "otel_kombu", "kombu"),
+}
+EMPTY = "got empty parameter set"
+
+
+@dataclass(frozen=True)
+class Target:
+    plugin: str
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.path or self.plugin
+
+
+def plugin_class(name: str) -> Any:
+    module, _, attribute = PLUGINS[name][0].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def importable(name: str) -> bool:
+    if name in sys.modules:  # kombu replaces its module object: no __spec__ to find then
+        return True
+    return importlib.util.find_spec(name) is not None
+
+
+def installed() -> list[str]:
+    """The plugins this session installed (the plugin and its client library importable)."""
+    return [
+        name
+        for name, (_module, package, client) in PLUGINS.items()
+        if importable(package) and importable(client)
+    ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "paths(predicate): run the contract test on the paths the predicate keeps"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    if "path" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("paths")
+        keep: Callable[[Any], bool] = marker.args[0] if marker else lambda _path: True
+        targets = [
+            Target(name, path_id)
+            for name in installed()
+            for path_id, path in plugin_class(name).paths.items()
+            if keep(path)
+        ]
+    else:
+        targets = [Target(name) for name in installed()]
+    metafunc.parametrize("target", targets, ids=str)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    nothing = [
+        item
+        for item in items
+        if "contract" in item.nodeid.split("::")[0]
+        and any(
+            str(m.kwargs.get("reason", "")).startswith(EMPTY) for m in item.iter_markers("skip")
+        )
+    ]
+    if nothing:
+        config.hook.pytest_deselected(items=nothing)
+        items[:] = [item for item in items if item not in nothing]
+
+
+@pytest.fixture
+def plugin(target: Target, rabbitmq: Broker) -> Iterator[Plugin]:
+    """The plugin under test."""
+    made = plugin_class(target.plugin)(rabbitmq)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def instrument(plugin: Plugin, instrumentation: Callable[..., Any]) -> Callable[..., Any]:
+    """``instrument(**options)``: the plugin's instrumentor with the test's providers."""
+    return instrumentation(plugin.instrumentor)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def client(plugin: Plugin) -> Iterator[Client]:
+    """A publisher on its own connection, with the plugin's library."""
+    made = plugin.client()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def path(plugin: Plugin, target: Target) -> Iterator[Path]:
+    """The consumption path under test, on its own connection."""
+    assert target.path is not None
+    made = plugin.path(target.path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def queue(client: Client, unique: Callable[[str], str]) -> Iterator[str]:
+    """A queue any connection can use (it expires unused), deleted after the test."""
+    name = client.declare_queue(unique("q"), {"x-expires": 120_000})
+    yield name
+    client.delete_queue(name)

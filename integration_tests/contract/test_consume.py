@@ -1,0 +1,272 @@
+"""Every consumption path: the handler runs in its message's span, under the parent-or-link rule,
+a failing handler is an ERROR span, a plain producer's trace headers are read where they can be,
+and server-named queues stay low-cardinality."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+
+from broker_harness import Broker, Recorder, messaging_attributes, span_summary
+from integration_tests.contract.plain import PlainProducer
+from integration_tests.contract.protocol import BODY, Client, Handling, Path, Received
+
+PRODUCER_TRACE, PRODUCER_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+TRACEPARENT = f"00-{PRODUCER_TRACE:032x}-{PRODUCER_SPAN:016x}-01"
+# What producers without OpenTelemetry (or in other languages) put in the trace headers, and
+# whether the consumer continues the producer's trace from it.
+PLAIN_HEADERS: list[tuple[dict[str, Any], bool]] = [
+    ({"traceparent": TRACEPARENT.encode(), "x-tenant": b"acme"}, True),
+    ({"traceparent": 17}, False),
+    ({"traceparent": "garbage", "tracestate": b"\xff\xfe"}, False),
+    ({"traceparent": {"nested": [b"\x00", 15]}, "baggage": b"\xff"}, False),
+    ({"Traceparent": TRACEPARENT}, True),
+]
+
+
+def by_tag(spans: list[ReadableSpan]) -> dict[int, ReadableSpan]:
+    """Consume or settle spans by the delivery tag they carry."""
+    return {
+        int((s.attributes or {})["messaging.rabbitmq.message.delivery_tag"]): s  # type: ignore[arg-type]
+        for s in spans
+    }
+
+
+def test_each_message_is_handled_in_its_own_consume_span(
+    instrument: Callable[..., Any],
+    otel: Recorder,
+    rabbitmq: Broker,
+    client: Client,
+    path: Path,
+    queue: str,
+    unique: Callable[[str], str],
+) -> None:
+    """Each message's handler runs in its own process or receive span, a child of and linked to that message's publish and carrying every attribute; the handler's spans are its children and nothing of it stays current afterwards."""
+    instrument()
+    exchange = unique("x")
+    client.declare_exchange(exchange, queue, "order.created")
+    for n in range(2):
+        client.publish(exchange, "order.created", message_id=f"m-{n}", correlation_id=f"c-{n}")
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    def look(_seen: Received) -> None:
+        with tracer.start_as_current_span("handle"):
+            pass
+
+    consumed = path.consume(queue, 2, Handling(look=look))
+    assert consumed.raised is None
+    assert not consumed.after.is_valid
+    assert consumed.after_baggage == {}
+    name = f"{path.operation} {queue}"
+    consumes = by_tag(otel.wait_for_count(name, 2))
+    spans = otel.spans()
+    publishes = otel.named(f"publish {exchange}")
+    handles = {h.parent.span_id: h for h in otel.named("handle") if h.parent}
+    for n, publish in enumerate(publishes):
+        consume = consumes[n + 1]
+        assert span_summary(consume, spans) == {
+            "name": name,
+            "kind": path.span_kind,
+            "parent": f"publish {exchange}",
+            "links": [f"publish {exchange}"],
+            "status": "UNSET",
+            "attributes": messaging_attributes(
+                rabbitmq,
+                path.operation,
+                f"{exchange}:order.created:{queue}",
+                "order.created",
+                **{
+                    "messaging.rabbitmq.message.delivery_tag": n + 1,
+                    "messaging.message.id": f"m-{n}",
+                    "messaging.message.conversation_id": f"c-{n}",
+                    "messaging.message.body.size": len(BODY),
+                },
+            ),
+            "events": [],
+        }
+        assert consume.parent is not None
+        assert consume.parent.span_id == publish.context.span_id
+        assert [link.context.span_id for link in consume.links] == [publish.context.span_id]
+        assert consume.context.span_id in handles, "the handler's span is the consume span's child"
+    assert [r.current for r in consumed.received] == [consumes[1].context, consumes[2].context]
+    if path.mode == "loop":  # a receive span ends when the loop asks for the next message
+        assert consumes[1].end_time is not None
+        assert consumes[2].start_time is not None
+        assert consumes[1].end_time <= consumes[2].start_time
+
+
+def test_link_mode_starts_a_trace_of_its_own_linked_to_the_producer(
+    instrument: Callable[..., Any], otel: Recorder, client: Client, path: Path, queue: str
+) -> None:
+    """With consumer_context="link" the consume span is the root of a new trace, linked to the publish, and still current in the handler."""
+    instrument(consumer_context="link")
+    client.publish("", queue)
+    consumed = path.consume(queue, 1, Handling())
+    (consume,) = otel.wait_for_count(f"{path.operation} {queue}", 1)
+    (publish,) = otel.named("publish amq.default")
+    assert consume.parent is None
+    assert consume.context.trace_id != publish.context.trace_id
+    assert [link.context.span_id for link in consume.links] == [publish.context.span_id]
+    assert [r.current for r in consumed.received] == [consume.context]
+
+
+@pytest.mark.paths(lambda path: path.marks_errors)
+def test_a_handler_that_raises_ends_its_span_as_error(
+    instrument: Callable[..., Any],
+    otel: Recorder,
+    rabbitmq: Broker,
+    client: Client,
+    path: Path,
+    queue: str,
+) -> None:
+    """An exception from the handler ends its consume span ERROR with the exception recorded and error.type its name, reaches the caller of the library's loop as the same object where the library passes it on, and leaves nothing current."""
+    instrument()
+    client.publish("", queue)
+    failure = LookupError("unknown sku")
+    consumed = path.consume(queue, 1, Handling(raises=failure))
+    assert consumed.raised is (failure if path.raises_to_caller else None)
+    assert not consumed.after.is_valid
+    name = f"{path.operation} {queue}"
+    (consume,) = otel.wait_for_count(name, 1)
+    assert span_summary(consume, otel.spans()) == {
+        "name": name,
+        "kind": path.span_kind,
+        "parent": "publish amq.default",
+        "links": ["publish amq.default"],
+        "status": "ERROR",
+        "attributes": messaging_attributes(
+            rabbitmq,
+            path.operation,
+            queue,
+            queue,
+            **{
+                "messaging.rabbitmq.message.delivery_tag": 1,
+                "messaging.message.id": "m-1",
+                "messaging.message.body.size": len(BODY),
+                "error.type": "LookupError",
+            },
+        ),
+        "events": ["exception"],
+    }
+    assert consume.status.description == "LookupError: unknown sku"
+    assert consume.events[0].attributes is not None
+    assert consume.events[0].attributes["exception.message"] == "unknown sku"
+    duration = (
+        "messaging.process.duration"
+        if path.operation == "process"
+        else "messaging.client.operation.duration"
+    )
+    assert [
+        (attributes.get("error.type"), count)
+        for attributes, count in otel.points(duration)
+        if attributes["messaging.operation.name"] == path.operation
+    ] == [("LookupError", 1)]
+    if path.rejects_on_error:  # the library rejects the message: not lost silently either
+        (reject,) = otel.wait_for_count(f"reject {queue}", 1)
+        assert reject.parent is not None
+        assert reject.parent.span_id == consume.context.span_id
+        assert reject.status.status_code.name == "ERROR"
+        assert (reject.attributes or {})["error.type"] == "rejected"
+        assert reject.events[0].attributes is not None
+        assert reject.events[0].attributes["exception.type"] == "LookupError"
+
+
+def test_context_headers_from_a_plain_producer_are_read_where_possible(
+    instrument: Callable[..., Any], otel: Recorder, rabbitmq: Broker, path: Path, queue: str
+) -> None:
+    """Trace headers from a producer without OpenTelemetry (bytes, numbers, garbage, nested tables, another letter case) continue its trace where they can be read and start a fresh one where not; every message reaches the handler, and a captured bytes header is decoded."""
+    producer = PlainProducer(rabbitmq, queue)
+    try:
+        for headers, _continued in PLAIN_HEADERS:
+            producer.publish(headers, BODY)
+    finally:
+        producer.close()
+    instrument(capture_headers=("x-tenant",))
+    consumed = path.consume(queue, len(PLAIN_HEADERS), Handling())
+    assert [r.body for r in consumed.received] == [BODY] * len(PLAIN_HEADERS)
+    consumes = by_tag(otel.wait_for_count(f"{path.operation} {queue}", len(PLAIN_HEADERS)))
+    for tag, (_headers, continued) in enumerate(PLAIN_HEADERS, start=1):
+        span = consumes[tag]
+        assert span.status.is_unset, tag
+        links = [(link.context.trace_id, link.context.span_id) for link in span.links]
+        if continued:
+            assert span.context.trace_id == PRODUCER_TRACE, tag
+            assert span.parent is not None
+            assert span.parent.span_id == PRODUCER_SPAN
+            assert links == [(PRODUCER_TRACE, PRODUCER_SPAN)]
+        else:
+            assert span.context.trace_id != PRODUCER_TRACE, tag
+            assert (span.parent, links) == (None, []), tag
+    assert (consumes[1].attributes or {})["messaging.header.x-tenant"] == "acme"
+
+
+def test_a_server_named_queue_is_named_amq_gen(
+    instrument: Callable[..., Any], otel: Recorder, client: Client, path: Path
+) -> None:
+    """A server-named queue is called amq.gen in span names and metrics and marked anonymous, while messaging.destination.name keeps its real name."""
+    name = client.declare_queue("", {"x-expires": 120_000})
+    try:
+        assert name.startswith("amq.gen-")
+        instrument()
+        client.publish("", name)
+        path.consume(name, 1, Handling())
+    finally:
+        client.delete_queue(name)
+    (consume,) = otel.wait_for_count(f"{path.operation} amq.gen", 1)
+    (publish,) = otel.named("publish amq.default")
+    for span in (consume, publish):
+        assert span.attributes is not None
+        assert span.attributes["messaging.destination.anonymous"] is True
+        assert span.attributes["messaging.destination.name"] == name
+    destinations = {
+        attributes["messaging.destination.name"]
+        for metric in ("messaging.client.sent.messages", "messaging.client.consumed.messages")
+        for attributes, _count in otel.points(metric)
+    }
+    assert destinations == {"amq.gen"}
+
+
+@pytest.mark.paths(lambda path: path.mode == "pull")
+def test_a_pull_inside_a_span_is_its_child_and_leaves_that_span_current(
+    instrument: Callable[..., Any],
+    otel: Recorder,
+    rabbitmq: Broker,
+    client: Client,
+    path: Path,
+    queue: str,
+) -> None:
+    """A single-message pull makes a receive span, a child of the caller's span and linked to the publish, and leaves the caller's span current; an empty pull makes no span."""
+    instrument()
+    assert path.pull(queue, wait=False) is None
+    assert otel.spans() == []
+    client.publish("", queue, correlation_id="c-9")
+    tracer = otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("poll") as poll:
+        got = path.pull(queue, auto_ack=True)
+    assert got is not None
+    assert got.body == BODY
+    assert got.current == poll.get_span_context()
+    (receive,) = otel.named(f"receive {queue}")
+    assert span_summary(receive, otel.spans()) == {
+        "name": f"receive {queue}",
+        "kind": "CLIENT",
+        "parent": "poll",
+        "links": ["publish amq.default"],
+        "status": "UNSET",
+        "attributes": messaging_attributes(
+            rabbitmq,
+            "receive",
+            queue,
+            queue,
+            **{
+                "messaging.rabbitmq.message.delivery_tag": 1,
+                "messaging.message.id": "m-1",
+                "messaging.message.conversation_id": "c-9",
+                "messaging.message.body.size": len(BODY),
+            },
+        ),
+        "events": [],
+    }
