@@ -48,10 +48,17 @@ MUST_PATCH = {"publish", "consume", "get", "__anext__", "ack"}
 
 
 class Loop:
-    """One event loop per test, shared by the plugin's client and paths."""
+    """One event loop per test, shared by the plugin's client and paths, and the kind of
+    connection they open (plain, or robust: aio-pika's reconnecting classes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker, robust: bool) -> None:
         self.loop = asyncio.new_event_loop()
+        self.broker = broker
+        self.robust = robust
+
+    async def connect(self) -> AbstractConnection:
+        url = str(URL(self.broker.url).update_query(name=connection_name("contract-aiopika")))
+        return await (aio_pika.connect_robust if self.robust else aio_pika.connect)(url)
 
     def run(self, work: Awaitable[T]) -> T:
         return self.loop.run_until_complete(work)
@@ -60,21 +67,14 @@ class Loop:
         self.loop.close()
 
 
-async def connect(broker: Broker) -> AbstractConnection:
-    url = str(URL(broker.url).update_query(name=connection_name("contract-aiopika")))
-    return await aio_pika.connect(url)
-
-
 class AioPikaClient:
     """Publishes and declares on a channel of its own (publisher confirms on: aio-pika's default)."""
 
-    nack_error = aiormq.exceptions.DeliveryError
-
-    def __init__(self, broker: Broker, loop: Loop) -> None:
+    def __init__(self, loop: Loop) -> None:
         self.loop = loop
 
         async def open_() -> tuple[AbstractConnection, AbstractChannel]:
-            connection = await connect(broker)
+            connection = await loop.connect()
             return connection, await connection.channel()
 
         self.connection, self.channel = loop.run(open_())
@@ -102,7 +102,9 @@ class AioPikaClient:
             )
             await target.publish(message, routing_key=routing_key)
 
+        before = message.headers
         self.loop.run(send())
+        self.held_headers = (before, message.headers)
         return message
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
@@ -119,6 +121,11 @@ class AioPikaClient:
 
     def delete_queue(self, name: str) -> None:
         self.loop.run(self.channel.queue_delete(name))
+
+    def is_broker_nack(self, error: BaseException) -> bool:
+        return type(error) is aiormq.exceptions.DeliveryError and isinstance(
+            error.frame, aiormq.spec.Basic.Nack
+        )
 
     def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
         async def get() -> tuple[bytes, Mapping[str, Any]]:
@@ -157,11 +164,11 @@ class AioPikaPath:
     # aio-pika logs a callback's exception; a loop body's leaves the loop to its caller
     raises_to_caller = False
 
-    def __init__(self, broker: Broker, loop: Loop) -> None:
+    def __init__(self, loop: Loop) -> None:
         self.loop = loop
 
         async def open_() -> tuple[AbstractConnection, AbstractChannel]:
-            connection = await connect(broker)
+            connection = await loop.connect()
             return connection, await connection.channel()
 
         self.connection, self.channel = loop.run(open_())
@@ -348,18 +355,20 @@ class AioPikaPlugin:
         path.id: path for path in (AioPikaCallback, AioPikaProcess, AioPikaIterator, AioPikaGet)
     }
 
+    robust = False
+    server_names_queues = True
+
     def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.loop = Loop()
+        self.loop = Loop(broker, self.robust)
 
     def instrumentor(self) -> AioPikaInstrumentor:
         return AioPikaInstrumentor()
 
     def client(self) -> AioPikaClient:
-        return AioPikaClient(self.broker, self.loop)
+        return AioPikaClient(self.loop)
 
     def path(self, path_id: str) -> AioPikaPath:
-        return self.paths[path_id](self.broker, self.loop)
+        return self.paths[path_id](self.loop)
 
     def patched(self) -> dict[str, object]:
         return class_attributes()
@@ -376,3 +385,11 @@ class AioPikaPlugin:
 
     def close(self) -> None:
         self.loop.close()
+
+
+class AioPikaRobustPlugin(AioPikaPlugin):
+    """The same on robust connections: their channels, exchanges and queues are other classes."""
+
+    robust = True
+    # a robust channel names an unnamed queue itself, to declare it again after a reconnect
+    server_names_queues = False

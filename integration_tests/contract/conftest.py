@@ -1,8 +1,9 @@
 """Runs each contract test against every installed plugin, or every path of every installed
 plugin. A plugin is installed in its own nox session (with its client library); the others are
 not collected there, so a missing plugin is never a skip. A test marked
-``@pytest.mark.paths(predicate)`` runs on the paths the predicate keeps; where it keeps none in a
-session, the test is deselected there (it has nothing to check)."""
+``@pytest.mark.paths(predicate, plugin=predicate)`` runs on the paths (of the plugin classes)
+the predicates keep; where they keep none in a session, the test is deselected there (it has
+nothing to check)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ PLUGINS = {
         "otel_aiopika",
         "aio_pika",
     ),
+    "aiopika-robust": (
+        "integration_tests.contract.aiopika_paths:AioPikaRobustPlugin",
+        "otel_aiopika",
+        "aio_pika",
+    ),
     "kombu": ("integration_tests.contract.kombu_paths:KombuPlugin", "otel_kombu", "kombu"),
 }
 EMPTY = "got empty parameter set"
@@ -33,11 +39,16 @@ EMPTY = "got empty parameter set"
 
 @dataclass(frozen=True)
 class Target:
+    """What one run of a contract test is about: a plugin (a key of PLUGINS), or one of its paths."""
+
     plugin: str
     path: str | None = None
 
     def __str__(self) -> str:
-        return self.path or self.plugin
+        if self.path is None:
+            return self.plugin
+        # "aiopika-callback" of the "aiopika-robust" plugin is "aiopika-robust-callback"
+        return self.plugin + self.path[self.path.index("-") :]
 
 
 def plugin_class(name: str) -> Any:
@@ -60,26 +71,36 @@ def installed() -> list[str]:
     ]
 
 
+def everything(_kind: Any) -> bool:
+    return True
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "paths(predicate): run the contract test on the paths the predicate keeps"
+        "markers",
+        "paths(predicate, plugin=predicate): run the contract test on the paths (of the plugins)"
+        " the predicates keep",
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" not in metafunc.fixturenames:
         return
+    marker = metafunc.definition.get_closest_marker("paths")
+    keep: Callable[[Any], bool] = marker.args[0] if marker and marker.args else everything
+    keep_plugin: Callable[[Any], bool] = (
+        marker.kwargs.get("plugin", everything) if marker else everything
+    )
+    plugins = [name for name in installed() if keep_plugin(plugin_class(name))]
     if "path" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("paths")
-        keep: Callable[[Any], bool] = marker.args[0] if marker else lambda _path: True
         targets = [
             Target(name, path_id)
-            for name in installed()
+            for name in plugins
             for path_id, path in plugin_class(name).paths.items()
             if keep(path)
         ]
     else:
-        targets = [Target(name) for name in installed()]
+        targets = [Target(name) for name in plugins]
     metafunc.parametrize("target", targets, ids=str)
 
 

@@ -55,8 +55,6 @@ def body_of(message: Any) -> bytes:
 class KombuClient:
     """Publishes with a Producer (a second connection in confirm mode on demand) and declares."""
 
-    nack_error = MessageNacked
-
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.connection = connect(broker)
@@ -87,6 +85,7 @@ class KombuClient:
         Producer(connection).publish(
             body, exchange=exchange, routing_key=routing_key, headers=headers, **RAW, **properties
         )
+        self.held_headers = (headers, headers)  # kombu takes the caller's dict itself
         return headers
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
@@ -101,6 +100,9 @@ class KombuClient:
 
     def delete_queue(self, name: str) -> None:
         self.channel.queue_delete(name)
+
+    def is_broker_nack(self, error: BaseException) -> bool:
+        return type(error) is MessageNacked
 
     def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
         bound = existing(queue)(self.channel)
@@ -254,6 +256,7 @@ class KombuSimpleQueue(KombuPath):
 
 
 class KombuPlugin:
+    server_names_queues = True
     name = "kombu"
     paths: ClassVar[dict[str, type[KombuPath]]] = {
         path.id: path for path in (KombuConsumer, KombuSimpleQueue)

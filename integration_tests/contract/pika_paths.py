@@ -63,8 +63,6 @@ def connect(broker: Broker) -> BlockingConnection:
 class PikaClient:
     """Publishes and declares on a BlockingChannel (a second one in confirm mode on demand)."""
 
-    nack_error = NackError
-
     def __init__(self, broker: Broker) -> None:
         self.connection = connect(broker)
         self.channel = self.connection.channel()
@@ -90,7 +88,9 @@ class PikaClient:
                 self._confirming = self.connection.channel()
                 self._confirming.confirm_delivery()
             channel = self._confirming
+        before = properties.headers
         channel.basic_publish(exchange, routing_key, body, properties)
+        self.held_headers = (before, properties.headers)
         return properties
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
@@ -103,6 +103,9 @@ class PikaClient:
 
     def delete_queue(self, name: str) -> None:
         self.channel.queue_delete(name)
+
+    def is_broker_nack(self, error: BaseException) -> bool:
+        return type(error) is NackError
 
     def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
         deadline = time.monotonic() + DEADLINE
@@ -289,6 +292,7 @@ class PikaGet(PikaPath):
 
 
 class PikaPlugin:
+    server_names_queues = True
     name = "pika"
     paths: ClassVar[dict[str, type[PikaPath]]] = {
         path.id: path for path in (PikaCallback, PikaGenerator, PikaGet)

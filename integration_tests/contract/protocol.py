@@ -93,7 +93,9 @@ def leftover() -> tuple[SpanContext, Mapping[str, object]]:
 class Client(Protocol):
     """Publishing and declaring with the plugin's own library, on a connection of its own."""
 
-    nack_error: type[Exception]  # what a publish the broker nacks raises in confirm mode
+    # the headers object the caller's message (or properties) held before the last publish,
+    # and the one it holds after it
+    held_headers: tuple[Any, Any]
 
     def publish(
         self,
@@ -123,6 +125,10 @@ class Client(Protocol):
         ...
 
     def delete_queue(self, name: str) -> None: ...
+
+    def is_broker_nack(self, error: BaseException) -> bool:
+        """Whether ``error`` is the library's own error for a publish the broker nacked."""
+        ...
 
     def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
         """Body and headers of the next message on ``queue``, pulled recording nothing."""
@@ -179,6 +185,7 @@ class Plugin(Protocol):
 
     name: str  # "pika", "aiopika", "kombu": the entry point is otel_<name>
     paths: Mapping[str, type[Path]]  # by path id
+    server_names_queues: bool  # declaring a queue without a name gets the broker's amq.gen-…
 
     def instrumentor(self) -> Any: ...
 

@@ -24,6 +24,15 @@ PLAIN_HEADERS: list[tuple[dict[str, Any], bool]] = [
     ({"traceparent": "garbage", "tracestate": b"\xff\xfe"}, False),
     ({"traceparent": {"nested": [b"\x00", 15]}, "baggage": b"\xff"}, False),
     ({"Traceparent": TRACEPARENT}, True),
+    (
+        {
+            "traceparent": {"nested": [1, 2]},
+            "tracestate": 12,
+            "baggage": b"\xff\xfe\x00order.id",
+            "Traceparent": b"00-zz-" + b"x" * 5000,
+        },
+        False,
+    ),
 ]
 
 
@@ -52,7 +61,11 @@ def test_each_message_is_handled_in_its_own_consume_span(
         client.publish(exchange, "order.created", message_id=f"m-{n}", correlation_id=f"c-{n}")
     tracer = otel.tracer_provider.get_tracer("app")
 
+    name = f"{path.operation} {queue}"
+    ended: list[int] = []  # consume spans ended when each handler ran
+
     def look(_seen: Received) -> None:
+        ended.append(len(otel.named(name)))
         with tracer.start_as_current_span("handle"):
             pass
 
@@ -60,7 +73,6 @@ def test_each_message_is_handled_in_its_own_consume_span(
     assert consumed.raised is None
     assert not consumed.after.is_valid
     assert consumed.after_baggage == {}
-    name = f"{path.operation} {queue}"
     consumes = by_tag(otel.wait_for_count(name, 2))
     spans = otel.spans()
     publishes = otel.named(f"publish {exchange}")
@@ -92,7 +104,10 @@ def test_each_message_is_handled_in_its_own_consume_span(
         assert [link.context.span_id for link in consume.links] == [publish.context.span_id]
         assert consume.context.span_id in handles, "the handler's span is the consume span's child"
     assert [r.current for r in consumed.received] == [consumes[1].context, consumes[2].context]
-    if path.mode == "loop":  # a receive span ends when the loop asks for the next message
+    if path.operation == "receive":  # a buffered delivery is not a process span too
+        assert otel.named(f"process {queue}") == []
+    if path.mode == "loop":  # a receive span covers the loop body, up to the next message
+        assert ended == [0, 1]
         assert consumes[1].end_time is not None
         assert consumes[2].start_time is not None
         assert consumes[1].end_time <= consumes[2].start_time
@@ -159,11 +174,12 @@ def test_a_handler_that_raises_ends_its_span_as_error(
         if path.operation == "process"
         else "messaging.client.operation.duration"
     )
-    assert [
-        (attributes.get("error.type"), count)
-        for attributes, count in otel.points(duration)
-        if attributes["messaging.operation.name"] == path.operation
-    ] == [("LookupError", 1)]
+    for metric in (duration, "messaging.client.consumed.messages"):
+        assert [
+            (attributes.get("error.type"), count)
+            for attributes, count in otel.points(metric)
+            if attributes["messaging.operation.name"] == path.operation
+        ] == [("LookupError", 1)], metric
     if path.rejects_on_error:  # the library rejects the message: not lost silently either
         (reject,) = otel.wait_for_count(f"reject {queue}", 1)
         assert reject.parent is not None
@@ -172,6 +188,7 @@ def test_a_handler_that_raises_ends_its_span_as_error(
         assert (reject.attributes or {})["error.type"] == "rejected"
         assert reject.events[0].attributes is not None
         assert reject.events[0].attributes["exception.type"] == "LookupError"
+        assert reject.events[0].attributes["exception.message"] == "unknown sku"
 
 
 def test_context_headers_from_a_plain_producer_are_read_where_possible(
@@ -203,30 +220,45 @@ def test_context_headers_from_a_plain_producer_are_read_where_possible(
     assert (consumes[1].attributes or {})["messaging.header.x-tenant"] == "acme"
 
 
+@pytest.mark.paths(plugin=lambda plugin: plugin.server_names_queues)
 def test_a_server_named_queue_is_named_amq_gen(
-    instrument: Callable[..., Any], otel: Recorder, client: Client, path: Path
+    instrument: Callable[..., Any],
+    otel: Recorder,
+    client: Client,
+    path: Path,
+    unique: Callable[[str], str],
 ) -> None:
-    """A server-named queue is called amq.gen in span names and metrics and marked anonymous, while messaging.destination.name keeps its real name."""
+    """A server-named queue, reached through the default exchange or a named one, is called amq.gen in span names and metrics and marked anonymous, while messaging.destination.name keeps its real name."""
     name = client.declare_queue("", {"x-expires": 120_000})
+    exchange = unique("x")
     try:
         assert name.startswith("amq.gen-")
+        client.declare_exchange(exchange, name, "order.created")
         instrument()
         client.publish("", name)
-        path.consume(name, 1, Handling())
+        client.publish(exchange, "order.created")
+        path.consume(name, 2, Handling())
     finally:
         client.delete_queue(name)
-    (consume,) = otel.wait_for_count(f"{path.operation} amq.gen", 1)
+    consumes = by_tag(otel.wait_for_count(f"{path.operation} amq.gen", 2))
     (publish,) = otel.named("publish amq.default")
-    for span in (consume, publish):
+    routed = f"{exchange}:order.created"
+    for span, destination in (
+        (publish, name),
+        (consumes[1], name),
+        (consumes[2], f"{routed}:{name}"),
+    ):
         assert span.attributes is not None
         assert span.attributes["messaging.destination.anonymous"] is True
-        assert span.attributes["messaging.destination.name"] == name
+        assert span.attributes["messaging.destination.name"] == destination
     destinations = {
-        attributes["messaging.destination.name"]
+        metric: sorted({str(a["messaging.destination.name"]) for a, _count in otel.points(metric)})
         for metric in ("messaging.client.sent.messages", "messaging.client.consumed.messages")
-        for attributes, _count in otel.points(metric)
     }
-    assert destinations == {"amq.gen"}
+    assert destinations == {
+        "messaging.client.sent.messages": sorted(["amq.gen", routed]),
+        "messaging.client.consumed.messages": sorted(["amq.gen", f"{routed}:amq.gen"]),
+    }
 
 
 @pytest.mark.paths(lambda path: path.mode == "pull")

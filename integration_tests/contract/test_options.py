@@ -79,12 +79,14 @@ def test_hooks_get_the_envelope_and_a_raising_hook_breaks_nothing(
     assert plugin.published_raw_ok(sent[0].raw, given[0], "m-0")
     first = consumed.received[0]
     assert [e.body for e in got] == [BODY, BODY]
-    assert (got[0].queue, got[0].delivery_tag, got[0].redelivered, got[0].message_id) == (
-        queue,
-        first.delivery_tag,
-        False,
-        "m-0",
-    )
+    assert (
+        got[0].exchange,
+        got[0].routing_key,
+        got[0].queue,
+        got[0].delivery_tag,
+        got[0].redelivered,
+        got[0].message_id,
+    ) == ("", queue, queue, first.delivery_tag, False, "m-0")
     assert got[0].raw is first.raw
     assert [(p.attributes or {}).get("app.hook") for p in otel.named("publish amq.default")] == [
         "publish",
