@@ -54,6 +54,15 @@ PATCHED = {
 }
 
 
+def patched_attributes() -> dict[str, object]:
+    """Every attribute instrument() replaces on pika's channel classes, as it is now."""
+    return {
+        f"{owner.__name__}.{name}": owner.__dict__[name]
+        for owner, names in PATCHED.items()
+        for name in names
+    }
+
+
 def connect(broker: Broker) -> BlockingConnection:
     params = pika.URLParameters(broker.url)
     params.client_properties = {"connection_name": connection_name("contract-pika")}
@@ -311,11 +320,7 @@ class PikaPlugin:
         return self.paths[path_id](self.broker)
 
     def patched(self) -> dict[str, object]:
-        return {
-            f"{owner.__name__}.{name}": owner.__dict__[name]
-            for owner, names in PATCHED.items()
-            for name in names
-        }
+        return patched_attributes()
 
     def unpatched(self, before: dict[str, object], now: dict[str, object]) -> list[str]:
         return [key for key, value in before.items() if now[key] is value]
