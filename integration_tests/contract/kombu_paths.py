@@ -34,6 +34,15 @@ from otel_kombu.instrumentor import PATCHES
 RAW = {"content_type": "application/octet-stream", "content_encoding": "binary"}
 
 
+def patched_attributes() -> dict[str, object]:
+    """Every attribute in the plugin's patch list, as found in its class's own ``__dict__``."""
+    found: dict[str, object] = {}
+    for patch in PATCHES:
+        owner = getattr(importlib.import_module(patch.module), patch.owner)
+        found[f"{patch.module}.{patch.owner}.{patch.attribute}"] = owner.__dict__[patch.attribute]
+    return found
+
+
 def connect(broker: Broker, **transport_options: Any) -> Connection:
     options = {"client_properties": {"connection_name": connection_name("contract-kombu")}}
     connection = Connection(broker.url, connect_timeout=10, transport_options=options)
@@ -275,13 +284,7 @@ class KombuPlugin:
         return self.paths[path_id](self.broker)
 
     def patched(self) -> dict[str, object]:
-        found: dict[str, object] = {}
-        for patch in PATCHES:
-            owner = getattr(importlib.import_module(patch.module), patch.owner)
-            found[f"{patch.module}.{patch.owner}.{patch.attribute}"] = owner.__dict__[
-                patch.attribute
-            ]
-        return found
+        return patched_attributes()
 
     def unpatched(self, before: dict[str, object], now: dict[str, object]) -> list[str]:
         return [key for key, value in now.items() if not isinstance(value, wrapt.FunctionWrapper)]
