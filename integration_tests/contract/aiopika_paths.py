@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import aio_pika
 import aio_pika.exchange
@@ -23,28 +24,35 @@ import aio_pika.queue
 import aio_pika.robust_queue
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from yarl import URL
 
 from broker_harness import Broker
+from integration_tests.contract import protocol
 from integration_tests.contract.plain import connection_name
-from integration_tests.contract.protocol import (
-    BODY,
-    DEADLINE,
-    Consumed,
-    Handling,
-    Mode,
-    Received,
-    Settle,
-    leftover,
-    now,
-)
 from otel_aiopika import AioPikaInstrumentor, message_context
 
 T = TypeVar("T")
 MODULES = (aio_pika.exchange, aio_pika.message, aio_pika.queue, aio_pika.robust_queue)
 # instrument() replaces at least these names on aio-pika's classes
 MUST_PATCH = {"publish", "consume", "get", "__anext__", "ack"}
+
+
+def class_attributes() -> dict[str, object]:
+    """Every attribute defined on every aio-pika class that the plugin could patch."""
+    found: dict[str, object] = {}
+    for module in MODULES:
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            for name, value in vars(cls).items():
+                found[f"{module.__name__}.{cls_name}.{name}"] = value
+    return found
+
+
+def received(message: AbstractIncomingMessage) -> protocol.Received:
+    """An IncomingMessage as the handler sees it (it is the envelope's raw and what is settled)."""
+    tag, redelivered = message.delivery_tag or 0, bool(message.redelivered)
+    return protocol.Received(message.body, message.headers, tag, redelivered, message, message)
 
 
 class Loop:
@@ -56,56 +64,52 @@ class Loop:
         self.broker = broker
         self.robust = robust
 
-    async def connect(self) -> AbstractConnection:
-        url = str(URL(self.broker.url).update_query(name=connection_name("contract-aiopika")))
-        return await (aio_pika.connect_robust if self.robust else aio_pika.connect)(url)
-
     def run(self, work: Awaitable[T]) -> T:
         return self.loop.run_until_complete(work)
 
-    def close(self) -> None:
-        self.loop.close()
+    def open(self) -> tuple[AbstractConnection, AbstractChannel]:
+        """A named connection of the test's kind and a channel on it."""
+
+        async def open_() -> tuple[AbstractConnection, AbstractChannel]:
+            url = str(URL(self.broker.url).update_query(name=connection_name("contract-aiopika")))
+            connection = await (aio_pika.connect_robust if self.robust else aio_pika.connect)(url)
+            return connection, await connection.channel()
+
+        return self.run(open_())
+
+    def close(self, connection: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            self.run(asyncio.wait_for(connection.close(), 10))
 
 
-class AioPikaClient:
+class AioPikaClient(protocol.Client):
     """Publishes and declares on a channel of its own (publisher confirms on: aio-pika's default)."""
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
+        self.connection, self.channel = loop.open()
 
-        async def open_() -> tuple[AbstractConnection, AbstractChannel]:
-            connection = await loop.connect()
-            return connection, await connection.channel()
-
-        self.connection, self.channel = loop.run(open_())
-
-    def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes = BODY,
-        *,
-        headers: dict[str, Any] | None = None,
-        message_id: str | None = "m-1",
-        correlation_id: str | None = None,
-        confirm: bool = False,
-    ) -> Any:
-        message = aio_pika.Message(
-            body, headers=headers, message_id=message_id, correlation_id=correlation_id
-        )
+    def send(self, out: protocol.Outgoing) -> Any:
+        message = aio_pika.Message(out.body, headers=out.headers, **out.properties)  # type: ignore[arg-type]
 
         async def send() -> None:
-            target = (
-                self.channel.default_exchange
-                if not exchange
-                else await self.channel.get_exchange(exchange, ensure=False)
-            )
-            await target.publish(message, routing_key=routing_key)
+            target = self.channel.default_exchange
+            if out.exchange:
+                target = await self.channel.get_exchange(out.exchange, ensure=False)
+            await target.publish(message, routing_key=out.routing_key)
 
         before = message.headers
         self.loop.run(send())
         self.held_headers = (before, message.headers)
         return message
+
+    def get_one(self, queue: str) -> tuple[bytes, Mapping[str, Any]] | None:
+        async def get() -> AbstractIncomingMessage | None:
+            bound = await self.channel.get_queue(queue, ensure=False)
+            return await bound.get(no_ack=True, fail=False, timeout=protocol.DEADLINE)
+
+        message = self.loop.run(get())
+        return None if message is None else (message.body, message.headers)
 
     def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
         queue = self.loop.run(self.channel.declare_queue(name, arguments=arguments))
@@ -127,238 +131,171 @@ class AioPikaClient:
             error.frame, aiormq.spec.Basic.Nack
         )
 
-    def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
-        async def get() -> tuple[bytes, Mapping[str, Any]]:
-            bound = await self.channel.get_queue(queue, ensure=False)
-            deadline = time.monotonic() + DEADLINE
-            with suppress_instrumentation():
-                while True:
-                    message = await bound.get(no_ack=True, fail=False, timeout=DEADLINE)
-                    if message is not None:
-                        return message.body, message.headers
-                    assert time.monotonic() < deadline, f"no message on {queue} in time"
-                    await asyncio.sleep(0.02)
-
-        return self.loop.run(get())
-
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.loop.run(asyncio.wait_for(self.connection.close(), 10))
+        self.loop.close(self.connection)
 
 
-class AioPikaPath:
-    """One of aio-pika's four ways to hand messages over, on a connection of its own."""
+class AioPikaPath(protocol.Path):
+    """What aio-pika's four paths share: the loop, settles on the message, the async handler.
 
-    id: str
-    mode: Mode
-    operation: Literal["process", "receive"] = "receive"
-    span_kind: Literal["CONSUMER", "CLIENT"] = "CLIENT"
-    requeue_operation = "nack"
-    settles: frozenset[Settle] = frozenset({"ack", "nack", "reject", "requeue"})
-    settles_later = True
+    A consume first starts the path (``start``: a consumer is registered, for push paths), then
+    runs what the test does ``between``, then ``drive`` handles the deliveries, all on the loop.
+    """
+
     names_untracked = True
-    settles_multiple = True
-    process = False  # the handler runs inside ``async with message.process()``
-    rejects_on_error = False
     marks_errors = True
-    # aio-pika logs a callback's exception; a loop body's leaves the loop to its caller
-    raises_to_caller = False
+    process = False  # the handler runs inside ``async with message.process()``
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
+        self.connection, self.channel = loop.open()
 
-        async def open_() -> tuple[AbstractConnection, AbstractChannel]:
-            connection = await loop.connect()
-            return connection, await connection.channel()
+    def consume_run(self, run: protocol.Run) -> protocol.Consumed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # aio-pika warns about callbacks that raise
+            started = self.loop.run(self.start(run))
+            run.ready()
+            return self.loop.run(self.measured(run, started))
 
-        self.connection, self.channel = loop.run(open_())
+    async def start(self, run: protocol.Run) -> Any:
+        return await self.channel.get_queue(run.queue, ensure=False)
 
-    # -- the handler -------------------------------------------------------------------------
+    async def measured(self, run: protocol.Run, started: Any) -> protocol.Consumed:
+        raised: BaseException | None = None
+        try:
+            await self.drive(run, started)
+        except Exception as exc:
+            raised = exc
+        return protocol.Consumed(run.received, *protocol.leftover(), raised=raised)
 
-    async def _handle(
-        self, handling: Handling, received: list[Received], message: AbstractIncomingMessage
-    ) -> None:
-        seen = now(message.body, message.headers, message.delivery_tag or 0, message.redelivered)
-        seen.raw = seen.message = message
-        received.append(seen)
-        if handling.look is not None:
-            handling.look(seen)
-        if handling.forward_to is not None:
+    async def drive(self, run: protocol.Run, started: Any) -> None:
+        raise NotImplementedError
+
+    async def handle_async(self, run: protocol.Run, message: AbstractIncomingMessage) -> None:
+        """:meth:`protocol.Path.handle`, awaiting aio-pika's publish and settles."""
+        run.begin(received(message))
+        if run.handling.forward_to is not None:
             await self.channel.default_exchange.publish(
-                aio_pika.Message(b"next"), routing_key=handling.forward_to
+                aio_pika.Message(b"next"), routing_key=run.handling.forward_to
             )
-        how = handling.settle_now()
+        how = run.handling.settle_now()
         if how is not None and not self.process:
-            await self._settle(message, how)
-        if handling.raises is not None:
-            raise handling.raises
+            await self.settle_async(message, how)
+        run.end()
 
-    async def _settle(
-        self, message: AbstractIncomingMessage, how: Settle, multiple: bool = False
+    async def settle_async(
+        self, message: Any, how: protocol.Settle, multiple: bool = False
     ) -> None:
-        if how == "ack":
-            await message.ack(multiple=multiple)
-        elif how == "nack":
-            await message.nack(multiple=multiple, requeue=False)
-        elif how == "reject":
+        if how == "reject":
             await message.reject(requeue=False)
-        else:
-            await message.nack(multiple=multiple, requeue=True)
+        else:  # nack(requeue=...) makes both the nack and the requeue
+            nack = functools.partial(message.nack, requeue=how == "requeue")
+            await (message.ack if how == "ack" else nack)(multiple=multiple)
 
-    # -- Path ----------------------------------------------------------------------------------
+    def settle(self, message: Any, how: protocol.Settle, *, multiple: bool = False) -> None:
+        self.loop.run(self.settle_async(message, how, multiple))
 
-    def consume(
-        self,
-        queue: str,
-        calls: int,
-        handling: Handling,
-        between: Callable[[], None] | None = None,
-    ) -> Consumed:
-        if self.mode == "push":
-            return self._callback(queue, calls, handling, between)
-        if between is not None:
-            between()
-        run = self._iterate if self.mode == "loop" else self._get
-        return self.loop.run(run(queue, calls, handling))
+    def message_context(self, raw: Any) -> Any:
+        return message_context(raw)
 
-    def _callback(
-        self, queue: str, calls: int, handling: Handling, between: Callable[[], None] | None
-    ) -> Consumed:
-        received: list[Received] = []
+    def close(self) -> None:
+        self.loop.close(self.connection)
+
+
+class AioPikaCallback(AioPikaPath):
+    """``Queue.consume`` with a callback (aio-pika logs what it raises)."""
+
+    id, mode, operation, span_kind = "aiopika-callback", "push", "process", "CONSUMER"
+
+    async def start(self, run: protocol.Run) -> Any:
         done = asyncio.Event()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
                 if self.process:
                     async with message.process():
-                        await self._handle(handling, received, message)
+                        await self.handle_async(run, message)
                 else:
-                    await self._handle(handling, received, message)
+                    await self.handle_async(run, message)
             finally:
-                if len(received) >= calls:
+                if run.done:
                     done.set()
 
-        async def register() -> tuple[Any, str]:
-            bound = await self.channel.get_queue(queue, ensure=False)
-            return bound, await bound.consume(on_message)
+        bound = await super().start(run)
+        return bound, await bound.consume(on_message), done
 
-        async def wait(bound: Any, tag: str) -> Consumed:
-            try:
-                await asyncio.wait_for(done.wait(), DEADLINE)
-                await asyncio.sleep(0)  # let the last callback's task finish
-            finally:
-                await bound.cancel(tag)
-            return Consumed(received, *leftover())
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # aio-pika warns about callbacks that raise
-            bound, tag = self.loop.run(register())
-            if between is not None:
-                between()
-            return self.loop.run(wait(bound, tag))
-
-    async def _iterate(self, queue: str, calls: int, handling: Handling) -> Consumed:
-        received: list[Received] = []
-        raised: BaseException | None = None
-        bound = await self.channel.get_queue(queue, ensure=False)
+    async def drive(self, run: protocol.Run, started: Any) -> None:
+        bound, tag, done = started
         try:
-            async with bound.iterator(timeout=DEADLINE) as messages:
-                async for message in messages:
-                    await self._handle(handling, received, message)
-                    if len(received) == calls:
-                        break
-        except Exception as exc:
-            raised = exc
-        return Consumed(received, *leftover(), raised=raised)
-
-    async def _pull(self, queue: str, no_ack: bool, wait: bool) -> Any:
-        bound = await self.channel.get_queue(queue, ensure=False)
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            message = await bound.get(no_ack=no_ack, fail=False, timeout=DEADLINE)
-            if message is not None or not wait:
-                return message
-            assert time.monotonic() < deadline, f"no message on {queue} in time"
-            await asyncio.sleep(0.02)
-
-    async def _get(self, queue: str, calls: int, handling: Handling) -> Consumed:
-        received: list[Received] = []
-        raised: BaseException | None = None
-        try:
-            while len(received) < calls:
-                message = await self._pull(queue, no_ack=False, wait=True)
-                with message_context(message):
-                    await self._handle(handling, received, message)
-        except Exception as exc:
-            raised = exc
-        return Consumed(received, *leftover(), raised=raised)
-
-    def pull(self, queue: str, *, auto_ack: bool = False, wait: bool = True) -> Received | None:
-        async def one() -> Received | None:
-            message = await self._pull(queue, no_ack=auto_ack, wait=wait)
-            if message is None:
-                return None
-            seen = now(message.body, message.headers, message.delivery_tag or 0, False)
-            seen.raw = seen.message = message
-            return seen
-
-        return self.loop.run(one())
-
-    def message_context(self, raw: Any) -> Any:
-        return message_context(raw)
-
-    def settle(self, message: Any, how: Settle, *, multiple: bool = False) -> None:
-        self.loop.run(self._settle(message, how, multiple))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.loop.run(asyncio.wait_for(self.connection.close(), 10))
+            await asyncio.wait_for(done.wait(), protocol.DEADLINE)
+            await asyncio.sleep(0)  # let the last callback's task finish
+        finally:
+            await bound.cancel(tag)
 
 
-class AioPikaCallback(AioPikaPath):
-    id, mode, operation, span_kind = "aiopika-callback", "push", "process", "CONSUMER"
+class AioPikaProcess(AioPikaCallback):
+    """The callback inside ``async with message.process()``: it acks, or rejects on an exception."""
 
-
-class AioPikaProcess(AioPikaPath):
-    # message.process() settles by how its block ends: ack, or a reject on an exception
-    id, mode, operation, span_kind = "aiopika-process", "push", "process", "CONSUMER"
+    id = "aiopika-process"
     process = rejects_on_error = True
     settles = frozenset({"ack"})
     settles_later = settles_multiple = False
 
 
 class AioPikaIterator(AioPikaPath):
+    """``async with queue.iterator()``: the loop body is the handler; its errors leave the loop."""
+
     id, mode = "aiopika-iterator", "loop"
     raises_to_caller = True
 
+    async def drive(self, run: protocol.Run, started: Any) -> None:
+        async with started.iterator(timeout=protocol.DEADLINE) as messages:
+            async for message in messages:
+                await self.handle_async(run, message)
+                if run.done:
+                    break
+
 
 class AioPikaGet(AioPikaPath):
+    """``Queue.get``, each message handled inside ``message_context()``."""
+
     id, mode = "aiopika-get", "pull"
     marks_errors = False
 
+    async def drive(self, run: protocol.Run, started: Any) -> None:
+        while not run.done:
+            message = await self.get(run.queue, no_ack=False, wait=True)
+            with message_context(message):
+                await self.handle_async(run, message)
 
-def class_attributes() -> dict[str, object]:
-    """Every attribute defined on every aio-pika class that the plugin could patch."""
-    found: dict[str, object] = {}
-    for module in MODULES:
-        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ != module.__name__:
-                continue
-            for name, value in vars(cls).items():
-                found[f"{module.__name__}.{cls_name}.{name}"] = value
-    return found
+    async def get(self, queue: str, no_ack: bool, wait: bool) -> Any:
+        bound = await self.channel.get_queue(queue, ensure=False)
+        deadline = time.monotonic() + protocol.DEADLINE
+        message = await bound.get(no_ack=no_ack, fail=False, timeout=protocol.DEADLINE)
+        while message is None and wait:
+            assert time.monotonic() < deadline, (
+                f"no message on {queue} within {protocol.DEADLINE} s"
+            )
+            await asyncio.sleep(0.02)
+            message = await bound.get(no_ack=no_ack, fail=False, timeout=protocol.DEADLINE)
+        return message
+
+    def pull(
+        self, queue: str, *, auto_ack: bool = False, wait: bool = True
+    ) -> protocol.Received | None:
+        message = self.loop.run(self.get(queue, no_ack=auto_ack, wait=wait))
+        return None if message is None else received(message)
 
 
-class AioPikaPlugin:
+class AioPikaPlugin(protocol.Plugin):
     name = "aiopika"
-    paths: ClassVar[dict[str, type[AioPikaPath]]] = {
+    paths: ClassVar[Mapping[str, type[protocol.Path]]] = {
         path.id: path for path in (AioPikaCallback, AioPikaProcess, AioPikaIterator, AioPikaGet)
     }
-
     robust = False
-    server_names_queues = True
 
     def __init__(self, broker: Broker) -> None:
+        super().__init__(broker)
         self.loop = Loop(broker, self.robust)
 
     def instrumentor(self) -> AioPikaInstrumentor:
@@ -367,8 +304,8 @@ class AioPikaPlugin:
     def client(self) -> AioPikaClient:
         return AioPikaClient(self.loop)
 
-    def path(self, path_id: str) -> AioPikaPath:
-        return self.paths[path_id](self.loop)
+    def path(self, path_id: str) -> protocol.Path:
+        return self.paths[path_id](self.loop)  # type: ignore[call-arg]
 
     def patched(self) -> dict[str, object]:
         return class_attributes()
@@ -384,7 +321,7 @@ class AioPikaPlugin:
         return isinstance(raw, aio_pika.Message) and raw.message_id == message_id
 
     def close(self) -> None:
-        self.loop.close()
+        self.loop.loop.close()
 
 
 class AioPikaRobustPlugin(AioPikaPlugin):

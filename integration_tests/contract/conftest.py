@@ -1,6 +1,6 @@
-"""Runs each contract test against every installed plugin, or every path of every installed
-plugin. A plugin is installed in its own nox session (with its client library); the others are
-not collected there, so a missing plugin is never a skip. A test marked
+"""Runs each contract test on every path of every installed plugin (or, marked ``per_plugin``,
+once per installed plugin). A plugin is installed in its own nox session, with its client
+library; the others are not collected there, so a missing plugin is never a skip. A test marked
 ``@pytest.mark.paths(predicate, plugin=predicate)`` runs on the paths (of the plugin classes)
 the predicates keep; where they keep none in a session, the test is deselected there (it has
 nothing to check)."""
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from broker_harness import Broker
-from integration_tests.contract.protocol import Client, Path, Plugin
+from broker_harness import Broker, Recorder
+from integration_tests.contract.case import Case
+from integration_tests.contract.protocol import Client, Plugin
 
 # plugin -> (its Plugin class here, the plugin's package, its client library)
 PLUGINS = {
@@ -76,6 +77,7 @@ def everything(_kind: Any) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "per_plugin: run the contract test once per plugin")
     config.addinivalue_line(
         "markers",
         "paths(predicate, plugin=predicate): run the contract test on the paths (of the plugins)"
@@ -88,11 +90,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("paths")
     keep: Callable[[Any], bool] = marker.args[0] if marker and marker.args else everything
-    keep_plugin: Callable[[Any], bool] = (
-        marker.kwargs.get("plugin", everything) if marker else everything
-    )
+    keep_plugin = marker.kwargs.get("plugin", everything) if marker else everything
     plugins = [name for name in installed() if keep_plugin(plugin_class(name))]
-    if "path" in metafunc.fixturenames:
+    if metafunc.definition.get_closest_marker("per_plugin") is None:
         targets = [
             Target(name, path_id)
             for name in plugins
@@ -127,24 +127,9 @@ def plugin(target: Target, rabbitmq: Broker) -> Iterator[Plugin]:
 
 
 @pytest.fixture
-def instrument(plugin: Plugin, instrumentation: Callable[..., Any]) -> Callable[..., Any]:
-    """``instrument(**options)``: the plugin's instrumentor with the test's providers."""
-    return instrumentation(plugin.instrumentor)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
 def client(plugin: Plugin) -> Iterator[Client]:
     """A publisher on its own connection, with the plugin's library."""
     made = plugin.client()
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def path(plugin: Plugin, target: Target) -> Iterator[Path]:
-    """The consumption path under test, on its own connection."""
-    assert target.path is not None
-    made = plugin.path(target.path)
     yield made
     made.close()
 
@@ -155,3 +140,25 @@ def queue(client: Client, unique: Callable[[str], str]) -> Iterator[str]:
     name = client.declare_queue(unique("q"), {"x-expires": 120_000})
     yield name
     client.delete_queue(name)
+
+
+@pytest.fixture
+def case(
+    target: Target,
+    plugin: Plugin,
+    client: Client,
+    queue: str,
+    otel: Recorder,
+    rabbitmq: Broker,
+    instrumentation: Callable[..., Any],
+    unique: Callable[[str], str],
+) -> Iterator[Case]:
+    """The test's :class:`Case`: on one path of one plugin (the test runs on every such path), or
+    on one plugin without a path for a test marked ``per_plugin``."""
+    path = plugin.path(target.path) if target.path is not None else None
+    instrument = instrumentation(plugin.instrumentor)
+    try:
+        yield Case(plugin, client, queue, otel, rabbitmq, instrument, unique, path)
+    finally:
+        if path is not None:
+            path.close()

@@ -10,20 +10,39 @@ a client library: each plugin's module does, and only sessions that install that
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, TypeVar
 
 from opentelemetry import baggage, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanContext
 
+from broker_harness import Broker
+
+T = TypeVar("T")
 Settle = Literal["ack", "nack", "reject", "requeue"]
 # Delivery modes of the contract: a consumer the broker pushes to, a loop that asks for each
 # message (generator, iterator), and single-message pulls handled inside message_context().
 Mode = Literal["push", "loop", "pull"]
 BODY = b"order 17"
 DEADLINE = 30.0  # seconds any path waits for a delivery before the test fails
+
+
+def poll(attempt: Callable[[], T | None], what: str) -> T:
+    """Call ``attempt`` until it gives something; the test fails after :data:`DEADLINE` seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while (found := attempt()) is None:
+        assert time.monotonic() < deadline, f"no {what} within {DEADLINE} s"
+        time.sleep(0.02)
+    return found
+
+
+def leftover() -> tuple[SpanContext, Mapping[str, object]]:
+    """The span context and baggage current here (what a handler may have left behind)."""
+    return trace.get_current_span().get_span_context(), dict(baggage.get_all())
 
 
 @dataclass
@@ -34,10 +53,16 @@ class Received:
     headers: Mapping[str, Any]
     delivery_tag: int
     redelivered: bool
-    current: SpanContext  # the span context current while the handler ran
-    baggage: Mapping[str, object]  # the baggage current while the handler ran
     raw: Any  # what a consume hook's ``envelope.raw`` is for this delivery
     message: Any  # what :meth:`Path.settle` takes
+    # the span context and baggage current in the handler (for a pull: right after it)
+    current: SpanContext = field(init=False)
+    baggage: Mapping[str, object] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body = bytes(self.body)
+        self.headers = dict(self.headers or {})
+        self.current, self.baggage = leftover()
 
 
 @dataclass
@@ -71,31 +96,56 @@ class Handling:
         return chosen
 
 
-def now(body: bytes, headers: Mapping[str, Any] | None, tag: int, redelivered: bool) -> Received:
-    """A :class:`Received` filled with what is current in the calling handler."""
-    return Received(
-        body=bytes(body),
-        headers=dict(headers or {}),
-        delivery_tag=int(tag),
-        redelivered=bool(redelivered),
-        current=trace.get_current_span().get_span_context(),
-        baggage=dict(baggage.get_all()),
-        raw=None,
-        message=None,
-    )
+@dataclass
+class Run:
+    """One :meth:`Path.consume`: ``calls`` deliveries from ``queue``, each handled by ``handling``."""
+
+    queue: str
+    calls: int
+    handling: Handling
+    between: Callable[[], None] | None
+    received: list[Received] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return len(self.received) >= self.calls
+
+    def ready(self) -> None:
+        """The consumer is set up: run what the test wants done before the first delivery."""
+        if self.between is not None:
+            self.between()
+
+    def begin(self, seen: Received) -> None:
+        """A delivery reached the handler: record it, with what is current there, and look."""
+        seen.current, seen.baggage = leftover()
+        self.received.append(seen)
+        if self.handling.look is not None:
+            self.handling.look(seen)
+
+    def end(self) -> None:
+        """The handler is done with its delivery: raise what the test asked for."""
+        if self.handling.raises is not None:
+            raise self.handling.raises
 
 
-def leftover() -> tuple[SpanContext, Mapping[str, object]]:
-    """The span context and baggage current here (what a handler may have left behind)."""
-    return trace.get_current_span().get_span_context(), dict(baggage.get_all())
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish, as :meth:`Client.publish` was asked."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] | None
+    properties: dict[str, str]  # message_id, correlation_id: those given
+    confirm: bool  # on a channel in publisher-confirm mode
 
 
-class Client(Protocol):
+class Client:
     """Publishing and declaring with the plugin's own library, on a connection of its own."""
 
     # the headers object the caller's message (or properties) held before the last publish,
     # and the one it holds after it
-    held_headers: tuple[Any, Any]
+    held_headers: tuple[Any, Any] = (None, None)
 
     def publish(
         self,
@@ -110,48 +160,61 @@ class Client(Protocol):
     ) -> Any:
         """Publish one message; returns the object the caller handed over (a publish hook's raw).
 
-        The message id is given (aio-pika would make one up), so spans compare whole.
-
+        The message id is given by default (aio-pika would make one up), so spans compare whole.
         ``confirm``: on a channel in publisher-confirm mode, so a broker nack raises.
         """
-        ...
+        properties = {"message_id": message_id, "correlation_id": correlation_id}
+        given = {k: v for k, v in properties.items() if v is not None}
+        return self.send(Outgoing(exchange, routing_key, body, headers, given, confirm))
 
-    def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
-        """Declare a queue other connections can use (it expires unused); its name."""
-        ...
-
-    def declare_exchange(self, name: str, bind: str, routing_key: str) -> None:
-        """Declare an auto-deleted direct exchange and bind the queue ``bind`` to it."""
-        ...
-
-    def delete_queue(self, name: str) -> None: ...
-
-    def is_broker_nack(self, error: BaseException) -> bool:
-        """Whether ``error`` is the library's own error for a publish the broker nacked."""
-        ...
+    def send(self, out: Outgoing) -> Any:
+        """The library's publish of ``out``; sets :attr:`held_headers`."""
+        raise NotImplementedError
 
     def fetch(self, queue: str) -> tuple[bytes, Mapping[str, Any]]:
         """Body and headers of the next message on ``queue``, pulled recording nothing."""
-        ...
+        with suppress_instrumentation():
+            return poll(lambda: self.get_one(queue), f"message on {queue}")
 
-    def close(self) -> None: ...
+    def get_one(self, queue: str) -> tuple[bytes, Mapping[str, Any]] | None:
+        """One auto-ack pull: body and headers, or None when the queue is empty."""
+        raise NotImplementedError
+
+    def declare_queue(self, name: str, arguments: dict[str, Any] | None = None) -> str:
+        """Declare a queue other connections can use; its name (the broker's, for ``""``)."""
+        raise NotImplementedError
+
+    def declare_exchange(self, name: str, bind: str, routing_key: str) -> None:
+        """Declare an auto-deleted direct exchange and bind the queue ``bind`` to it."""
+        raise NotImplementedError
+
+    def delete_queue(self, name: str) -> None:
+        raise NotImplementedError
+
+    def is_broker_nack(self, error: BaseException) -> bool:
+        """Whether ``error`` is the library's own error for a publish the broker nacked."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class Path(Protocol):
-    """One way the library hands messages to user code."""
+class Path:
+    """One way the library hands messages to user code, on a connection of its own."""
 
-    id: str
-    mode: Mode
-    operation: Literal["process", "receive"]
-    span_kind: Literal["CONSUMER", "CLIENT"]
-    settles: frozenset[Settle]  # the settles the path can make
-    requeue_operation: str  # the settle span a requeue makes: "nack" or "reject"
-    marks_errors: bool  # a handler's exception ends the consume span ERROR
-    raises_to_caller: bool  # ... and reaches the caller of the library's loop
-    rejects_on_error: bool  # ... and the library rejects the message for it
-    settles_later: bool  # a delivery can be settled after its handler returned
-    settles_multiple: bool  # ack(multiple=True) exists
-    names_untracked: bool  # a settle of a delivery seen before instrument() names its queue
+    id: ClassVar[str]
+    mode: ClassVar[Mode]
+    operation: ClassVar[Literal["process", "receive"]] = "receive"
+    span_kind: ClassVar[Literal["CONSUMER", "CLIENT"]] = "CLIENT"
+    settles: ClassVar[frozenset[Settle]] = frozenset({"ack", "nack", "reject", "requeue"})
+    requeue_operation: ClassVar[str] = "nack"  # the settle span of a requeue: nack or reject
+    marks_errors: ClassVar[bool] = False  # a handler's exception ends the consume span ERROR
+    raises_to_caller: ClassVar[bool] = False  # ... and reaches the caller of the library's loop
+    rejects_on_error: ClassVar[bool] = False  # ... and the library rejects the message for it
+    settles_later: ClassVar[bool] = True  # a delivery can be settled after its handler returned
+    settles_multiple: ClassVar[bool] = True  # ack(multiple=True) exists
+    names_untracked: ClassVar[bool] = False  # a reject of a delivery seen before instrument()
+    # names its queue
 
     def consume(
         self,
@@ -162,51 +225,95 @@ class Path(Protocol):
     ) -> Consumed:
         """Run the handler for ``calls`` deliveries from ``queue``; ``between`` runs once the
         consumer is set up (registered, for push paths) and before any delivery is handled."""
-        ...
+        return self.consume_run(Run(queue, calls, handling, between))
+
+    def consume_run(self, run: Run) -> Consumed:
+        """:meth:`consume`: :meth:`run`, then what it left current, then :meth:`finish`."""
+        raised: BaseException | None = None
+        try:
+            self.run(run)
+        except Exception as exc:
+            raised = exc
+        consumed = Consumed(run.received, *leftover(), raised=raised)
+        self.finish()
+        return consumed
+
+    def run(self, run: Run) -> None:
+        """Consume as the path does, calling :meth:`handle` in the handler."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After a run, once what it left current was measured."""
+
+    def handle(self, run: Run, seen: Received) -> None:
+        """The handler: look, forward, settle, raise (see :class:`Handling`)."""
+        run.begin(seen)
+        if run.handling.forward_to is not None:
+            self.forward(run.handling.forward_to)
+        how = run.handling.settle_now()
+        if how is not None:
+            self.settle(seen.message, how)
+        run.end()
+
+    def forward(self, queue: str) -> None:
+        """Publish ``b"next"`` to ``queue`` from inside the handler."""
+        raise NotImplementedError
 
     def pull(self, queue: str, *, auto_ack: bool = False, wait: bool = True) -> Received | None:
         """Pull paths only: one message without ``message_context()`` (``current`` is what is
         current right after the pull); ``None`` when the queue is empty (``wait=False``: at once)."""
-        ...
+        raise NotImplementedError
 
     def settle(self, message: Any, how: Settle, *, multiple: bool = False) -> None:
         """Settle a delivery outside any handler."""
-        ...
+        raise NotImplementedError
 
     def message_context(self, raw: Any) -> AbstractContextManager[None]:
         """The plugin's ``message_context()`` for a pulled message (its :attr:`Received.raw`)."""
-        ...
+        raise NotImplementedError
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class Plugin(Protocol):
-    """One plugin: its instrumentor, its paths, and what instrument() patches."""
+class Plugin:
+    """One plugin: its instrumentor, its client, its paths, and what instrument() patches."""
 
-    name: str  # "pika", "aiopika", "kombu": the entry point is otel_<name>
-    paths: Mapping[str, type[Path]]  # by path id
-    server_names_queues: bool  # declaring a queue without a name gets the broker's amq.gen-…
+    name: ClassVar[str]  # the entry point is otel_<name>
+    paths: ClassVar[Mapping[str, type[Path]]]  # by path id
+    server_names_queues: ClassVar[bool] = True  # a queue declared as "" gets the broker's amq.gen-…
 
-    def instrumentor(self) -> Any: ...
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
 
-    def client(self) -> Client: ...
+    def instrumentor(self) -> Any:
+        raise NotImplementedError
 
-    def path(self, path_id: str) -> Path: ...
+    def client(self) -> Client:
+        raise NotImplementedError
+
+    def path(self, path_id: str) -> Path:
+        return self.paths[path_id](self.broker)  # type: ignore[call-arg]
+
+    def first(self, mode: Mode) -> Path:
+        """A new instance of the plugin's first path of ``mode``."""
+        return self.path(next(i for i, p in self.paths.items() if p.mode == mode))
 
     def patched(self) -> dict[str, object]:
         """Every library attribute instrument() may replace, as it is now."""
-        ...
+        raise NotImplementedError
 
     def unpatched(self, before: dict[str, object], now: dict[str, object]) -> list[str]:
         """The attributes instrument() must replace that are still the originals."""
-        ...
+        return [key for key, value in before.items() if now[key] is value]
 
     def instrument_object(self, client: Client, **options: Any) -> None:
         """``instrument_channel`` / ``instrument_connection`` on the client's channel or connection."""
-        ...
-
-    def close(self) -> None: ...
+        raise NotImplementedError
 
     def published_raw_ok(self, raw: Any, given: Any, message_id: str) -> bool:
         """Whether a publish hook's ``envelope.raw`` is the library's own object for ``given``."""
-        ...
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """After the test, once its client and paths are closed."""

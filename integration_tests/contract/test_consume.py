@@ -4,15 +4,14 @@ and server-named queues stay low-cardinality."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
 
-from broker_harness import Broker, Recorder, messaging_attributes, span_summary
+from broker_harness import messaging_attributes, span_summary
+from integration_tests.contract.case import Case
 from integration_tests.contract.plain import PlainProducer
-from integration_tests.contract.protocol import BODY, Client, Handling, Path, Received
+from integration_tests.contract.protocol import BODY, Handling, Received
 
 PRODUCER_TRACE, PRODUCER_SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 TRACEPARENT = f"00-{PRODUCER_TRACE:032x}-{PRODUCER_SPAN:016x}-01"
@@ -36,59 +35,41 @@ PLAIN_HEADERS: list[tuple[dict[str, Any], bool]] = [
 ]
 
 
-def by_tag(spans: list[ReadableSpan]) -> dict[int, ReadableSpan]:
-    """Consume or settle spans by the delivery tag they carry."""
-    return {
-        int((s.attributes or {})["messaging.rabbitmq.message.delivery_tag"]): s  # type: ignore[arg-type]
-        for s in spans
-    }
-
-
-def test_each_message_is_handled_in_its_own_consume_span(
-    instrument: Callable[..., Any],
-    otel: Recorder,
-    rabbitmq: Broker,
-    client: Client,
-    path: Path,
-    queue: str,
-    unique: Callable[[str], str],
-) -> None:
+def test_each_message_is_handled_in_its_own_consume_span(case: Case) -> None:
     """Each message's handler runs in its own process or receive span, a child of and linked to that message's publish and carrying every attribute; the handler's spans are its children and nothing of it stays current afterwards."""
-    instrument()
-    exchange = unique("x")
-    client.declare_exchange(exchange, queue, "order.created")
+    path, otel = case.path, case.otel
+    case.instrument()
+    exchange = case.unique("x")
+    case.client.declare_exchange(exchange, case.queue, "order.created")
     for n in range(2):
-        client.publish(exchange, "order.created", message_id=f"m-{n}", correlation_id=f"c-{n}")
+        case.client.publish(exchange, "order.created", message_id=f"m-{n}", correlation_id=f"c-{n}")
     tracer = otel.tracer_provider.get_tracer("app")
-
-    name = f"{path.operation} {queue}"
     ended: list[int] = []  # consume spans ended when each handler ran
 
     def look(_seen: Received) -> None:
-        ended.append(len(otel.named(name)))
+        ended.append(len(otel.named(case.consume_name)))
         with tracer.start_as_current_span("handle"):
             pass
 
-    consumed = path.consume(queue, 2, Handling(look=look))
+    consumed = case.consume(2, look=look)
     assert consumed.raised is None
     assert not consumed.after.is_valid
     assert consumed.after_baggage == {}
-    consumes = by_tag(otel.wait_for_count(name, 2))
+    consumes = case.consumes(2)
     spans = otel.spans()
-    publishes = otel.named(f"publish {exchange}")
     handles = {h.parent.span_id: h for h in otel.named("handle") if h.parent}
-    for n, publish in enumerate(publishes):
+    for n, publish in enumerate(otel.named(f"publish {exchange}")):
         consume = consumes[n + 1]
         assert span_summary(consume, spans) == {
-            "name": name,
+            "name": case.consume_name,
             "kind": path.span_kind,
             "parent": f"publish {exchange}",
             "links": [f"publish {exchange}"],
             "status": "UNSET",
             "attributes": messaging_attributes(
-                rabbitmq,
+                case.broker,
                 path.operation,
-                f"{exchange}:order.created:{queue}",
+                f"{exchange}:order.created:{case.queue}",
                 "order.created",
                 **{
                     "messaging.rabbitmq.message.delivery_tag": n + 1,
@@ -105,7 +86,7 @@ def test_each_message_is_handled_in_its_own_consume_span(
         assert consume.context.span_id in handles, "the handler's span is the consume span's child"
     assert [r.current for r in consumed.received] == [consumes[1].context, consumes[2].context]
     if path.operation == "receive":  # a buffered delivery is not a process span too
-        assert otel.named(f"process {queue}") == []
+        assert otel.named(f"process {case.queue}") == []
     if path.mode == "loop":  # a receive span covers the loop body, up to the next message
         assert ended == [0, 1]
         assert consumes[1].end_time is not None
@@ -113,15 +94,13 @@ def test_each_message_is_handled_in_its_own_consume_span(
         assert consumes[1].end_time <= consumes[2].start_time
 
 
-def test_link_mode_starts_a_trace_of_its_own_linked_to_the_producer(
-    instrument: Callable[..., Any], otel: Recorder, client: Client, path: Path, queue: str
-) -> None:
+def test_link_mode_starts_a_trace_of_its_own_linked_to_the_producer(case: Case) -> None:
     """With consumer_context="link" the consume span is the root of a new trace, linked to the publish, and still current in the handler."""
-    instrument(consumer_context="link")
-    client.publish("", queue)
-    consumed = path.consume(queue, 1, Handling())
-    (consume,) = otel.wait_for_count(f"{path.operation} {queue}", 1)
-    (publish,) = otel.named("publish amq.default")
+    case.instrument(consumer_context="link")
+    case.publish()
+    consumed = case.consume()
+    consume = case.span(case.consume_name)
+    publish = case.span("publish amq.default")
     assert consume.parent is None
     assert consume.context.trace_id != publish.context.trace_id
     assert [link.context.span_id for link in consume.links] == [publish.context.span_id]
@@ -129,34 +108,27 @@ def test_link_mode_starts_a_trace_of_its_own_linked_to_the_producer(
 
 
 @pytest.mark.paths(lambda path: path.marks_errors)
-def test_a_handler_that_raises_ends_its_span_as_error(
-    instrument: Callable[..., Any],
-    otel: Recorder,
-    rabbitmq: Broker,
-    client: Client,
-    path: Path,
-    queue: str,
-) -> None:
-    """An exception from the handler ends its consume span ERROR with the exception recorded and error.type its name, reaches the caller of the library's loop as the same object where the library passes it on, and leaves nothing current."""
-    instrument()
-    client.publish("", queue)
+def test_a_handler_that_raises_ends_its_span_as_error(case: Case) -> None:
+    """An exception from the handler ends its consume span ERROR with the exception recorded and error.type its name, counted and timed with it; it reaches the caller of the library's loop as the same object where the library passes it on, and nothing stays current."""
+    path, otel = case.path, case.otel
+    case.instrument()
+    case.publish()
     failure = LookupError("unknown sku")
-    consumed = path.consume(queue, 1, Handling(raises=failure))
+    consumed = case.consume(raises=failure)
     assert consumed.raised is (failure if path.raises_to_caller else None)
     assert not consumed.after.is_valid
-    name = f"{path.operation} {queue}"
-    (consume,) = otel.wait_for_count(name, 1)
+    consume = case.span(case.consume_name)
     assert span_summary(consume, otel.spans()) == {
-        "name": name,
+        "name": case.consume_name,
         "kind": path.span_kind,
         "parent": "publish amq.default",
         "links": ["publish amq.default"],
         "status": "ERROR",
         "attributes": messaging_attributes(
-            rabbitmq,
+            case.broker,
             path.operation,
-            queue,
-            queue,
+            case.queue,
+            case.queue,
             **{
                 "messaging.rabbitmq.message.delivery_tag": 1,
                 "messaging.message.id": "m-1",
@@ -181,7 +153,7 @@ def test_a_handler_that_raises_ends_its_span_as_error(
             if attributes["messaging.operation.name"] == path.operation
         ] == [("LookupError", 1)], metric
     if path.rejects_on_error:  # the library rejects the message: not lost silently either
-        (reject,) = otel.wait_for_count(f"reject {queue}", 1)
+        reject = case.span(f"reject {case.queue}")
         assert reject.parent is not None
         assert reject.parent.span_id == consume.context.span_id
         assert reject.status.status_code.name == "ERROR"
@@ -191,20 +163,18 @@ def test_a_handler_that_raises_ends_its_span_as_error(
         assert reject.events[0].attributes["exception.message"] == "unknown sku"
 
 
-def test_context_headers_from_a_plain_producer_are_read_where_possible(
-    instrument: Callable[..., Any], otel: Recorder, rabbitmq: Broker, path: Path, queue: str
-) -> None:
+def test_context_headers_from_a_plain_producer_are_read_where_possible(case: Case) -> None:
     """Trace headers from a producer without OpenTelemetry (bytes, numbers, garbage, nested tables, another letter case) continue its trace where they can be read and start a fresh one where not; every message reaches the handler, and a captured bytes header is decoded."""
-    producer = PlainProducer(rabbitmq, queue)
+    producer = PlainProducer(case.broker, case.queue)
     try:
         for headers, _continued in PLAIN_HEADERS:
             producer.publish(headers, BODY)
     finally:
         producer.close()
-    instrument(capture_headers=("x-tenant",))
-    consumed = path.consume(queue, len(PLAIN_HEADERS), Handling())
+    case.instrument(capture_headers=("x-tenant",))
+    consumed = case.consume(len(PLAIN_HEADERS))
     assert [r.body for r in consumed.received] == [BODY] * len(PLAIN_HEADERS)
-    consumes = by_tag(otel.wait_for_count(f"{path.operation} {queue}", len(PLAIN_HEADERS)))
+    consumes = case.consumes(len(PLAIN_HEADERS))
     for tag, (_headers, continued) in enumerate(PLAIN_HEADERS, start=1):
         span = consumes[tag]
         assert span.status.is_unset, tag
@@ -221,30 +191,24 @@ def test_context_headers_from_a_plain_producer_are_read_where_possible(
 
 
 @pytest.mark.paths(plugin=lambda plugin: plugin.server_names_queues)
-def test_a_server_named_queue_is_named_amq_gen(
-    instrument: Callable[..., Any],
-    otel: Recorder,
-    client: Client,
-    path: Path,
-    unique: Callable[[str], str],
-) -> None:
+def test_a_server_named_queue_is_named_amq_gen(case: Case) -> None:
     """A server-named queue, reached through the default exchange or a named one, is called amq.gen in span names and metrics and marked anonymous, while messaging.destination.name keeps its real name."""
+    client, otel = case.client, case.otel
     name = client.declare_queue("", {"x-expires": 120_000})
-    exchange = unique("x")
+    exchange = case.unique("x")
     try:
         assert name.startswith("amq.gen-")
         client.declare_exchange(exchange, name, "order.created")
-        instrument()
+        case.instrument()
         client.publish("", name)
         client.publish(exchange, "order.created")
-        path.consume(name, 2, Handling())
+        case.path.consume(name, 2, Handling())
     finally:
         client.delete_queue(name)
-    consumes = by_tag(otel.wait_for_count(f"{path.operation} amq.gen", 2))
-    (publish,) = otel.named("publish amq.default")
+    consumes = case.consumes(2, f"{case.path.operation} amq.gen")
     routed = f"{exchange}:order.created"
     for span, destination in (
-        (publish, name),
+        (case.span("publish amq.default"), name),
         (consumes[1], name),
         (consumes[2], f"{routed}:{name}"),
     ):
@@ -262,37 +226,30 @@ def test_a_server_named_queue_is_named_amq_gen(
 
 
 @pytest.mark.paths(lambda path: path.mode == "pull")
-def test_a_pull_inside_a_span_is_its_child_and_leaves_that_span_current(
-    instrument: Callable[..., Any],
-    otel: Recorder,
-    rabbitmq: Broker,
-    client: Client,
-    path: Path,
-    queue: str,
-) -> None:
+def test_a_pull_inside_a_span_is_its_child_and_leaves_that_span_current(case: Case) -> None:
     """A single-message pull makes a receive span, a child of the caller's span and linked to the publish, and leaves the caller's span current; an empty pull makes no span."""
-    instrument()
-    assert path.pull(queue, wait=False) is None
+    otel = case.otel
+    case.instrument()
+    assert case.path.pull(case.queue, wait=False) is None
     assert otel.spans() == []
-    client.publish("", queue, correlation_id="c-9")
-    tracer = otel.tracer_provider.get_tracer("app")
-    with tracer.start_as_current_span("poll") as poll:
-        got = path.pull(queue, auto_ack=True)
+    case.publish(correlation_id="c-9")
+    with otel.tracer_provider.get_tracer("app").start_as_current_span("poll") as poll:
+        got = case.path.pull(case.queue, auto_ack=True)
     assert got is not None
     assert got.body == BODY
     assert got.current == poll.get_span_context()
-    (receive,) = otel.named(f"receive {queue}")
+    receive = case.span(f"receive {case.queue}")
     assert span_summary(receive, otel.spans()) == {
-        "name": f"receive {queue}",
+        "name": f"receive {case.queue}",
         "kind": "CLIENT",
         "parent": "poll",
         "links": ["publish amq.default"],
         "status": "UNSET",
         "attributes": messaging_attributes(
-            rabbitmq,
+            case.broker,
             "receive",
-            queue,
-            queue,
+            case.queue,
+            case.queue,
             **{
                 "messaging.rabbitmq.message.delivery_tag": 1,
                 "messaging.message.id": "m-1",

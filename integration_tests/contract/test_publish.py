@@ -3,69 +3,53 @@ propagation under suppress_instrumentation(), and a broker nack as an ERROR span
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
 
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from broker_harness import (
-    Broker,
-    Recorder,
-    Traceparent,
-    header_text,
-    messaging_attributes,
-    span_summary,
-)
-from integration_tests.contract.protocol import BODY, Client
+from broker_harness import Traceparent, header_text, messaging_attributes, span_summary
+from integration_tests.contract.case import Case
+from integration_tests.contract.protocol import BODY
+
+pytestmark = pytest.mark.per_plugin
 
 
 def qualified_name(exc: BaseException) -> str:
     kind = type(exc)
-    return (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 @pytest.mark.parametrize("to", ["default exchange", "named exchange"])
 def test_a_publish_is_one_producer_span_and_sends_its_context_in_a_copy(
-    instrument: Callable[..., Any],
-    otel: Recorder,
-    rabbitmq: Broker,
-    client: Client,
-    queue: str,
-    unique: Callable[[str], str],
-    to: str,
+    case: Case, to: str
 ) -> None:
-    """A publish makes exactly one PRODUCER span with every attribute (a child of the current span, if any); the caller's headers dict stays as it was and the message sent carries the span's context."""
-    exchange, routing_key = (
-        ("", queue) if to == "default exchange" else (unique("x"), "order.created")
-    )
+    """A publish makes exactly one PRODUCER span with every attribute (a child of the current span, if any); the caller's headers stay as they were, on the caller's message too, and the message sent carries the span's context."""
+    client, queue = case.client, case.queue
+    exchange, routing_key = ("", queue) if to == "default exchange" else (case.unique("x"), "rk")
     if exchange:
         client.declare_exchange(exchange, queue, routing_key)
-    instrument()
+    case.instrument()
     headers = {"x-app": "shop"}
-    tracer = otel.tracer_provider.get_tracer("app")
-    if exchange:
-        with tracer.start_as_current_span("checkout"):
-            client.publish(exchange, routing_key, headers=headers, correlation_id="c-1")
-    else:
+    tracer = case.otel.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("checkout") if exchange else contextlib.nullcontext():
         client.publish(exchange, routing_key, headers=headers, correlation_id="c-1")
     assert headers == {"x-app": "shop"}, "the caller's headers are never changed"
     before, after = client.held_headers
     assert after is before, "nor replaced on the caller's message"
     assert dict(after) == {"x-app": "shop"}
-    (publish,) = otel.named(f"publish {exchange or 'amq.default'}")
-    assert span_summary(publish, otel.spans()) == {
-        "name": f"publish {exchange or 'amq.default'}",
+    name = f"publish {exchange or 'amq.default'}"
+    publish = case.span(name)
+    assert span_summary(publish, case.otel.spans()) == {
+        "name": name,
         "kind": "PRODUCER",
         "parent": "checkout" if exchange else None,
         "links": [],
         "status": "UNSET",
         "attributes": messaging_attributes(
-            rabbitmq,
+            case.broker,
             "publish",
             f"{exchange}:{routing_key}" if exchange else queue,
             routing_key,
@@ -83,35 +67,35 @@ def test_a_publish_is_one_producer_span_and_sends_its_context_in_a_copy(
     assert Traceparent.in_headers(sent) == Traceparent.of(publish)
 
 
-def test_a_suppressed_publish_records_nothing_but_still_carries_the_context(
-    instrument: Callable[..., Any], otel: Recorder, client: Client, queue: str
-) -> None:
+def test_a_suppressed_publish_records_nothing_but_still_carries_the_context(case: Case) -> None:
     """Inside suppress_instrumentation() a publish makes no span, yet the message carries the current context."""
-    instrument()
-    tracer = otel.tracer_provider.get_tracer("app")
+    case.instrument()
+    tracer = case.otel.tracer_provider.get_tracer("app")
     with tracer.start_as_current_span("request") as request, suppress_instrumentation():
-        client.publish("", queue)
-    _body, sent = client.fetch(queue)
-    assert [s.name for s in otel.spans()] == ["request"]
+        case.publish()
+    _body, sent = case.client.fetch(case.queue)
+    assert [s.name for s in case.otel.spans()] == ["request"]
     assert Traceparent.in_headers(sent) == Traceparent.of(request)
 
 
 def test_a_publish_the_broker_nacks_is_an_error_span_and_the_caller_gets_the_error(
-    instrument: Callable[..., Any], otel: Recorder, client: Client, unique: Callable[[str], str]
+    case: Case,
 ) -> None:
-    """In publisher-confirm mode a publish the broker nacks (a full reject-publish queue) raises the library's error, unchanged, and ends ERROR with error.type broker_nack, counted as such."""
+    """In publisher-confirm mode a publish the broker nacks (a full reject-publish queue) raises the library's own error, unchanged, and ends ERROR with error.type broker_nack, counted as such."""
+    client = case.client
     full = client.declare_queue(
-        unique("full"), {"x-max-length": 1, "x-overflow": "reject-publish", "x-expires": 60_000}
+        case.unique("full"),
+        {"x-max-length": 1, "x-overflow": "reject-publish", "x-expires": 60_000},
     )
     try:
-        instrument()
+        case.instrument()
         client.publish("", full, confirm=True)
         with pytest.raises(Exception) as raised:
             client.publish("", full, confirm=True)
     finally:
         client.delete_queue(full)
     assert client.is_broker_nack(raised.value), repr(raised.value)
-    accepted, nacked = otel.named("publish amq.default")
+    accepted, nacked = case.otel.named("publish amq.default")
     assert accepted.status.is_unset
     assert span_summary(nacked)["status"] == "ERROR"
     assert span_summary(nacked)["attributes"]["error.type"] == "broker_nack"
@@ -120,5 +104,5 @@ def test_a_publish_the_broker_nacks_is_an_error_span_and_the_caller_gets_the_err
     assert nacked.events[0].attributes["exception.type"] == qualified_name(raised.value)
     assert sorted(
         (attributes.get("error.type", ""), count)
-        for attributes, count in otel.points("messaging.client.sent.messages")
+        for attributes, count in case.otel.points("messaging.client.sent.messages")
     ) == [("", 1), ("broker_nack", 1)]
