@@ -33,9 +33,9 @@ def patched_attributes() -> dict[str, object]:
 
 
 def connect(broker: Broker, **transport_options: Any) -> Connection:
-    options = {"client_properties": {"connection_name": connection_name("contract-kombu")}}
+    name = {"client_properties": {"connection_name": connection_name("contract-kombu")}}
+    options = {**name, **transport_options}
     connection = Connection(broker.url, connect_timeout=10, transport_options=options)
-    connection.transport_options.update(transport_options)
     connection.connect()
     return connection
 
@@ -199,7 +199,14 @@ class KombuPlugin(protocol.Plugin):
         return patched_attributes()
 
     def unpatched(self, before: dict[str, object], now: dict[str, object]) -> list[str]:
-        return [key for key, value in now.items() if not isinstance(value, wrapt.FunctionWrapper)]
+        # the originals are plain functions, and instrument() wraps every one of them
+        wrapped_before = [
+            key for key, value in before.items() if isinstance(value, wrapt.ObjectProxy)
+        ]
+        plain_now = [
+            key for key, value in now.items() if not isinstance(value, wrapt.FunctionWrapper)
+        ]
+        return wrapped_before + plain_now
 
     def instrument_object(self, client: Any, **options: Any) -> None:
         KombuInstrumentor.instrument_connection(client.connection, **options)

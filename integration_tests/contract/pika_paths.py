@@ -144,7 +144,7 @@ class PikaCallback(PikaPath):
 
     def run(self, run: protocol.Run) -> None:
         def on_message(ch: BlockingChannel, *delivery: Any) -> None:
-            self.handle(run, received(delivery))  # type: ignore[arg-type]
+            self.handle(run, received(delivery))
             if run.done:
                 ch.stop_consuming()
 

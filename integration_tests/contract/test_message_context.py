@@ -77,7 +77,7 @@ def test_message_context_without_a_recorded_span_reads_the_headers(
 def test_message_context_of_an_unsampled_pull_stays_in_that_trace(case: Case) -> None:
     """Under a parent-based sampler a pulled message of an unsampled trace makes no span; message_context() still puts the block in that trace with the message's baggage, so a publish from it carries the trace on, not sampled."""
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
-    provider.add_span_processor(case.otel.tracer_provider._active_span_processor)  # type: ignore[attr-defined]
+    provider.add_span_processor(case.otel.tracer_provider._active_span_processor)
     case.instrument(tracer_provider=provider)
     upstream = SpanContext(PRODUCER_TRACE, PRODUCER_SPAN, is_remote=True)  # not sampled
     token = otel_context.attach(

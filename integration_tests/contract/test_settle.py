@@ -53,7 +53,7 @@ def timed_settles(case: Case) -> list[tuple[str, Any, int]]:
 def test_a_settle_that_drops_the_message_is_always_an_error_span(case: Case) -> None:
     """Without settle_spans, a nack or reject without requeue still makes a settle span: ERROR with error.type rejected, a child of the message's consume span, linked to its publish, and timed with that error.type."""
     case.instrument()
-    drops: list[Settle] = sorted(case.path.settles & {"nack", "reject"})  # type: ignore[arg-type]
+    drops: list[Settle] = sorted(case.path.settles & {"nack", "reject"})
     for _ in drops:
         case.publish()
     case.consume(len(drops), settles=drops)
