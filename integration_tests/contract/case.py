@@ -23,6 +23,8 @@ def by_tag(spans: Sequence[ReadableSpan]) -> dict[int, ReadableSpan]:
 
 @dataclass
 class Case:
+    """One run of a contract test: the plugin, its client and queue, and the path under test."""
+
     plugin: Plugin
     client: Client
     queue: str
