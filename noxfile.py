@@ -153,7 +153,8 @@ def _integration(
         "-c",
         f"import {CLIENTS[plugin].replace('-', '_')} as m; print('client', m.__name__, getattr(m, '__version__', '?'))",
     )
-    paths = _existing(f"integration_tests/{plugin}")
+    # the contract tests run on the paths of the plugin this session installed
+    paths = _existing(f"integration_tests/{plugin}", "integration_tests/contract")
     if not paths:
         session.skip(f"integration_tests/{plugin} does not exist yet")
     _run_pytest(session, *paths)

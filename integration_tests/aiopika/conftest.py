@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import pytest
@@ -24,17 +23,9 @@ Connect = Callable[..., Awaitable[AbstractConnection]]
 
 
 @pytest.fixture
-def instrument(otel: Recorder) -> Iterator[Instrument]:
+def instrument(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument(**options)`` instruments aio-pika with the test's providers; undone after the test."""
-    instrumentor = AioPikaInstrumentor()
-
-    def start(**options: Any) -> AioPikaInstrumentor:
-        providers = {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider}
-        instrumentor.instrument(**{**providers, **options})
-        return instrumentor
-
-    yield start
-    instrumentor.uninstrument()
+    return instrumentation(AioPikaInstrumentor)
 
 
 @pytest.fixture
@@ -110,41 +101,8 @@ async def wait_for_count(
     return otel.named(name)
 
 
-def by_name(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
-    """The one span called ``name``."""
-    found = [s for s in spans if s.name == name]
-    assert len(found) == 1, [s.name for s in spans]
-    return found[0]
-
-
 def traceparent_of(span: ReadableSpan) -> str:
-    """The trace and span id part of the W3C traceparent a message published under ``span`` carries."""
+    """The trace and span id part of the W3C traceparent a message published under ``span`` carries
+    (test_robust.py's; other tests compare broker_harness.Traceparent)."""
     assert span.context is not None
     return f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
-
-
-def sent_under(headers: Any) -> str:
-    """The trace and span id part of a received message's traceparent header (str or bytes)."""
-    value = headers["traceparent"]
-    text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-    return "-".join(text.split("-")[1:3])
-
-
-def base_attributes(broker: Broker, operation: str, destination: str) -> dict[str, Any]:
-    """The attributes every span of ``operation`` on ``destination`` has."""
-    kinds = {
-        "publish": "send",
-        "process": "process",
-        "receive": "receive",
-        "ack": "settle",
-        "nack": "settle",
-        "reject": "settle",
-    }
-    return {
-        "messaging.system": "rabbitmq",
-        "messaging.operation.name": operation,
-        "messaging.operation.type": kinds[operation],
-        "messaging.destination.name": destination,
-        "server.address": broker.host,
-        "server.port": broker.port,
-    }

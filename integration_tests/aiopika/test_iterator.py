@@ -1,4 +1,6 @@
-"""The queue iterator: a receive span per message, current while the loop body runs, and nothing left after."""
+"""The queue iterator: nothing of a message stays current after the loop breaks, times out, runs
+in another task or is closed from outside (the behaviour every path shares is in
+integration_tests/contract)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
-from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from broker_harness import Broker, Recorder, span_summary
-from integration_tests.aiopika.conftest import Instrument, base_attributes, wait_for_count
+from broker_harness import Recorder, span_summary
+from integration_tests.aiopika.conftest import wait_for_count
 from otel_aiopika import AioPikaInstrumentor
 
 
@@ -27,81 +28,6 @@ async def publish_orders(channel: AbstractChannel, queue: AbstractQueue, count: 
             aio_pika.Message(f"order {number}".encode(), message_id=f"m-{number}"),
             routing_key=queue.name,
         )
-
-
-@pytest.mark.asyncio
-async def test_loop_body_runs_in_each_message_receive_span(
-    instrument: Instrument,
-    otel: Recorder,
-    rabbitmq: Broker,
-    channel: AbstractChannel,
-    queue: AbstractQueue,
-) -> None:
-    """Each message of `async for` gets a CLIENT receive span, child of its publish; the body's spans and its `message.process()` ack are children of that span."""
-    instrument(settle_spans=True)
-    tracer = otel.tracer_provider.get_tracer("app")
-    await publish_orders(channel, queue, 2)
-    current: list[int] = []
-    async with queue.iterator() as messages:
-        async for message in messages:
-            current.append(current_span_id())
-            async with message.process():
-                with tracer.start_as_current_span("handle"):
-                    await asyncio.sleep(0)
-            if len(current) == 2:
-                break
-    assert current_span_id() == 0
-    spans = otel.spans()
-    receives = [s for s in spans if s.name == f"receive {queue.name}"]
-    publishes = [s for s in spans if s.name == "publish amq.default"]
-    assert [s.context.span_id for s in receives if s.context] == current
-    for number, (receive, publish) in enumerate(zip(receives, publishes, strict=True)):
-        summary = span_summary(receive, spans)
-        tag = summary["attributes"]["messaging.rabbitmq.message.delivery_tag"]
-        assert summary == {
-            "name": f"receive {queue.name}",
-            "kind": "CLIENT",
-            "parent": "publish amq.default",
-            "links": ["publish amq.default"],
-            "status": "UNSET",
-            "attributes": {
-                **base_attributes(rabbitmq, "receive", queue.name),
-                "messaging.rabbitmq.destination.routing_key": queue.name,
-                "messaging.rabbitmq.message.delivery_tag": tag,
-                "messaging.message.id": f"m-{number}",
-                "messaging.message.body.size": 7,
-            },
-            "events": [],
-        }
-        assert receive.parent is not None
-        assert publish.context is not None
-        assert receive.parent.span_id == publish.context.span_id
-    for name in ("handle", f"ack {queue.name}"):
-        children = [s for s in spans if s.name == name]
-        assert [s.parent.span_id for s in children if s.parent] == current
-
-
-@pytest.mark.asyncio
-async def test_the_receive_span_covers_the_body_and_ends_at_the_next_message(
-    instrumented: AioPikaInstrumentor,
-    otel: Recorder,
-    channel: AbstractChannel,
-    queue: AbstractQueue,
-) -> None:
-    """A message's receive span is still open while its body runs and has ended when the loop asks for the next message."""
-    await publish_orders(channel, queue, 2)
-    ended_during_body: list[int] = []
-    async with queue.iterator(no_ack=True) as messages:
-        async for _message in messages:
-            ended_during_body.append(len(otel.named(f"receive {queue.name}")))
-            await asyncio.sleep(0.01)
-            if len(ended_during_body) == 2:
-                break
-    assert ended_during_body == [0, 1]
-    first, second = otel.named(f"receive {queue.name}")
-    assert first.end_time is not None
-    assert second.start_time is not None
-    assert first.end_time <= second.start_time
 
 
 @pytest.mark.asyncio
@@ -153,63 +79,6 @@ async def test_nothing_is_current_after_the_loop_ends_by_timeout(
     assert inside != [0]
     assert current_span_id() == 0
     await wait_for_count(otel, f"receive {queue.name}", 1)
-
-
-@pytest.mark.asyncio
-async def test_an_exception_in_the_body_ends_the_span_as_error_and_restores_the_context(
-    instrumented: AioPikaInstrumentor,
-    otel: Recorder,
-    channel: AbstractChannel,
-    queue: AbstractQueue,
-) -> None:
-    """An exception leaving the loop body ends the receive span ERROR, message.process() rejects the message (an ERROR reject span), and nothing stays current."""
-
-    class Broken(Exception):
-        pass
-
-    await publish_orders(channel, queue, 1)
-
-    async def loop() -> None:
-        async with queue.iterator() as messages:
-            async for message in messages:
-                async with message.process():
-                    raise Broken("bad order")
-
-    with pytest.raises(Broken):
-        await loop()
-    assert current_span_id() == 0
-    spans = otel.spans()
-    receive = next(s for s in spans if s.name == f"receive {queue.name}")
-    summary = span_summary(receive, spans)
-    assert summary["status"] == "ERROR"
-    assert summary["attributes"]["error.type"].endswith("Broken")
-    assert summary["events"] == ["exception"]
-    reject = span_summary(next(s for s in spans if s.name == f"reject {queue.name}"), spans)
-    assert reject["status"] == "ERROR"
-    assert reject["parent"] == f"receive {queue.name}"
-    assert reject["attributes"]["error.type"] == "rejected"
-
-
-@pytest.mark.asyncio
-async def test_iterator_messages_carry_baggage_into_the_body(
-    instrumented: AioPikaInstrumentor,
-    otel: Recorder,
-    channel: AbstractChannel,
-    queue: AbstractQueue,
-) -> None:
-    """The producer's baggage is current in the loop body and gone after it."""
-    token = otel_context.attach(baggage.set_baggage("order.id", "o-9"))
-    try:
-        await publish_orders(channel, queue, 1)
-    finally:
-        otel_context.detach(token)
-    seen: list[object] = []
-    async with queue.iterator(no_ack=True) as messages:
-        async for _message in messages:
-            seen.append(baggage.get_baggage("order.id"))
-            break
-    assert seen == ["o-9"]
-    assert baggage.get_baggage("order.id") is None
 
 
 @pytest.mark.asyncio

@@ -18,19 +18,9 @@ Instrument = Callable[..., KombuInstrumentor]
 
 
 @pytest.fixture
-def instrument(otel: Recorder) -> Iterator[Instrument]:
+def instrument(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument(**options)`` with the test's providers; uninstrumented after the test."""
-    instrumentor = KombuInstrumentor()
-
-    def do(**options: Any) -> KombuInstrumentor:
-        options.setdefault("tracer_provider", otel.tracer_provider)
-        options.setdefault("meter_provider", otel.meter_provider)
-        instrumentor.instrument(**options)
-        return instrumentor
-
-    yield do
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
+    return instrumentation(KombuInstrumentor)
 
 
 @pytest.fixture
@@ -122,11 +112,3 @@ def declare(connection: Connection, *entities: Any) -> None:
     channel = connection.default_channel
     for entity in entities:
         entity(channel).declare()
-
-
-def traceparent_span_id(headers: Any) -> int:
-    """The parent span id in a message's ``traceparent`` header."""
-    value = headers["traceparent"]
-    if isinstance(value, bytes):
-        value = value.decode()
-    return int(value.split("-")[2], 16)

@@ -13,7 +13,7 @@ from kombu import Exchange, Queue
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-from broker_harness import Broker, Recorder, span_summary
+from broker_harness import Broker, Recorder, Traceparent, span_summary
 from integration_tests.kombu.conftest import Instrument
 
 
@@ -105,7 +105,7 @@ def test_task_is_one_connected_trace(
     (headers,) = task_headers
     context_headers = [k for k in headers if str(k).lower() == "traceparent"]
     assert context_headers == ["traceparent"], "exactly one context header"
-    assert int(headers["traceparent"].split("-")[2], 16) == publish.context.span_id
+    assert Traceparent.in_headers(headers) == Traceparent.of(publish)
     assert not any(s.status.status_code.name == "ERROR" for s in spans)
 
 

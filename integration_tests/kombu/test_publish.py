@@ -1,31 +1,26 @@
-"""Producer.publish against the real broker: one PRODUCER span per call, context in a copy of the headers."""
+"""kombu's own publish cases: serializers and compression, retries after a lost connection,
+returns, SimpleQueue.put (the shared publish behaviour is in integration_tests/contract)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Producer, Queue
 from kombu.compression import compress
 from kombu.serialization import dumps
 
-from broker_harness import Broker, Recorder, span_summary
+from broker_harness import Broker, Recorder, Traceparent, messaging_attributes, span_summary
 from broker_harness.broker import close_connections
 from integration_tests.kombu.conftest import (
-    Instrument,
     declare,
     drain,
     fetch,
     open_connection,
-    traceparent_span_id,
 )
 from otel_kombu import KombuInstrumentor
-
-SERVER = {"server.address": "127.0.0.1", "server.port": 5672}
 
 
 def qualified_name(exc: BaseException) -> str:
@@ -41,76 +36,6 @@ def sent_size(body: Any, serializer: str | None = None, compression: str | None 
     if compression:
         data, _ = compress(data, compression)
     return len(data)
-
-
-def test_publish_to_an_exchange(
-    traced: KombuInstrumentor,
-    otel: Recorder,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-) -> None:
-    """A publish to a named exchange is one PRODUCER span with every attribute; its context rides in the message."""
-    exchange, queue = entities
-    declare(connection, queue)
-    headers = {"x-origin": "shop"}
-    body = {"order": 1}
-    Producer(connection).publish(
-        body,
-        exchange=exchange,
-        routing_key="order.created",
-        headers=headers,
-        message_id="m-1",
-        correlation_id="c-1",
-    )
-    (span,) = otel.spans()
-    assert span_summary(span) == {
-        "name": f"publish {exchange.name}",
-        "kind": "PRODUCER",
-        "parent": None,
-        "links": [],
-        "status": "UNSET",
-        "attributes": {
-            "messaging.system": "rabbitmq",
-            "messaging.operation.name": "publish",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": f"{exchange.name}:order.created",
-            "messaging.rabbitmq.destination.routing_key": "order.created",
-            "messaging.message.id": "m-1",
-            "messaging.message.conversation_id": "c-1",
-            "messaging.message.body.size": sent_size(body),
-            **SERVER,
-        },
-        "events": [],
-    }
-    assert headers == {"x-origin": "shop"}, "the caller's headers dict is never changed"
-    message = fetch(connection, queue)
-    assert message.headers["x-origin"] == "shop"
-    assert traceparent_span_id(message.headers) == span.context.span_id
-    assert message.decode() == body
-
-
-def test_publish_to_the_default_exchange(
-    traced: KombuInstrumentor,
-    otel: Recorder,
-    connection: Connection,
-    unique: Callable[[str], str],
-) -> None:
-    """A publish to the default exchange is named amq.default and keeps the routing key (the queue)."""
-    queue = Queue(unique("q"), durable=False, auto_delete=True)
-    declare(connection, queue)
-    Producer(connection).publish(b"raw", routing_key=queue.name, content_type="application/x-raw")
-    (span,) = otel.spans()
-    assert span.name == "publish amq.default"
-    assert dict(span.attributes or {}) == {
-        "messaging.system": "rabbitmq",
-        "messaging.operation.name": "publish",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": queue.name,
-        "messaging.rabbitmq.destination.routing_key": queue.name,
-        "messaging.message.body.size": 3,
-        **SERVER,
-    }
-    assert traceparent_span_id(fetch(connection, queue).headers) == span.context.span_id
 
 
 @pytest.mark.parametrize(
@@ -157,7 +82,7 @@ def test_serializers_compression_and_declare(
     message = fetch(connection, queue)
     message.accept = {"application/json", "application/x-python-serialize", "application/data"}
     assert (message.body if serializer is None else message.decode()) == body
-    assert traceparent_span_id(message.headers) == span.context.span_id
+    assert Traceparent.in_headers(message.headers) == Traceparent.of(span)
 
 
 @pytest.mark.slow
@@ -196,7 +121,7 @@ def test_retry_after_a_lost_connection_is_one_span(
     assert span.status.status_code.name == "UNSET"
     message = fetch(confirming, queue)
     assert message.decode() == {"n": 1}
-    assert traceparent_span_id(message.headers) == span.context.span_id
+    assert Traceparent.in_headers(message.headers) == Traceparent.of(span)
     ((_, sent),) = otel.points("messaging.client.sent.messages")
     assert sent == 2, "the first publish, and the retried one counted once"
 
@@ -221,7 +146,7 @@ def test_unroutable_with_on_return_is_an_error(
     assert span.attributes is not None
     assert span.attributes["error.type"] == "unroutable"
     assert len(returned) == 1
-    assert traceparent_span_id(returned[0].headers) == span.context.span_id
+    assert Traceparent.in_headers(returned[0].headers) == Traceparent.of(span)
     ((attrs, _),) = otel.points("messaging.client.sent.messages")
     assert attrs["error.type"] == "unroutable"
 
@@ -229,6 +154,7 @@ def test_unroutable_with_on_return_is_an_error(
 def test_unroutable_without_confirms_is_recorded_when_returned(
     traced: KombuInstrumentor,
     otel: Recorder,
+    rabbitmq: Broker,
     connection: Connection,
     unique: Callable[[str], str],
 ) -> None:
@@ -252,17 +178,17 @@ def test_unroutable_without_confirms_is_recorded_when_returned(
         "parent": f"publish {exchange.name}",
         "links": [],
         "status": "ERROR",
-        "attributes": {
-            "messaging.system": "rabbitmq",
-            "messaging.operation.name": "publish",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": f"{exchange.name}:nowhere",
-            "messaging.rabbitmq.destination.routing_key": "nowhere",
-            "messaging.message.id": "m-1",
-            "messaging.message.body.size": sent_size({"order": 1}),
-            "error.type": "unroutable",
-            **SERVER,
-        },
+        "attributes": messaging_attributes(
+            rabbitmq,
+            "publish",
+            f"{exchange.name}:nowhere",
+            "nowhere",
+            **{
+                "messaging.message.id": "m-1",
+                "messaging.message.body.size": sent_size({"order": 1}),
+                "error.type": "unroutable",
+            },
+        ),
         "events": [],
     }
     assert spans[1].parent is not None
@@ -290,73 +216,6 @@ def test_unroutable_without_handler_raises_the_same_exception(
     assert event.name == "exception"
     assert event.attributes is not None
     assert event.attributes["exception.type"] == qualified_name(raised.value)
-
-
-def test_broker_nack_is_an_error(
-    traced: KombuInstrumentor,
-    otel: Recorder,
-    confirming: Connection,
-    unique: Callable[[str], str],
-) -> None:
-    """A publish the broker nacks in confirm mode raises MessageNacked and ends ERROR broker_nack."""
-    queue = Queue(
-        unique("full"),
-        durable=False,
-        auto_delete=True,
-        queue_arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
-    )
-    declare(confirming, queue)
-    producer = Producer(confirming)
-    producer.publish({"n": 1}, routing_key=queue.name)
-    with pytest.raises(MessageNacked) as raised:
-        producer.publish({"n": 2}, routing_key=queue.name)
-    accepted, nacked = otel.spans()
-    assert accepted.status.status_code.name == "UNSET"
-    assert nacked.status.status_code.name == "ERROR"
-    assert nacked.attributes is not None
-    assert nacked.attributes["error.type"] == "broker_nack"
-    assert nacked.events[0].attributes is not None
-    assert nacked.events[0].attributes["exception.type"] == qualified_name(raised.value)
-    points = sorted(
-        (attrs.get("error.type", ""), count)
-        for attrs, count in otel.points("messaging.client.sent.messages")
-    )
-    assert points == [("", 1), ("broker_nack", 1)]
-
-
-def test_publish_hook_sees_the_sent_headers_and_a_raising_hook_is_harmless(
-    instrument: Instrument,
-    otel: Recorder,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """publish_hook gets the span and the envelope (headers as sent); one that raises is logged and the message still goes."""
-    seen: list[Any] = []
-
-    def hook(span: Any, envelope: Any) -> None:
-        seen.append(envelope)
-        raise RuntimeError("hook bug")
-
-    instrument(publish_hook=hook)
-    exchange, queue = entities
-    declare(connection, queue)
-    producer = Producer(connection, exchange=exchange)
-    with caplog.at_level(logging.WARNING, logger="otel_messaging_core"):
-        producer.publish({"order": 1}, routing_key="order.created", message_id="m-1")
-        producer.publish({"order": 2}, routing_key="order.created", message_id="m-2")
-    assert [e.message_id for e in seen] == ["m-1", "m-2"]
-    first = seen[0]
-    assert (first.exchange, first.routing_key) == (exchange.name, "order.created")
-    assert "traceparent" in first.headers
-    assert first.raw["message_id"] == "m-1"
-    warnings = [
-        r for r in caplog.records if r.levelname == "WARNING" and "raised" in r.getMessage()
-    ]
-    assert len(warnings) == 1, "a failing hook is logged once"
-    assert fetch(connection, queue).decode() == {"order": 1}
-    assert fetch(connection, queue).decode() == {"order": 2}
-    assert len(otel.spans()) == 2
 
 
 def test_simple_queue_put_is_a_publish(

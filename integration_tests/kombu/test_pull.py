@@ -1,4 +1,5 @@
-"""Pulls against the real broker: a receive span per message, the caller's context untouched, message_context()."""
+"""kombu's own pulls: a receive span that covers the wait, SimpleBuffer, Queue.get and get_nowait
+(SimpleQueue.get and message_context() are in integration_tests/contract)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
-from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from broker_harness import Broker, Recorder, span_summary
 from integration_tests.kombu.conftest import declare
-from otel_kombu import KombuInstrumentor, message_context
-
-SERVER = {"server.address": "127.0.0.1", "server.port": 5672}
+from otel_kombu import KombuInstrumentor
 
 
 @pytest.fixture
@@ -28,39 +26,6 @@ def simple(connection: Connection, unique: Callable[[str], str]) -> Iterator[Any
     )
     yield queue
     queue.close()
-
-
-def test_simple_queue_get_is_a_receive_span(
-    traced: KombuInstrumentor, otel: Recorder, simple: Any
-) -> None:
-    """SimpleQueue.get makes a CLIENT receive span, child of the publish, and leaves no context behind."""
-    simple.put({"order": 1}, message_id="m-1")
-    message = simple.get(timeout=10)
-    assert not trace.get_current_span().get_span_context().is_valid
-    name = simple.queue.name
-    spans = otel.spans()
-    (receive,) = otel.named(f"receive {name}")
-    assert span_summary(receive, spans) == {
-        "name": f"receive {name}",
-        "kind": "CLIENT",
-        "parent": f"publish {name}",
-        "links": [f"publish {name}"],
-        "status": "UNSET",
-        "attributes": {
-            "messaging.system": "rabbitmq",
-            "messaging.operation.name": "receive",
-            "messaging.operation.type": "receive",
-            "messaging.destination.name": f"{name}:{name}",
-            "messaging.rabbitmq.destination.routing_key": name,
-            "messaging.rabbitmq.message.delivery_tag": 1,
-            "messaging.message.id": "m-1",
-            "messaging.message.body.size": len(b'{"order": 1}'),
-            **SERVER,
-        },
-        "events": [],
-    }
-    assert not otel.named(f"process {name}"), "the buffered delivery is not a process span too"
-    message.ack()
 
 
 def test_receive_span_covers_the_wait(
@@ -95,50 +60,6 @@ def test_receive_span_covers_the_wait(
     ]
     assert waits == 1
     message.ack()
-
-
-def test_caller_span_stays_current_and_is_the_parent(
-    traced: KombuInstrumentor, otel: Recorder, simple: Any
-) -> None:
-    """Pulled inside a request span, the receive span is its child, linked to the publish; the request stays current."""
-    simple.put({"order": 1})
-    tracer = otel.tracer_provider.get_tracer("test")
-    with tracer.start_as_current_span("request") as request:
-        message = simple.get(timeout=10)
-        assert trace.get_current_span() is request
-    spans = otel.spans()
-    (receive,) = otel.named(f"receive {simple.queue.name}")
-    summary = span_summary(receive, spans)
-    assert summary["parent"] == "request"
-    assert summary["links"] == [f"publish {simple.queue.name}"]
-    message.ack()
-
-
-def test_message_context_handles_the_message_in_its_trace(
-    instrument: Any, otel: Recorder, simple: Any
-) -> None:
-    """message_context(message) makes the receive span and the message's baggage current for the block only."""
-    instrument(baggage_attributes=("order.id",))
-    token = otel_context.attach(baggage.set_baggage("order.id", "o-7"))
-    try:
-        simple.put({"order": 7})
-    finally:
-        otel_context.detach(token)
-    message = simple.get(timeout=10)
-    tracer = otel.tracer_provider.get_tracer("test")
-    with message_context(message):
-        assert baggage.get_baggage("order.id") == "o-7"
-        with tracer.start_as_current_span("handle"):
-            pass
-        message.ack()
-    assert baggage.get_baggage("order.id") is None
-    assert not trace.get_current_span().get_span_context().is_valid
-    spans = otel.spans()
-    (handle,) = otel.named("handle")
-    assert span_summary(handle, spans)["parent"] == f"receive {simple.queue.name}"
-    (receive,) = otel.named(f"receive {simple.queue.name}")
-    assert receive.attributes is not None
-    assert receive.attributes["order.id"] == "o-7"
 
 
 def test_simple_buffer_get(

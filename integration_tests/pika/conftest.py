@@ -13,24 +13,16 @@ import pytest
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from broker_harness import Broker, Recorder
+from broker_harness import Broker
 from otel_pika import PikaInstrumentor
 
 Instrument = Callable[..., PikaInstrumentor]
 
 
 @pytest.fixture
-def instrument(otel: Recorder) -> Iterator[Instrument]:
+def instrument(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument(**options)`` instruments pika with the test's providers; undone after the test."""
-    instrumentor = PikaInstrumentor()
-
-    def start(**options: Any) -> PikaInstrumentor:
-        providers = {"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider}
-        instrumentor.instrument(**{**providers, **options})
-        return instrumentor
-
-    yield start
-    instrumentor.uninstrument()
+    return instrumentation(PikaInstrumentor)
 
 
 @pytest.fixture

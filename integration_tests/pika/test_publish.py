@@ -1,4 +1,5 @@
-"""Publish spans on every adapter, publisher confirms, and messages the broker returns."""
+"""pika's own publish cases: the async adapters, publishes without properties, confirms of
+unroutable messages and returns (the shared publish behaviour is in integration_tests/contract)."""
 
 from __future__ import annotations
 
@@ -9,94 +10,23 @@ import pika
 import pytest
 from opentelemetry import trace
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import ChannelWrongStateError, NackError, UnroutableError
+from pika.exceptions import ChannelWrongStateError, UnroutableError
 
-from broker_harness import Broker, Recorder, span_summary
+from broker_harness import Broker, Recorder, Traceparent, messaging_attributes, span_summary
 from integration_tests.pika.conftest import AsyncRun
 from otel_pika import PikaInstrumentor
 
 
-def publish_attributes(
-    broker: Broker, exchange: str, routing_key: str, **extra: Any
-) -> dict[str, Any]:
-    name = f"{exchange}:{routing_key}" if exchange and routing_key else exchange or routing_key
-    attributes: dict[str, Any] = {
-        "messaging.system": "rabbitmq",
-        "messaging.operation.name": "publish",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": name,
-        "messaging.rabbitmq.destination.routing_key": routing_key,
-        "server.address": broker.host,
-        "server.port": broker.port,
-    }
-    attributes.update(extra)
-    return attributes
-
-
-def test_blocking_publish_makes_one_span_and_leaves_the_callers_properties_alone(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    rabbitmq: Broker,
-    channel: BlockingChannel,
-    queue: str,
+def test_a_publish_without_properties_carries_the_context(
+    instrumented: PikaInstrumentor, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
-    """BlockingChannel.basic_publish gives exactly one PRODUCER span; the caller's properties and headers stay unchanged and the sent copy carries its context."""
-    headers = {"x-app": "shop"}
-    properties = pika.BasicProperties(headers=headers, message_id="m-1", correlation_id="c-1")
-    channel.basic_publish("", queue, b"order", properties)
-
-    (span,) = otel.spans()
-    assert span_summary(span) == {
-        "name": "publish amq.default",
-        "kind": "PRODUCER",
-        "parent": None,
-        "links": [],
-        "status": "UNSET",
-        "attributes": publish_attributes(
-            rabbitmq,
-            "",
-            queue,
-            **{
-                "messaging.message.id": "m-1",
-                "messaging.message.conversation_id": "c-1",
-                "messaging.message.body.size": 5,
-            },
-        ),
-        "events": [],
-    }
-    assert properties.headers is headers
-    assert headers == {"x-app": "shop"}
+    """A publish with no properties at all and a str body makes its span and still sends the context, in properties pika then creates."""
+    channel.basic_publish("", queue, "text body")
     _method, received, body = channel.basic_get(queue, auto_ack=True)
-    assert body == b"order"
-    assert received.headers["x-app"] == "shop"
-    assert received.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
-
-
-def test_publish_is_a_child_of_the_current_span_and_without_properties(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
-) -> None:
-    """A publish inside a span is its child; a publish without properties still carries the context."""
-    exchange = unique("x")
-    channel.exchange_declare(exchange, "topic", auto_delete=True)
-    name = unique("q")
-    channel.queue_declare(name, exclusive=True)
-    channel.queue_bind(name, exchange, "order.*")
-    tracer = otel.tracer_provider.get_tracer("app")
-    with tracer.start_as_current_span("checkout"):
-        channel.basic_publish(exchange, "order.created", "text body")
-    _method, received, body = channel.basic_get(name, auto_ack=True)
     assert body == b"text body"
-    spans = otel.spans()
-    publish = next(s for s in spans if s.kind is trace.SpanKind.PRODUCER)
-    summary = span_summary(publish, spans)
-    assert summary["name"] == f"publish {exchange}"
-    assert summary["parent"] == "checkout"
-    assert summary["attributes"]["messaging.destination.name"] == f"{exchange}:order.created"
-    assert summary["attributes"]["messaging.message.body.size"] == 9
-    assert received.headers["traceparent"].split("-")[2] == f"{publish.context.span_id:016x}"
+    (publish,) = otel.named("publish amq.default")
+    assert span_summary(publish)["attributes"]["messaging.message.body.size"] == 9
+    assert Traceparent.in_headers(received.headers) == Traceparent.of(publish)
 
 
 def test_async_publish_makes_one_span(
@@ -123,10 +53,14 @@ def test_async_publish_makes_one_span(
 
     async_run.run(script)
     (publish,) = [s for s in otel.spans() if s.kind is trace.SpanKind.PRODUCER]
-    assert span_summary(publish)["attributes"] == publish_attributes(
-        rabbitmq, "", name, **{"messaging.message.id": "a-1", "messaging.message.body.size": 1}
+    assert span_summary(publish)["attributes"] == messaging_attributes(
+        rabbitmq,
+        "publish",
+        name,
+        name,
+        **{"messaging.message.id": "a-1", "messaging.message.body.size": 1},
     )
-    assert received[0]["traceparent"].split("-")[2] == f"{publish.context.span_id:016x}"
+    assert Traceparent.in_headers(received[0]) == Traceparent.of(publish)
 
 
 def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
@@ -149,26 +83,6 @@ def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
     assert summary["events"] == ["exception"]
     assert span.events[0].attributes["exception.type"] == "pika.exceptions.UnroutableError"  # type: ignore[index]
     assert raised.value.messages[0].body == b"lost"
-
-
-def test_publish_nacked_by_the_broker_is_an_error_and_reaches_the_caller(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
-) -> None:
-    """With confirm_delivery(), a publish the broker nacks (a full reject-publish queue) raises NackError and its span is ERROR error.type=broker_nack."""
-    name = unique("full")
-    channel.queue_declare(
-        name, exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
-    )
-    channel.confirm_delivery()
-    with pytest.raises(NackError):
-        channel.basic_publish("", name, b"no room")
-    (span,) = otel.spans()
-    assert span.status.status_code is trace.StatusCode.ERROR
-    assert span.attributes["error.type"] == "broker_nack"  # type: ignore[index]
-    assert [e.name for e in span.events] == ["exception"]
 
 
 def test_publish_on_a_closed_channel_raises_the_same_exception(

@@ -1,4 +1,5 @@
-"""Settle: ack / nack / reject spans, multiple=True, and the per-channel delivery records."""
+"""pika's own settle cases: the per-channel delivery records and the async adapters (the settle
+spans every path makes are in integration_tests/contract)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from broker_harness import Broker, Recorder, span_summary
+from broker_harness import Recorder, span_summary
 from broker_harness.broker import close_connections
 from integration_tests.pika.conftest import AsyncRun, Instrument
 from otel_pika import PikaInstrumentor
@@ -23,87 +24,20 @@ def deliveries(channel: BlockingChannel) -> int:
     return 0 if state is None else len(state.deliveries)
 
 
-def test_ack_is_quiet_but_a_message_dropped_by_nack_or_reject_is_an_error_span(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    rabbitmq: Broker,
-    channel: BlockingChannel,
-    queue: str,
+def test_every_settle_frees_its_delivery_record(
+    instrument: Instrument, channel: BlockingChannel, queue: str
 ) -> None:
-    """By default an ack makes no span, while nack/reject without requeue always make an ERROR span linked to the producer."""
-    for n in range(3):
-        channel.basic_publish("", queue, b"%d" % n)
-    handled: list[int] = []
-
-    def on_message(ch: BlockingChannel, method: Any, *_: Any) -> None:
-        tag = method.delivery_tag
-        handled.append(tag)
-        if tag == 1:
-            ch.basic_ack(tag)
-        elif tag == 2:
-            ch.basic_nack(tag, requeue=False)
-        else:
-            ch.basic_reject(tag, requeue=False)
-            ch.stop_consuming()
-
-    channel.basic_consume(queue, on_message)
-    channel.start_consuming()
-    assert handled == [1, 2, 3]
-    spans = otel.spans()
-    assert otel.named(f"ack {queue}") == []
-    (nack,) = otel.named(f"nack {queue}")
-    (reject,) = otel.named(f"reject {queue}")
-    summary = span_summary(nack, spans)
-    assert summary == {
-        "name": f"nack {queue}",
-        "kind": "CLIENT",
-        "parent": f"process {queue}",
-        "links": ["publish amq.default"],
-        "status": "ERROR",
-        "attributes": {
-            "messaging.system": "rabbitmq",
-            "messaging.operation.name": "nack",
-            "messaging.operation.type": "settle",
-            "messaging.destination.name": queue,
-            "messaging.rabbitmq.destination.routing_key": queue,
-            "messaging.rabbitmq.message.delivery_tag": 2,
-            "server.address": rabbitmq.host,
-            "server.port": rabbitmq.port,
-            "error.type": "rejected",
-        },
-        "events": [],
-    }
-    assert span_summary(reject, spans)["attributes"]["error.type"] == "rejected"
-    assert reject.links[0].context.span_id == otel.named("publish amq.default")[2].context.span_id
-    assert deliveries(channel) == 0
-
-
-def test_settle_spans_and_multiple_settle_every_delivery_up_to_the_tag(
-    instrument: Instrument, otel: Recorder, channel: BlockingChannel, queue: str
-) -> None:
-    """With settle_spans=True every ack gets a span; ack(multiple=True) settles all tracked deliveries up to its tag in one span with a link each."""
+    """A manual-ack delivery is remembered until an ack, nack or reject settles it; ack(multiple=True) frees every record up to its tag."""
     instrument(settle_spans=True)
-    for n in range(4):
-        channel.basic_publish("", queue, b"%d" % n)
-    for _ in range(3):
-        method, _properties, _body = channel.basic_get(queue)
+    for _ in range(6):
+        channel.basic_publish("", queue, b"x")
+    tags = [channel.basic_get(queue)[0].delivery_tag for _ in range(6)]
+    assert deliveries(channel) == 6
+    channel.basic_ack(tags[2], multiple=True)
     assert deliveries(channel) == 3
-    channel.basic_ack(method.delivery_tag, multiple=True)
-    assert deliveries(channel) == 0
-    spans = otel.spans()
-    (ack,) = otel.named(f"ack {queue}")
-    summary = span_summary(ack, spans)
-    assert summary["status"] == "UNSET"
-    assert summary["links"] == ["publish amq.default"] * 3
-    assert summary["attributes"]["messaging.batch.message_count"] == 3
-    assert summary["attributes"]["messaging.rabbitmq.message.delivery_tag"] == 3
-
-    method, _properties, _body = channel.basic_get(queue)
-    channel.basic_nack(method.delivery_tag, requeue=True)
-    (nack,) = otel.named(f"nack {queue}")
-    # settled outside any span: the delivery's own receive span is the parent
-    assert span_summary(nack, otel.spans())["parent"] == f"receive {queue}"
-    assert nack.attributes["messaging.rabbitmq.message.delivery_tag"] == 4  # type: ignore[index]
+    channel.basic_nack(tags[3], requeue=False)
+    channel.basic_reject(tags[4], requeue=False)
+    channel.basic_nack(tags[5], requeue=True)
     assert deliveries(channel) == 0
 
 
@@ -148,19 +82,6 @@ def test_async_settle_spans(
     (ack,) = otel.named(f"ack {name}")
     assert span_summary(ack, spans)["parent"] == f"process {name}"
     assert span_summary(ack, spans)["links"] == ["publish amq.default"]
-
-
-def test_reject_of_a_delivery_seen_before_instrumentation_is_still_an_error_span(
-    instrument: Instrument, otel: Recorder, channel: BlockingChannel, queue: str
-) -> None:
-    """A delivery pulled before instrument() and then rejected without requeue still leaves an ERROR span."""
-    channel.basic_publish("", queue, b"x")
-    method, _properties, _body = channel.basic_get(queue)
-    instrument()
-    channel.basic_reject(method.delivery_tag, requeue=False)
-    (reject,) = otel.named("reject")
-    assert reject.attributes["error.type"] == "rejected"  # type: ignore[index]
-    assert reject.attributes["messaging.rabbitmq.message.delivery_tag"] == 1  # type: ignore[index]
 
 
 def test_records_are_freed_when_the_channel_closes(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from pika.adapters.blocking_connection import BlockingConnection
 
 from broker_harness import Broker, Recorder
+from integration_tests.contract.plain import connection_name
 
 Instrument = Callable[..., Any]
 
@@ -85,47 +85,28 @@ def internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[InternalErrors
     assert watch.records() == [], "our code logged errors of its own"
 
 
-def _instrument_fixture(make: Callable[[], Any], otel: Recorder) -> Iterator[Instrument]:
-    instrumentor = make()
-
-    def start(**options: Any) -> Any:
-        options.setdefault("tracer_provider", otel.tracer_provider)
-        options.setdefault("meter_provider", otel.meter_provider)
-        instrumentor.instrument(**options)
-        return instrumentor
-
-    yield start
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-
-
 @pytest.fixture
-def instrument_pika(otel: Recorder) -> Iterator[Instrument]:
+def instrument_pika(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument_pika(**options)``: otel-pika with the test's providers, undone after the test."""
     from otel_pika import PikaInstrumentor
 
-    yield from _instrument_fixture(PikaInstrumentor, otel)
+    return instrumentation(PikaInstrumentor)
 
 
 @pytest.fixture
-def instrument_aiopika(otel: Recorder) -> Iterator[Instrument]:
+def instrument_aiopika(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument_aiopika(**options)``: otel-aiopika with the test's providers, undone after the test."""
     from otel_aiopika import AioPikaInstrumentor
 
-    yield from _instrument_fixture(AioPikaInstrumentor, otel)
+    return instrumentation(AioPikaInstrumentor)
 
 
 @pytest.fixture
-def instrument_kombu(otel: Recorder) -> Iterator[Instrument]:
+def instrument_kombu(instrumentation: Callable[..., Instrument]) -> Instrument:
     """``instrument_kombu(**options)``: otel-kombu with the test's providers, undone after the test."""
     from otel_kombu import KombuInstrumentor
 
-    yield from _instrument_fixture(KombuInstrumentor, otel)
-
-
-def connection_name(prefix: str = "otel-rel") -> str:
-    """A connection name no other test shares (so a fault test closes only its own)."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return instrumentation(KombuInstrumentor)
 
 
 def pika_parameters(url: str, name: str) -> pika.URLParameters:

@@ -21,14 +21,12 @@ import pika
 import pika.data
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import Span
 from pika.adapters.blocking_connection import BlockingConnection
 
 from broker_harness import Broker, Recorder
+from integration_tests.contract.plain import PlainProducer
 from integration_tests.reliability.amqp_tables import (
     RawLongStr,
     Table,
@@ -107,31 +105,6 @@ class Style(Protocol):
     ends_after_handler: bool
 
     def deliver(self, table: dict[Any, Any], body: bytes) -> Seen: ...
-
-
-class PlainProducer:
-    """Publishes with uninstrumented pika (suppressed where pika is instrumented) to one queue."""
-
-    def __init__(self, broker: Broker, queue: str) -> None:
-        self.connection = BlockingConnection(pika_parameters(broker.url, connection_name("plain")))
-        self.channel = self.connection.channel()
-        self.queue = queue
-
-    def publish(self, headers: dict[Any, Any], body: bytes) -> None:
-        # An empty context (the generator's receive span may be current) with instrumentation
-        # suppressed: nothing is injected, the table goes out exactly as drawn.
-        token = otel_context.attach(Context())
-        try:
-            with suppress_instrumentation():
-                self.channel.basic_publish(
-                    "", self.queue, body, pika.BasicProperties(headers=headers, message_id="m-1")
-                )
-        finally:
-            otel_context.detach(token)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.connection.close()
 
 
 # -- the consumer styles ----------------------------------------------------------------------------

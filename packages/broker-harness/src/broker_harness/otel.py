@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +12,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Span, SpanContext
 
-__all__ = ["Recorder", "span_summary"]
+from broker_harness.broker import Broker
+
+__all__ = ["Recorder", "Traceparent", "header_text", "messaging_attributes", "span_summary"]
+
+OPERATION_TYPES = {
+    "publish": "send",
+    "process": "process",
+    "receive": "receive",
+    "ack": "settle",
+    "nack": "settle",
+    "reject": "settle",
+}
 
 
 @dataclass
@@ -95,3 +107,54 @@ def span_summary(span: ReadableSpan, spans: Sequence[ReadableSpan] = ()) -> dict
         "attributes": dict(span.attributes or {}),
         "events": [e.name for e in span.events],
     }
+
+
+def messaging_attributes(
+    broker: Broker, operation: str, destination: str, routing_key: str = "", **extra: Any
+) -> dict[str, Any]:
+    """The attributes every ``operation`` span on ``destination`` has (SPEC's list), plus ``extra``
+    (dotted names as keywords: ``**{"messaging.message.id": "m-1"}``)."""
+    found: dict[str, Any] = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": operation,
+        "messaging.operation.type": OPERATION_TYPES[operation],
+        "messaging.destination.name": destination,
+        "server.address": broker.host,
+        "server.port": broker.port,
+    }
+    if routing_key:
+        found["messaging.rabbitmq.destination.routing_key"] = routing_key
+    found.update(extra)
+    return found
+
+
+def header_text(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    """A header's value as text: clients hand AMQP long strings over as ``str`` or ``bytes``."""
+    value = (headers or {}).get(name)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Traceparent:
+    """The trace id, parent span id and sampled flag of a W3C ``traceparent``."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+
+    @classmethod
+    def of(cls, span: ReadableSpan | Span | SpanContext) -> Traceparent:
+        """What a message published under ``span`` (or that span context) carries."""
+        context = span if isinstance(span, SpanContext) else span.get_span_context()
+        assert context is not None
+        return cls(context.trace_id, context.span_id, context.trace_flags.sampled)
+
+    @classmethod
+    def in_headers(cls, headers: Mapping[str, Any] | None) -> Traceparent:
+        """The ``traceparent`` header of a received message (``str`` or ``bytes``)."""
+        text = header_text(headers, "traceparent")
+        assert text is not None, f"no traceparent in {headers!r}"
+        _version, trace_id, span_id, flags = text.split("-")
+        return cls(int(trace_id, 16), int(span_id, 16), bool(int(flags, 16) & 1))

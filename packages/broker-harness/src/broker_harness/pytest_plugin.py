@@ -1,4 +1,5 @@
-"""pytest fixtures: ``rabbitmq`` (the broker), ``unique`` (names), ``otel`` (a recorder).
+"""pytest fixtures: ``rabbitmq`` (the broker), ``unique`` (names), ``otel`` (a recorder), and
+``instrumentation`` (any instrumentor with the recorder's providers, undone after the test).
 
 Without a broker the tests that ask for ``rabbitmq`` skip with a message saying how to start one,
 except under ``CI=true`` or ``--require-broker``, where they fail: CI must never go green by
@@ -9,11 +10,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
 from broker_harness.broker import Broker, BrokerUnavailable, find_broker, stop_broker, unique_name
 from broker_harness.otel import Recorder
+
+
+class Instrumentor(Protocol):
+    """What the fixtures need of an ``opentelemetry`` ``BaseInstrumentor``."""
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool: ...
+
+    def instrument(self, **kwargs: Any) -> None: ...
+
+    def uninstrument(self, **kwargs: Any) -> None: ...
+
+
+InstrumentorT = TypeVar("InstrumentorT", bound=Instrumentor)
+Instrument = Callable[..., Any]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,3 +80,28 @@ def otel() -> Iterator[Recorder]:
     recorder = Recorder()
     yield recorder
     recorder.shutdown()
+
+
+@pytest.fixture
+def instrumentation(otel: Recorder) -> Iterator[Callable[[Callable[[], Any]], Instrument]]:
+    """``instrument = instrumentation(PikaInstrumentor)``; then ``instrument(**options)``
+    instruments with the test's providers (an option may name others) and returns the
+    instrumentor. Whatever is still instrumented is undone after the test."""
+    made: list[Instrumentor] = []
+
+    def bind(make: Callable[[], InstrumentorT]) -> Callable[..., InstrumentorT]:
+        instrumentor = make()
+        made.append(instrumentor)
+
+        def instrument(**options: Any) -> InstrumentorT:
+            options.setdefault("tracer_provider", otel.tracer_provider)
+            options.setdefault("meter_provider", otel.meter_provider)
+            instrumentor.instrument(**options)
+            return instrumentor
+
+        return instrument
+
+    yield bind
+    for instrumentor in made:
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
