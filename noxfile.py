@@ -38,7 +38,7 @@ PLUGINS = {
 CLIENTS = {"pika": "pika", "aiopika": "aio-pika", "kombu": "kombu"}
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
-nox.needs_version = ">=2025.2.9"  # download_python, requires=
+nox.needs_version = ">=2025.10.14"  # nox.options.download_python
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 # A session listed for a Python that is then missing fails instead of passing as "skipped", and
@@ -152,9 +152,8 @@ def _expose(interpreters: dict[str, str]) -> None:
             temporary = links / f".python{version}-{os.getpid()}"
             temporary.unlink(missing_ok=True)
             temporary.symlink_to(executable)
-            temporary.replace(
-                links / f"python{version}"
-            )  # atomic: a parallel nox sees one or the other
+            # atomic: a nox running at the same time sees the old link or the new one
+            temporary.replace(links / f"python{version}")
         directories = [str(links)]
     except OSError:  # a read-only checkout: their own directories, then
         directories = list(dict.fromkeys(os.path.dirname(e) for e in interpreters.values()))
