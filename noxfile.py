@@ -437,6 +437,7 @@ DEMO_REQUIREMENTS = (
     "testcontainers>=4.8",
 )
 FLOW_REQUIREMENTS = (*DEMO_REQUIREMENTS, "pyyaml")
+CONTRIB_TESTS = "integration_tests/reliability/test_contrib_conflict.py"
 
 
 @nox.session(python=MIDDLE, tags=["ci"])
@@ -448,7 +449,8 @@ def integration_flow(session: nox.Session) -> None:
     )
     if not paths:
         session.error("no cross-process tests")
-    _run_pytest(session, *paths)
+    # the contrib side-by-side tests need the contrib packages: integration_contrib runs them
+    _run_pytest(session, *paths, f"--ignore={CONTRIB_TESTS}")
 
 
 # The contrib packages our pika and aio-pika plugins replace; contrib aio-pika refuses aio-pika 10.
@@ -463,7 +465,7 @@ CONTRIB_REQUIREMENTS = (
 def integration_contrib(session: nox.Session) -> None:
     """Our plugins next to opentelemetry-instrumentation-pika / -aio-pika in one process."""
     install(session, plugins=_all_plugins(), extra=(*FLOW_REQUIREMENTS, *CONTRIB_REQUIREMENTS))
-    _run_pytest(session, "integration_tests/reliability/test_contrib_conflict.py")
+    _run_pytest(session, CONTRIB_TESTS)
 
 
 @nox.session(python=HERE)
