@@ -52,6 +52,7 @@ nox.options.sessions = ["quick"]
 # The one place that decides which Pythons this machine has. A Python counts only if it runs: a
 # pyenv shim for a version that is not active answers `which python3.12` and then fails.
 
+LINKS = ROOT / ".nox" / ".interpreters"  # pythonX.Y -> each interpreter found
 _PROBE = (
     "import os, sys; b = getattr(sys, '_base_executable', '') or sys.executable; "
     "print('%d.%d' % sys.version_info[:2]); print(b if os.path.exists(b) else sys.executable)"
@@ -95,10 +96,11 @@ def _candidates(version: str, pyenv: Path | None) -> Iterator[str]:
     and a shim for a version that is not active only fails, slowly (a bash script each).
     """
     name = f"python{version}"
-    shims = str(pyenv / "shims") if pyenv else None
+    # a nox started by nox (nox --parallel runs each session in one) has our links on PATH already
+    skipped = {str(LINKS), str(pyenv / "shims") if pyenv else ""}
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         path = os.path.join(directory, name)
-        if directory and directory != shims and os.path.isfile(path) and os.access(path, os.X_OK):
+        if directory not in skipped and os.path.isfile(path) and os.access(path, os.X_OK):
             yield path
     if pyenv:
         plain = re.compile(rf"{re.escape(version)}(\.\d+)?")  # not 3.13t, 3.12-dev, virtualenvs
@@ -145,16 +147,15 @@ def _expose(interpreters: dict[str, str]) -> None:
     virtualenv to find by name. Only those names are added (a symlink each): putting pyenv's
     ``versions/*/bin`` on PATH would also put their python3, pip and console scripts first.
     """
-    links = ROOT / ".nox" / ".interpreters"
     try:
-        links.mkdir(parents=True, exist_ok=True)
+        LINKS.mkdir(parents=True, exist_ok=True)
         for version, executable in interpreters.items():
-            temporary = links / f".python{version}-{os.getpid()}"
+            temporary = LINKS / f".python{version}-{os.getpid()}"
             temporary.unlink(missing_ok=True)
-            temporary.symlink_to(executable)
+            temporary.symlink_to(os.path.realpath(executable))
             # atomic: a nox running at the same time sees the old link or the new one
-            temporary.replace(links / f"python{version}")
-        directories = [str(links)]
+            temporary.replace(LINKS / f"python{version}")
+        directories = [str(LINKS)]
     except OSError:  # a read-only checkout: their own directories, then
         directories = list(dict.fromkeys(os.path.dirname(e) for e in interpreters.values()))
     os.environ["PATH"] = os.pathsep.join([*directories, os.environ.get("PATH", "")])
