@@ -8,6 +8,7 @@ after ``--``: ``nox -s unit -- -k naming``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ PLUGINS = {
 CLIENTS = {"pika": "pika", "aiopika": "aio-pika", "kombu": "kombu"}
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
-nox.needs_version = ">=2025.10.14"  # nox.options.download_python
+nox.needs_version = ">=2026.8.10"  # allow_parallel= (nox -j), nox.options.download_python
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 # A session listed for a Python that is then missing fails instead of passing as "skipped", and
@@ -161,7 +162,13 @@ def _expose(interpreters: dict[str, str]) -> None:
     os.environ["PATH"] = os.pathsep.join([*directories, os.environ.get("PATH", "")])
 
 
-INTERPRETERS = _find_interpreters()
+# nox -j runs each session in a nox of its own, which imports this file again: the first one's
+# findings are handed down through the environment instead of being looked for again.
+_FOUND = "OTEL_RABBITMQ_NOX_INTERPRETERS"
+INTERPRETERS: dict[str, str] = (
+    json.loads(os.environ[_FOUND]) if _FOUND in os.environ else _find_interpreters()
+)
+os.environ[_FOUND] = json.dumps(INTERPRETERS)
 _expose(INTERPRETERS)
 if missing := [v for v in SUPPORTED_PYTHONS if v not in INTERPRETERS]:
     print(
@@ -296,7 +303,7 @@ def _all_plugins() -> tuple[str, ...]:
 # --- Sessions -----------------------------------------------------------------------------------
 
 
-@nox.session(tags=["ci"])
+@nox.session(tags=["ci"], allow_parallel=True)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
     session.install("ruff>=0.8")
@@ -304,7 +311,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=NEWEST, tags=["ci"])
+@nox.session(python=NEWEST, tags=["ci"], allow_parallel=True)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every package's source, with every client library installed."""
     install(
@@ -326,19 +333,19 @@ def _unit(session: nox.Session, *, floor: bool = False) -> None:
         )
 
 
-@nox.session(python=PYTHONS, tags=["ci"])
+@nox.session(python=PYTHONS, tags=["ci"], allow_parallel=True)
 def unit(session: nox.Session) -> None:
     """Pure unit tests of each package (no broker), on every supported Python found."""
     _unit(session)
 
 
-@nox.session(python=OLDEST, tags=["ci"])
+@nox.session(python=OLDEST, tags=["ci"], allow_parallel=True)
 def unit_floor(session: nox.Session) -> None:
     """The unit tests with OpenTelemetry and wrapt at the oldest versions the packages declare."""
     _unit(session, floor=True)
 
 
-@nox.session(python=MIDDLE, tags=["ci"])
+@nox.session(python=MIDDLE, tags=["ci"], allow_parallel=True)
 def smoke(session: nox.Session) -> None:
     """The broker harness against the real broker (and its skip/fail rules when there is none)."""
     install(session, extra=("testcontainers>=4.8",))
@@ -393,21 +400,21 @@ def _integration(
     _run_pytest(session, *paths)
 
 
-@nox.session(tags=["ci"])
+@nox.session(tags=["ci"], allow_parallel=True)
 @nox.parametrize(("python", "pika", "deps"), _cells("pika", "1.3.2"))
 def integration_pika(session: nox.Session, pika: str, deps: str) -> None:
     """otel-pika against the real broker, per pika version."""
     _integration(session, "pika", pika, deps)
 
 
-@nox.session(tags=["ci"])
+@nox.session(tags=["ci"], allow_parallel=True)
 @nox.parametrize(("python", "aiopika", "deps"), _cells("aiopika", "9.5.8"))
 def integration_aiopika(session: nox.Session, aiopika: str, deps: str) -> None:
     """otel-aiopika against the real broker, per aio-pika version (pika too, as a plain producer)."""
     _integration(session, "aiopika", aiopika, deps, extra=("pika",))
 
 
-@nox.session(tags=["ci"])
+@nox.session(tags=["ci"], allow_parallel=True)
 @nox.parametrize(("python", "kombu", "deps"), _cells("kombu", "5.5.4"))
 def integration_kombu(session: nox.Session, kombu: str, deps: str) -> None:
     """otel-kombu against the real broker and Redis, per kombu version (with Celery and pika)."""
@@ -420,7 +427,7 @@ def integration_kombu(session: nox.Session, kombu: str, deps: str) -> None:
     )
 
 
-@nox.session(python=False)
+@nox.session(python=False, allow_parallel=False)  # notify() needs the sequential runner
 def quick(session: nox.Session) -> None:
     """The fast loop: lint, the unit tests on one Python, the newest cell of each plugin (without
     the slow fault-injection tests, which CI runs)."""
@@ -441,7 +448,7 @@ FLOW_REQUIREMENTS = (*DEMO_REQUIREMENTS, "pyyaml")
 CONTRIB_TESTS = "integration_tests/reliability/test_contrib_conflict.py"
 
 
-@nox.session(python=MIDDLE, tags=["ci"])
+@nox.session(python=MIDDLE, tags=["ci"], allow_parallel=True)
 def integration_flow(session: nox.Session) -> None:
     """The order flow as three real processes against the real broker; asserts on the OTLP data."""
     install(session, plugins=_all_plugins(), extra=FLOW_REQUIREMENTS)
@@ -462,14 +469,14 @@ CONTRIB_REQUIREMENTS = (
 )
 
 
-@nox.session(python=MIDDLE, tags=["ci"])
+@nox.session(python=MIDDLE, tags=["ci"], allow_parallel=True)
 def integration_contrib(session: nox.Session) -> None:
     """Our plugins next to opentelemetry-instrumentation-pika / -aio-pika in one process."""
     install(session, plugins=_all_plugins(), extra=(*FLOW_REQUIREMENTS, *CONTRIB_REQUIREMENTS))
     _run_pytest(session, CONTRIB_TESTS)
 
 
-@nox.session(python=HERE)
+@nox.session(python=HERE, allow_parallel=False)  # its live progress is not buffered
 def demo(session: nox.Session) -> None:
     """Run the shop -> SRM -> MES order flow (about 20 orders) and print where each order went."""
     install(session, plugins=_all_plugins(), test=False, extra=DEMO_REQUIREMENTS)
@@ -486,7 +493,7 @@ BENCH_REQUIREMENTS = (
 )
 
 
-@nox.session(python=MIDDLE)
+@nox.session(python=MIDDLE, allow_parallel=False)  # timings want the machine to itself
 def bench(session: nox.Session) -> None:
     """Messages/s and µs per message: uninstrumented vs ours vs contrib vs the SDK floor."""
     install(session, plugins=_all_plugins(), test=False, extra=BENCH_REQUIREMENTS)
@@ -496,7 +503,7 @@ def bench(session: nox.Session) -> None:
 PUBLISHED = (CORE, *PLUGINS.values())
 
 
-@nox.session(python=HERE, tags=["ci"])
+@nox.session(python=HERE, tags=["ci"], allow_parallel=True)
 def build(session: nox.Session) -> None:
     """Build the wheel and sdist of the core and of each plugin into dist/; twine checks them."""
     uv = session.venv_backend == "uv"
@@ -511,7 +518,7 @@ def build(session: nox.Session) -> None:
     session.run("twine", "check", "--strict", *built)
 
 
-@nox.session(python=MIDDLE, tags=["ci"])
+@nox.session(python=MIDDLE, tags=["ci"], allow_parallel=True)
 def docs(session: nox.Session) -> None:
     """Build the Sphinx docs (furo) with warnings as errors."""
     install(
