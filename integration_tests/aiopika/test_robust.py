@@ -19,6 +19,10 @@ from otel_aiopika import AioPikaInstrumentor
 
 pytestmark = pytest.mark.slow
 
+# Bounds for what these tests wait on: the reconnect (every 0.5 s) and a message's delivery.
+RESTORE_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 30.0
+
 
 @pytest_asyncio.fixture
 async def robust_connection(
@@ -52,10 +56,29 @@ async def publish_when_connected(
         await asyncio.sleep(0.2)
 
 
-async def drop(name: str) -> None:
-    """Close the named connection from the broker's side (rabbitmqctl runs in a thread)."""
-    closed = await asyncio.to_thread(close_connections, name, "otel-aiopika robust test")
-    assert closed == 1
+async def drop_and_await_restore(name: str, connection: AbstractRobustConnection) -> None:
+    """Close the named connection from the broker's side (rabbitmqctl runs in a thread), then wait
+    until the robust connection is back with its channels, queues and consumers restored.
+
+    The robust channel can publish again before it has re-declared its queues; a message published
+    in that gap finds no queue (the auto-delete queue went with the old connection) and the broker
+    drops it. aio-pika (8.0 to 10.x) calls ``reconnect_callbacks`` once the restore is done.
+    """
+    restored = asyncio.Event()
+
+    def on_reconnect(*_: object) -> None:
+        restored.set()
+
+    connection.reconnect_callbacks.add(on_reconnect)
+    try:
+        closed = await asyncio.to_thread(close_connections, name, "otel-aiopika robust test")
+        assert closed == 1
+        try:
+            await asyncio.wait_for(restored.wait(), RESTORE_TIMEOUT)
+        except asyncio.TimeoutError:
+            pytest.fail(f"the robust connection was not restored within {RESTORE_TIMEOUT} s")
+    finally:
+        connection.reconnect_callbacks.discard(on_reconnect)
 
 
 @pytest.mark.asyncio
@@ -79,11 +102,13 @@ async def test_restored_consumers_are_traced_exactly_once(
     await publish_when_connected(channel, b"before", queue.name)
     await wait_for(otel, lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 1)
 
-    await drop(name)
+    await drop_and_await_restore(name, connection)
     await publish_when_connected(channel, b"after", queue.name)
     await publish_when_connected(channel, b"later", queue.name)
     spans = await wait_for(
-        otel, lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 3, timeout=30
+        otel,
+        lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 3,
+        timeout=DELIVERY_TIMEOUT,
     )
     await asyncio.sleep(0.5)  # a second (double-wrapped) span would have ended by now
     spans = otel.spans()
@@ -113,15 +138,22 @@ async def test_queue_iterator_keeps_tracing_across_a_reconnect(
     queue = await channel.declare_queue(unique("q"), auto_delete=True)
     await publish_when_connected(channel, b"before", queue.name)
     bodies: list[bytes] = []
-    async with queue.iterator() as messages:
-        async for message in messages:
-            await message.ack()
-            bodies.append(message.body)
-            if message.body == b"before":
-                await drop(name)
-                await publish_when_connected(channel, b"after", queue.name)
-            else:
-                break
+
+    async def iterate() -> None:
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                bodies.append(message.body)
+                if message.body == b"before":
+                    await drop_and_await_restore(name, connection)
+                    await publish_when_connected(channel, b"after", queue.name)
+                else:
+                    break
+
+    try:
+        await asyncio.wait_for(iterate(), RESTORE_TIMEOUT + 2 * DELIVERY_TIMEOUT)
+    except asyncio.TimeoutError:
+        pytest.fail(f"the iterator stopped receiving after the reconnect; got {bodies}")
     assert bodies == [b"before", b"after"]
     receives = await wait_for(
         otel, lambda s: sum(x.name == f"receive {queue.name}" for x in s) >= 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Mapping
 
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import Histogram, Meter, MeterProvider, get_meter
 from opentelemetry.semconv._incubating.metrics import messaging_metrics as _mm
 from opentelemetry.util.types import AttributeValue
 
@@ -24,6 +24,24 @@ def _with_error(attributes: Attributes, error_type: str | None) -> Attributes:
     if error_type is None:
         return attributes
     return {**attributes, ERROR_TYPE: error_type}
+
+
+def _duration_histogram(meter: Meter, name: str, description: str) -> Histogram:
+    """A histogram in seconds that advises DURATION_BUCKETS where the API takes the advice.
+
+    opentelemetry-api < 1.30 has no ``explicit_bucket_boundaries_advisory``: there the SDK's default
+    buckets apply unless the application's MeterProvider has a View that sets DURATION_BUCKETS
+    (docs/versions.md shows one).
+    """
+    try:
+        return meter.create_histogram(
+            name,
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+    except TypeError:  # opentelemetry-api < 1.30: the keyword does not exist yet
+        return meter.create_histogram(name, unit="s", description=description)
 
 
 class MessagingMetrics:
@@ -54,17 +72,13 @@ class MessagingMetrics:
             unit="{message}",
             description="Number of messages that were delivered to the application.",
         )
-        self._operation_duration = meter.create_histogram(
+        self._operation_duration = _duration_histogram(
+            meter,
             _mm.MESSAGING_CLIENT_OPERATION_DURATION,
-            unit="s",
-            description="Duration of messaging operation initiated by a producer or consumer client.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            "Duration of messaging operation initiated by a producer or consumer client.",
         )
-        self._process_duration = meter.create_histogram(
-            _mm.MESSAGING_PROCESS_DURATION,
-            unit="s",
-            description="Duration of processing operation.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        self._process_duration = _duration_histogram(
+            meter, _mm.MESSAGING_PROCESS_DURATION, "Duration of processing operation."
         )
         # Instruments of the API's proxy meter provider (no global provider set yet) forward to a
         # real instrument once one is set; until then every call would be thrown away, so the
