@@ -260,3 +260,20 @@ def docs(session: nox.Session) -> None:
     session.run(
         "sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", str(build / "html")
     )
+
+
+@nox.session(python=MIDDLE)
+def transparency(session: nox.Session) -> None:
+    """The clients' own test suites, without and with our instrumentation: fails on any outcome
+    difference not in transparency/lists (see transparency/README.md). Extra arguments go to the
+    runner, e.g. ``-- --suite pika --source pika=PATH``."""
+    session.install("pip", "uv")  # pip downloads the sdists, uv makes one venv per release
+    session.run(
+        "python",
+        "-m",
+        "transparency",
+        "--workdir",
+        str(Path(session.virtualenv.location) / "work"),
+        *session.posargs,
+        env={"PYTHONPATH": str(ROOT)},
+    )
