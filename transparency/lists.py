@@ -1,9 +1,10 @@
-"""The commented lists under lists/<suite>/: deselected.txt, expected.txt, flaky.txt.
+"""The commented lists under lists/<suite>/.
 
-Each entry is one line, and the ``#`` lines right above it say why it is there: an entry without
-a comment is refused, so nothing is on a list without a reason. In expected.txt a line reads
-``<outcome without us> -> <outcome with us>  <test id>``; in the other two it is a test id
-(deselected.txt: a test id prefix, as pytest's ``--deselect`` takes it).
+Each entry is one line, and the ``#`` lines right above it (or above the run of entries it is
+in) say why it is there: an entry without a comment is refused, so nothing is on a list without a reason. In expected.txt (the run with
+us) and expected-suppressed.txt (the run under suppress_instrumentation()) a line reads
+``<outcome without us> -> <outcome with us>  <test id>``; in deselected.txt it is a test id
+prefix, as pytest's ``--deselect`` takes it; in flaky.txt a test id; in leftovers.txt a queue.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _EXPECTED = re.compile(r"^(?P<before>[a-z-]+)\s*->\s*(?P<after>[a-z-]+)\s+(?P<te
 
 
 def _entry(path: Path, number: int, line: str, reason: str) -> Entry:
-    if path.name != "expected.txt":
+    if not path.name.startswith("expected"):
         return Entry(test=line, reason=reason)
     match = _EXPECTED.match(line)
     if not match or not {match["before"], match["after"]} <= OUTCOMES:

@@ -51,8 +51,13 @@ class Run:
         return Counter(self.outcomes.values())
 
 
+# the list of expected differences for each instrumented run
+EXPECTED = {"with": "expected.txt", "suppressed": "expected-suppressed.txt"}
+
+
 @dataclass
 class Difference:
+    run: str
     test: str
     before: str
     after: str
@@ -148,8 +153,9 @@ def _run_suite(
     deadline: Deadline,
 ) -> None:
     deselected = lists.read(suite.lists / "deselected.txt")
-    expected = lists.read(suite.lists / "expected.txt")
     flaky = lists.read(suite.lists / "flaky.txt")
+    for name in EXPECTED.values():
+        lists.read(suite.lists / name)  # a malformed list fails before the suite takes minutes
     source = _source(suite, given, work, deadline)
     if source is None:
         result.not_run = (
@@ -162,19 +168,20 @@ def _run_suite(
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     deselect_args = [f"--deselect={entry.test}" for entry in deselected]
-    labels = [*["without", "without-again"][: args.baseline_runs], "with"]
+    leftovers = "\n".join(e.test for e in lists.read(suite.lists / "leftovers.txt"))
+    labels = [*["without", "without-again"][: args.baseline_runs], "with", "suppressed"]
     for label in labels:
-        run = _pytest(suite, python, source, label, deselect_args, args, logs, deadline)
+        run = _pytest(suite, python, source, label, deselect_args, leftovers, args, logs, deadline)
         result.runs.append(run)
         say(f"    {label:<14} {_format_counts(run)}  ({run.seconds:.0f} s, log {run.log})")
         if run.timed_out:
             result.problems.append(f"run '{label}' hit the session's time bound and was stopped")
-    _compare(result, expected, flaky)
+    _compare(result, flaky)
 
 
 def _source(suite: Suite, given: dict[str, Path], work: Path, deadline: Deadline) -> Path | None:
     if suite.dist in given:
-        found = sources.given_source(given[suite.dist], suite.version, work / "sources")
+        found = sources.given_source(given[suite.dist], suite.dist, suite.version, work / "sources")
     else:
         archive = sources.download_sdist(suite.dist, suite.version, work / "sdists")
         found = sources.unpack(archive, work / "sources")
@@ -242,6 +249,7 @@ def _pytest(
     source: Path,
     label: str,
     deselect_args: list[str],
+    leftovers: str,
     args: argparse.Namespace,
     logs: Path,
     deadline: Deadline,
@@ -251,7 +259,7 @@ def _pytest(
     spans = logs / f"{suite.name}-{label}.spans.json"
     for stale in (record, spans):
         stale.unlink(missing_ok=True)
-    instrumented = label == "with"
+    instrumented = label in ("with", "suppressed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(suite.env)
     env.update(
@@ -259,6 +267,8 @@ def _pytest(
         TRANSPARENCY_RECORD=str(record),
         TRANSPARENCY_INSTRUMENT=suite.instrument,
         TRANSPARENCY_SPANS=str(spans),
+        TRANSPARENCY_LEFTOVERS=leftovers,
+        TRANSPARENCY_SUPPRESS="1" if label == "suppressed" else "0",
     )
     plugins = ["transparency_record", *suite.plugins]
     if instrumented:
@@ -301,16 +311,9 @@ def _pytest(
     return run
 
 
-def _compare(result: Result, expected: list[lists.Entry], flaky: list[lists.Entry]) -> None:
-    *baselines, instrumented = result.runs
-    if instrumented.spans is None:
-        result.problems.append("the instrumented run wrote no span count (did it start?)")
-    elif instrumented.spans == 0:
-        result.problems.append(
-            "our instrumentation exported no span: the comparison proves nothing"
-        )
-    by_test = {entry.test: entry for entry in expected}
-    flaky_tests = {entry.test: entry.reason for entry in flaky}
+def _compare(result: Result, flaky: list[lists.Entry]) -> None:
+    """Each instrumented run against the first run without us, test by test."""
+    baselines = [run for run in result.runs if run.label.startswith("without")]
     first = baselines[0]
     for again in baselines[1:]:
         for test in sorted(set(first.outcomes) | set(again.outcomes)):
@@ -318,24 +321,44 @@ def _compare(result: Result, expected: list[lists.Entry], flaky: list[lists.Entr
             if a != b:
                 result.baseline_flaky.append((test, a, b))
     seen_flaky = {test for test, _, _ in result.baseline_flaky}
-    matched: set[str] = set()
-    for test in sorted(set(first.outcomes) | set(instrumented.outcomes)):
-        before = first.outcomes.get(test, "missing")
-        after = instrumented.outcomes.get(test, "missing")
-        if before == after or "deselected" in (before, after):
+    flaky_tests = {entry.test: entry.reason for entry in flaky}
+    for run in result.runs:
+        if run in baselines:
             continue
-        entry = by_test.get(test)
-        if entry is not None and (entry.before, entry.after) == (before, after):
-            matched.add(test)
-            result.differences.append(Difference(test, before, after, "expected", entry.reason))
-        elif test in flaky_tests:
-            result.differences.append(Difference(test, before, after, "flaky", flaky_tests[test]))
-        elif test in seen_flaky:
-            reason = "differed between the two runs without us too"
-            result.differences.append(Difference(test, before, after, "flaky", reason))
-        else:
-            result.differences.append(Difference(test, before, after, "unexpected"))
-    result.stale_expected = [e.test for e in expected if e.test not in matched]
+        _check_spans(result, run)
+        expected = lists.read(result.suite.lists / EXPECTED[run.label])
+        by_test = {entry.test: entry for entry in expected}
+        matched: set[str] = set()
+        for test in sorted(set(first.outcomes) | set(run.outcomes)):
+            before = first.outcomes.get(test, "missing")
+            after = run.outcomes.get(test, "missing")
+            if before == after or "deselected" in (before, after):
+                continue
+            entry = by_test.get(test)
+            if entry is not None and (entry.before, entry.after) == (before, after):
+                matched.add(test)
+                kind, reason = "expected", entry.reason
+            elif test in flaky_tests:
+                kind, reason = "flaky", flaky_tests[test]
+            elif test in seen_flaky:
+                kind, reason = "flaky", "differed between the two runs without us too"
+            else:
+                kind, reason = "unexpected", ""
+            result.differences.append(Difference(run.label, test, before, after, kind, reason))
+        result.stale_expected.extend(
+            f"{EXPECTED[run.label]}: {e.test}" for e in expected if e.test not in matched
+        )
+
+
+def _check_spans(result: Result, run: Run) -> None:
+    if run.spans is None:
+        result.problems.append(f"run '{run.label}' wrote no span count (did our plugin load?)")
+    elif run.label == "with" and run.spans == 0:
+        result.problems.append(
+            "our instrumentation exported no span: the comparison proves nothing"
+        )
+    elif run.label == "suppressed" and run.spans:
+        result.problems.append(f"{run.spans} spans exported under suppress_instrumentation()")
 
 
 _COLUMNS = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "deselected")
@@ -371,11 +394,11 @@ def _report(results: list[Result], seconds: float, work: Path) -> None:
                 say(f"    {len(found)} {kind} difference(s):")
             for d in found:
                 why = f"  # {d.reason}" if d.reason else ""
-                say(f"      {d.before} -> {d.after}  {d.test}{why}")
+                say(f"      [{d.run}] {d.before} -> {d.after}  {d.test}{why}")
         for test, a, b in result.baseline_flaky:
             say(f"    flaky without us ({a} then {b}): {test}")
         for test in result.stale_expected:
-            say(f"    expected difference no longer seen (remove it from expected.txt?): {test}")
+            say(f"    expected difference not seen (remove it from {test}?)")
         for problem in result.problems:
             say(f"    PROBLEM: {problem}")
     failed = [r.suite.name for r in results if r.failed]

@@ -59,9 +59,9 @@ def unpack(archive: Path, into: Path) -> Path:
     return target
 
 
-def from_git(git_dir: Path, tag: str, into: Path) -> Path:
+def from_git(git_dir: Path, name: str, tag: str, into: Path) -> Path:
     """The tree of ``tag`` in a git repository (a bare mirror or a clone), written under ``into``."""
-    target = into / f"{git_dir.parent.name}-{tag}"
+    target = into / f"{name}-{tag}-git"
     if not target.exists():
         target.mkdir(parents=True)
         raw = subprocess.run(  # noqa: S603
@@ -73,12 +73,12 @@ def from_git(git_dir: Path, tag: str, into: Path) -> Path:
     return target
 
 
-def given_source(path: Path, tag: str, into: Path) -> Path:
+def given_source(path: Path, name: str, tag: str, into: Path) -> Path:
     """A source named on the command line: a folder with the tests, or a git repository and tag."""
     if (path / "HEAD").is_file() and (path / "objects").is_dir():
-        return from_git(path, tag, into)
+        return from_git(path, name, tag, into)
     if (path / ".git").exists():
-        return from_git(path / ".git", tag, into)
+        return from_git(path / ".git", name, tag, into)
     return path
 
 

@@ -102,6 +102,7 @@ KOMBU_INTEGRATION = Suite(
     tests_dir="t",
     requirements_from=_KOMBU_REQUIREMENTS,
     drop=_NOT_TEST_TOOLS,
+    plugins=("transparency_kombu_reset",),
     env={
         "RABBITMQ_HOST": "127.0.0.1",
         "RABBITMQ_5672_TCP": "5672",

@@ -4,6 +4,10 @@ the whole session, exporting to memory, as a user's process would have it.
 ``TRANSPARENCY_INSTRUMENT`` names the plugin (``pika``, ``aiopika``, ``kombu``);
 ``TRANSPARENCY_SPANS`` names a file that gets the number of spans exported, so the runner can
 tell a run in which our code really ran from one in which it silently did nothing.
+
+With ``TRANSPARENCY_SUPPRESS=1`` the whole run is under ``suppress_instrumentation()`` (the main
+thread from the start, every thread from its start): our wrappers are in place but must add
+nothing, so every test must behave exactly as without us, header comparisons included.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 from typing import Any
 
 import pytest
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -44,6 +50,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not _instrumentor.is_instrumented_by_opentelemetry:
         raise pytest.UsageError(f"{class_name}.instrument() did not instrument")
+    if os.environ.get("TRANSPARENCY_SUPPRESS") == "1":
+        _suppress_everywhere()
+
+
+def _suppress_everywhere() -> None:
+    """suppress_instrumentation() for the rest of the process: threads do not inherit the main
+    thread's context, so each thread's run() enters it too (asyncio tasks copy it on creation)."""
+    suppress_instrumentation().__enter__()
+    run = threading.Thread.run
+
+    def suppressed_run(self: threading.Thread) -> None:
+        with suppress_instrumentation():
+            run(self)
+
+    threading.Thread.run = suppressed_run  # type: ignore[method-assign]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
