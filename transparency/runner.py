@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,8 @@ OURS = {
     "kombu": "packages/otel-kombu",
 }
 INSTALL_TIMEOUT = 900  # seconds for one venv's installs; the session bound still applies
+# downloads and venvs one at a time: two suites of one release share both
+_PREPARING = threading.Lock()
 
 
 def say(text: str = "") -> None:
@@ -97,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     given = dict(_pair(item) for item in args.source)
     chosen = [s for s in SUITES if not args.suite or s.name in args.suite]
     work = Path(args.workdir).resolve()
-    results = []
-    for suite in chosen:
-        say(f"=== {suite.name} ({suite.dist} {suite.version})")
+
+    def one(suite: Suite) -> Result:
         result = Result(suite)
         try:
             _run_suite(suite, result, args, given, work, deadline)
@@ -108,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             result.problems.append(f"{exc} {detail[-2000:]}".strip())
         except subprocess.TimeoutExpired as exc:
             result.problems.append(f"out of time: {exc}")
-        results.append(result)
+        return result
+
+    # Suites run side by side (most of their time is waiting on the broker); the runs of one
+    # suite one after the other, since a suite's tests may share fixed queue names.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, chosen))
     _report(results, time.monotonic() - started, work)
     return 1 if any(r.failed for r in results) else 0
 
@@ -126,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", default=str(ROOT / ".nox" / "transparency-work"))
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds for everything")
+    parser.add_argument("--jobs", type=int, default=2, help="suites run at the same time")
     parser.add_argument("--test-timeout", type=int, default=60, help="seconds per test")
     parser.add_argument(
         "--baseline-runs",
@@ -156,15 +165,17 @@ def _run_suite(
     flaky = lists.read(suite.lists / "flaky.txt")
     for name in EXPECTED.values():
         lists.read(suite.lists / name)  # a malformed list fails before the suite takes minutes
-    source = _source(suite, given, work, deadline)
-    if source is None:
+    say(f"=== {suite.name} ({suite.dist} {suite.version})")
+    with _PREPARING:
+        source = _source(suite, given, work, deadline)
+        python = _venv(suite, source, work, deadline) if source is not None else None
+    if source is None or python is None:
         result.not_run = (
             f"the {suite.dist} {suite.version} sdist ships no {suite.tests_dir}/ folder; give its"
             f" source with --source {suite.dist}=PATH (a checkout, or a git repository with tag"
             f" {suite.version})"
         )
         return
-    python = _venv(suite, source, work, deadline)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     deselect_args = [f"--deselect={entry.test}" for entry in deselected]
@@ -173,7 +184,7 @@ def _run_suite(
     for label in labels:
         run = _pytest(suite, python, source, label, deselect_args, leftovers, args, logs, deadline)
         result.runs.append(run)
-        say(f"    {label:<14} {_format_counts(run)}  ({run.seconds:.0f} s, log {run.log})")
+        say(f"    {suite.name} {label}: {_format_counts(run)} ({run.seconds:.0f} s, log {run.log})")
         if run.timed_out:
             result.problems.append(f"run '{label}' hit the session's time bound and was stopped")
     _compare(result, flaky)
@@ -387,7 +398,7 @@ def _report(results: list[Result], seconds: float, work: Path) -> None:
             say(f"    NOT RUN: {result.not_run}")
             continue
         for run in result.runs:
-            say(f"    {run.label:<14} {_format_counts(run)}")
+            say(f"    {run.label:<14} {_format_counts(run)}  ({run.seconds:.0f} s)")
         for kind in ("unexpected", "expected", "flaky"):
             found = [d for d in result.differences if d.kind == kind]
             if found:

@@ -22,9 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
     amqp_port = os.environ.get("RABBITMQ_5672_TCP", "5672")
     redis_host = os.environ.get("REDIS_HOST", "127.0.0.1")
     redis_port = os.environ.get("REDIS_6379_TCP", "6379")
-    urls = (f"pyamqp://guest:guest@{host}:{amqp_port}//", f"redis://{redis_host}:{redis_port}/")
-    for url in urls:
-        with kombu.Connection(url, connect_timeout=10) as connection:
+    redis = f"redis://{redis_host}:{redis_port}/"
+    brokers = (
+        (f"pyamqp://guest:guest@{host}:{amqp_port}//", {}),
+        (redis, {}),
+        # test_redis.py runs every test a second time with this key prefix
+        (redis, {"global_keyprefix": "_prefixed_"}),
+    )
+    for url, options in brokers:
+        with kombu.Connection(url, connect_timeout=10, transport_options=options) as connection:
             channel = connection.default_channel
             for name in names:
                 if url.startswith("redis"):

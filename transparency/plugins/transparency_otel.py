@@ -34,6 +34,7 @@ _INSTRUMENTORS = {
 
 _exporter = InMemorySpanExporter()
 _instrumentor: Any = None
+_held: list[Any] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,7 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _suppress_everywhere() -> None:
     """suppress_instrumentation() for the rest of the process: threads do not inherit the main
     thread's context, so each thread's run() enters it too (asyncio tasks copy it on creation)."""
-    suppress_instrumentation().__enter__()
+    _held.append(suppress_instrumentation())  # held: a collected generator would detach it
+    _held[0].__enter__()
     run = threading.Thread.run
 
     def suppressed_run(self: threading.Thread) -> None:
