@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         " (clone or bare) whose tag named like the version is read",
     )
     parser.add_argument("--workdir", default=str(ROOT / ".nox" / "transparency-work"))
-    parser.add_argument("--budget", type=float, default=1800.0, help="seconds for everything")
+    parser.add_argument("--budget", type=float, default=3600.0, help="seconds for everything")
     parser.add_argument("--jobs", type=int, default=2, help="suites run at the same time")
     parser.add_argument("--test-timeout", type=int, default=60, help="seconds per test")
     parser.add_argument(
@@ -274,6 +274,11 @@ def _pytest(
     for stale in (record, spans):
         stale.unlink(missing_ok=True)
     instrumented = label in ("with", "suppressed")
+    # a temporary folder per run: a test that leaves a file in /tmp (kombu's filesystem
+    # transport moves messages there) must not change the next run's outcome
+    tmp = logs / f"{suite.name}-{label}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(suite.env)
     env.update(
@@ -283,6 +288,7 @@ def _pytest(
         TRANSPARENCY_SPANS=str(spans),
         TRANSPARENCY_LEFTOVERS=leftovers,
         TRANSPARENCY_SUPPRESS="1" if label == "suppressed" else "0",
+        TMPDIR=str(tmp),
     )
     plugins = ["transparency_record", *suite.plugins]
     if instrumented:
@@ -316,6 +322,7 @@ def _pytest(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     run.seconds = time.monotonic() - started
+    shutil.rmtree(tmp, ignore_errors=True)
     if record.exists():
         for line in record.read_text(encoding="utf-8").splitlines():
             item = json.loads(line)

@@ -15,6 +15,7 @@ import pytest
 _file: IO[str] | None = None
 # nodeid -> outcome so far (setup, call and teardown each report; the worst one wins)
 _seen: dict[str, str] = {}
+_seconds: dict[str, float] = {}
 
 
 def _write(record: dict[str, Any]) -> None:
@@ -51,6 +52,7 @@ _RANK = {"passed": 0, "xfailed": 1, "skipped": 1, "xpassed": 2, "failed": 3, "er
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
     outcome = _phase_outcome(report)
     if report.when == "teardown" and outcome in ("passed", "skipped"):
         return
@@ -60,7 +62,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
-    _write({"test": nodeid, "outcome": _seen.pop(nodeid, "error")})
+    seconds = round(_seconds.pop(nodeid, 0.0), 3)
+    _write({"test": nodeid, "outcome": _seen.pop(nodeid, "error"), "seconds": seconds})
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
