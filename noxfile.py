@@ -267,7 +267,9 @@ def transparency(session: nox.Session) -> None:
     """The clients' own test suites, without and with our instrumentation: fails on any outcome
     difference not in transparency/lists (see transparency/README.md). Extra arguments go to the
     runner, e.g. ``-- --suite pika --source pika=PATH``."""
-    session.install("pip", "uv")  # pip downloads the sdists, uv makes one venv per release
+    # pip downloads the sdists, uv makes one venv per release; pytest runs the runner's own tests
+    session.install("pip", "uv", "pytest>=8", "pytest-asyncio>=0.24")
+    session.run("python", "-m", "pytest", "transparency/tests", "-q", "-p", "no:cacheprovider")
     session.run(
         "python",
         "-m",

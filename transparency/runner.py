@@ -268,7 +268,8 @@ def _pytest(
     logs: Path,
     deadline: Deadline,
 ) -> Run:
-    run = Run(label, log=logs / f"{suite.name}-{label}.log")
+    log_path = logs / f"{suite.name}-{label}.log"
+    run = Run(label, log=log_path)
     record = logs / f"{suite.name}-{label}.jsonl"
     spans = logs / f"{suite.name}-{label}.spans.json"
     for stale in (record, spans):
@@ -303,7 +304,7 @@ def _pytest(
         *deselect_args,
     ]
     started = time.monotonic()
-    with open(run.log, "w", encoding="utf-8") as log:
+    with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(command) + "\n\n")
         log.flush()
         # a session of its own, so a stop takes the suite's child processes with it
