@@ -9,7 +9,6 @@ import pytest
 from transparency import lists, runner, sources
 from transparency.suites import Suite
 
-
 _SUITE = Suite(
     name="demo",
     dist="demo",
