@@ -128,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         "--source",
         action="append",
         default=[],
-        metavar="DIST=PATH",
-        help="where a release's tests are when its sdist has none: a folder, or a git repository"
+        metavar="SUITE=PATH",
+        help="where a suite's tests are when its sdist has none: a folder, or a git repository"
         " (clone or bare) whose tag named like the version is read",
     )
     parser.add_argument("--workdir", default=str(ROOT / ".nox" / "transparency-work"))
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 def _pair(item: str) -> tuple[str, Path]:
     name, _, path = item.partition("=")
     if not path:
-        raise SystemExit(f"--source wants DIST=PATH, got {item!r}")
+        raise SystemExit(f"--source wants SUITE=PATH, got {item!r}")
     return name, Path(path).expanduser().resolve()
 
 
@@ -172,7 +172,7 @@ def _run_suite(
     if source is None or python is None:
         result.not_run = (
             f"the {suite.dist} {suite.version} sdist ships no {suite.tests_dir}/ folder; give its"
-            f" source with --source {suite.dist}=PATH (a checkout, or a git repository with tag"
+            f" source with --source {suite.name}=PATH (a checkout, or a git repository with tag"
             f" {suite.version})"
         )
         return
@@ -194,8 +194,8 @@ def _run_suite(
 
 
 def _source(suite: Suite, given: dict[str, Path], work: Path, deadline: Deadline) -> Path | None:
-    if suite.dist in given:
-        found = sources.given_source(given[suite.dist], suite.dist, suite.version, work / "sources")
+    if suite.name in given:
+        found = sources.given_source(given[suite.name], suite.dist, suite.version, work / "sources")
     else:
         archive = sources.download_sdist(suite.dist, suite.version, work / "sdists")
         found = sources.unpack(archive, work / "sources")

@@ -91,7 +91,10 @@ def requirements(source: Path, spec: str, drop: frozenset[str]) -> list[str]:
         node: Any = tomllib.loads((source / file).read_text(encoding="utf-8"))
         for key in dotted.split("."):
             node = node[key]
-        lines = [item for item in node if isinstance(item, str)]  # include-group tables skipped
+        if isinstance(node, dict):  # a Poetry group: {name: constraint}
+            lines = [_from_poetry(name, constraint) for name, constraint in node.items()]
+        else:  # a PEP 735 group or a list of requirement strings; include-group tables skipped
+            lines = [item for item in node if isinstance(item, str)]
     else:
         lines = _requirement_lines(source / spec)
     return [line for line in lines if _name(line) not in drop]
@@ -113,3 +116,17 @@ def _requirement_lines(path: Path) -> list[str]:
 def _name(requirement: str) -> str:
     match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
     return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match else requirement
+
+
+def _from_poetry(name: str, constraint: Any) -> str:
+    """A Poetry dependency as a PEP 508 requirement: ``^1.2`` is ``>=1.2,<2``, ``^0.5`` is
+    ``>=0.5,<0.6``, ``*`` (or a table, which only the project's own table uses) is any version."""
+    if not isinstance(constraint, str) or constraint.strip() == "*":
+        return name
+    text = constraint.strip()
+    if text.startswith("^"):
+        parts = [int(p) for p in text[1:].split(".")]
+        first = next((i for i, p in enumerate(parts) if p != 0), len(parts) - 1)
+        upper = [*parts[:first], parts[first] + 1]
+        return f"{name}>={text[1:]},<{'.'.join(map(str, upper))}"
+    return f"{name}{text}" if text[0] in "<>=!~" else f"{name}=={text}"

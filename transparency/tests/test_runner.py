@@ -115,3 +115,12 @@ def test_requirements_follow_includes_and_drop_tools(tmp_path: Path) -> None:
     assert sources.requirements(tmp_path, "test.txt", drop) == ["pytest==9.1", "redis>=4.5"]
     spec = "pyproject.toml:dependency-groups.test"
     assert sources.requirements(tmp_path, spec, drop) == ["aiomisc"]
+
+
+def test_poetry_constraints_become_pep_508() -> None:
+    """Poetry's caret bounds the first non-zero part; '*' is any version."""
+    assert sources._from_poetry("aiomisc", "^17.5") == "aiomisc>=17.5,<18"
+    assert sources._from_poetry("pytest-rst", "^0.0") == "pytest-rst>=0.0,<0.1"
+    assert sources._from_poetry("x", "^0.5.1") == "x>=0.5.1,<0.6"
+    assert sources._from_poetry("nox", "*") == "nox"
+    assert sources._from_poetry("y", ">=2") == "y>=2"
