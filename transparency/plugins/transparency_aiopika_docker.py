@@ -45,5 +45,5 @@ def check_docker_available() -> Any:
     return docker_client.DockerHostInfo(is_tcp=False)
 
 
-docker_client.DockerClient = LocalBroker  # type: ignore[misc,assignment]
+docker_client.DockerClient = LocalBroker
 docker_client.check_docker_available = check_docker_available

@@ -47,4 +47,4 @@ class LocalContainer:
         return _PORT if int(port) == 5672 else int(port)
 
 
-container.DockerContainer = LocalContainer  # type: ignore[misc,assignment]
+container.DockerContainer = LocalContainer

@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
     redis_host = os.environ.get("REDIS_HOST", "127.0.0.1")
     redis_port = os.environ.get("REDIS_6379_TCP", "6379")
     redis = f"redis://{redis_host}:{redis_port}/"
-    brokers = (
+    brokers: tuple[tuple[str, dict[str, str]], ...] = (
         (f"pyamqp://guest:guest@{host}:{amqp_port}//", {}),
         (redis, {}),
         # test_redis.py runs every test a second time with this key prefix

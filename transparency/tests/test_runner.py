@@ -59,7 +59,7 @@ def test_differences_are_expected_only_when_listed_with_the_same_outcomes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A listed test with the listed outcomes is expected; any other change is unexpected."""
-    monkeypatch.setattr(runner.Suite, "lists", property(lambda self: tmp_path))
+    monkeypatch.setattr(Suite, "lists", property(lambda self: tmp_path))
     (tmp_path / "expected.txt").write_text("# compares headers\npassed -> failed  t::h\n")
     result = _result(
         tmp_path,
@@ -84,7 +84,7 @@ def test_a_listed_flaky_test_is_reported_not_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A difference on a test in flaky.txt is flaky; the suite does not fail for it."""
-    monkeypatch.setattr(runner.Suite, "lists", property(lambda self: tmp_path))
+    monkeypatch.setattr(Suite, "lists", property(lambda self: tmp_path))
     result = _result(tmp_path, {"t::f": "passed"}, **{"with": {"t::f": "failed"}})
     runner._compare(result, flaky=[lists.Entry(test="t::f", reason="timing")])
     assert [(d.kind, d.reason) for d in result.differences] == [("flaky", "timing")]
@@ -95,7 +95,7 @@ def test_a_run_with_us_that_made_no_span_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Equal outcomes prove nothing when our instrumentation exported no span."""
-    monkeypatch.setattr(runner.Suite, "lists", property(lambda self: tmp_path))
+    monkeypatch.setattr(Suite, "lists", property(lambda self: tmp_path))
     result = _result(tmp_path, {"t::a": "passed"}, **{"with": {"t::a": "passed"}})
     result.runs[-1].spans = 0
     runner._compare(result, flaky=[])
