@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -276,10 +277,10 @@ def _pytest(
         stale.unlink(missing_ok=True)
     instrumented = label in ("with", "suppressed")
     # a temporary folder per run: a test that leaves a file in /tmp (kombu's filesystem
-    # transport moves messages there) must not change the next run's outcome
-    tmp = logs / f"{suite.name}-{label}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # transport moves messages there) must not change the next run's outcome. Made under the
+    # system's temporary folder, short: multiprocessing's forkserver puts a Unix socket in it,
+    # whose path may not exceed 107 bytes
+    tmp = Path(tempfile.mkdtemp(prefix="transparency-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(suite.env)
     env.update(
