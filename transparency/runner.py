@@ -233,7 +233,7 @@ def _venv(suite: Suite, source: Path, work: Path, deadline: Deadline) -> Path:
             text=True,
             timeout=timeout,
         )
-        # ours are reinstalled every time below; the rest once per venv
+        # everything once per venv; on reuse only ours again (below)
         subprocess.run(  # noqa: S603
             [uv, "pip", "install", "--quiet", "--python", str(python), *wanted],
             check=True,
@@ -243,7 +243,8 @@ def _venv(suite: Suite, source: Path, work: Path, deadline: Deadline) -> Path:
         )
         (venv / ".complete").touch()
     else:
-        # the venv is reused across sessions; our packages come from the work tree, so refresh them
+        # the venv is reused across sessions; our packages come from the work tree, so they are
+        # rebuilt (--reinstall-package implies uv's --refresh-package)
         subprocess.run(  # noqa: S603
             [
                 *(shutil.which("uv") or "uv", "pip", "install", "--quiet", "--reinstall-package"),
