@@ -531,3 +531,22 @@ def docs(session: nox.Session) -> None:
     session.run(
         "sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", str(build / "html")
     )
+
+
+@nox.session(python=MIDDLE)
+def transparency(session: nox.Session) -> None:
+    """The clients' own test suites, without and with our instrumentation: fails on any outcome
+    difference not in transparency/lists (see transparency/README.md). Extra arguments go to the
+    runner, e.g. ``-- --suite pika --source pika=PATH``. Not in ``-t ci``: about 33 minutes."""
+    # pip downloads the sdists, uv makes one venv per release; pytest runs the runner's own tests
+    session.install("pip", "uv", "pytest>=8", "pytest-asyncio>=0.24")
+    session.run("python", "-m", "pytest", "transparency/tests", "-q", "-p", "no:cacheprovider")
+    session.run(
+        "python",
+        "-m",
+        "transparency",
+        "--workdir",
+        str(Path(session.virtualenv.location) / "work"),
+        *session.posargs,
+        env={"PYTHONPATH": str(ROOT)},
+    )
