@@ -539,7 +539,7 @@ def transparency(session: nox.Session) -> None:
     difference not in transparency/lists (see transparency/README.md). Extra arguments go to the
     runner, e.g. ``-- --suite pika --source pika=PATH``. Not in ``-t ci``: about 33 minutes."""
     # pip downloads the sdists, uv makes one venv per release; pytest runs the runner's own tests
-    session.install("pip", "uv", "pytest>=8", "pytest-asyncio>=0.24")
+    session.install("pip", "uv", "pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3")
     session.run("python", "-m", "pytest", "transparency/tests", "-q", "-p", "no:cacheprovider")
     session.run(
         "python",

@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, chosen))
     _report(results, time.monotonic() - started, work)
-    return 1 if any(r.failed for r in results) else 0
+    if any(r.failed for r in results):
+        return 1
+    if any(r.not_run for r in results) and not args.allow_missing_source:
+        # a suite that could not run proved nothing: the session must not look green
+        say("a suite was not run: give its source, or pass --allow-missing-source to accept that")
+        return 2
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SUITE=PATH",
         help="where a suite's tests are when its sdist has none: a folder, or a git repository"
         " (clone or bare) whose tag named like the version is read",
+    )
+    parser.add_argument(
+        "--allow-missing-source",
+        action="store_true",
+        help="exit 0 when a suite could not run for want of its tests (it is still reported)",
     )
     parser.add_argument("--workdir", default=str(ROOT / ".nox" / "transparency-work"))
     parser.add_argument("--budget", type=float, default=3600.0, help="seconds for everything")
