@@ -27,8 +27,7 @@ from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
 
 from otel_aiopika._publish import headers_of
 from otel_aiopika._state import OwnerState, registry, resolve, track
-from otel_messaging_core import Consume, ContextActivation
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Consume, ContextActivation, log_internal_error
 
 # aio-pika >= 9 turns a plain-function callback into a coroutine function (ensure_awaitable);
 # aio-pika 8.x runs a plain function as it is, in call_soon.

@@ -18,8 +18,7 @@ import aiormq
 from aio_pika.message import Message
 
 from otel_aiopika._state import resolve
-from otel_messaging_core import Publish
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Publish, log_internal_error
 
 __all__ = ["headers_of", "publish", "with_headers"]
 

@@ -12,8 +12,7 @@ from contextvars import ContextVar
 from typing import Any, Callable, Final
 
 from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
-from otel_messaging_core import Settle
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Settle, log_internal_error
 
 __all__ = ["process_exit", "settle"]
 

@@ -26,8 +26,14 @@ from opentelemetry import context as otel_context
 from otel_kombu._binding import Binding, binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
-from otel_messaging_core import Consume, MessageContext, extract_context, handling_parent
-from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
+from otel_messaging_core import (
+    Consume,
+    MessageContext,
+    capture_internal_exceptions,
+    extract_context,
+    handling_parent,
+    log_internal_error,
+)
 
 __all__ = [
     "MESSAGE_ATTR",

@@ -26,8 +26,12 @@ from typing import Any, Callable, Final
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
-from otel_messaging_core import Publish, extract_context
-from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
+from otel_messaging_core import (
+    Publish,
+    capture_internal_exceptions,
+    extract_context,
+    log_internal_error,
+)
 from otel_messaging_core.consumer import creation_span_context
 
 __all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]

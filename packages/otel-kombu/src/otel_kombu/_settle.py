@@ -14,8 +14,7 @@ from typing import Any, Callable
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._consume import MESSAGE_ATTR, SKIPPED
-from otel_messaging_core import Consume, Settle
-from otel_messaging_core._guard import capture_internal_exceptions
+from otel_messaging_core import Consume, Settle, capture_internal_exceptions
 
 __all__ = ["wrap_ack", "wrap_reject", "wrap_requeue"]
 

@@ -40,7 +40,6 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from otel_messaging_core._guard import call_hook, log_internal_error
 from otel_messaging_core.attributes import (
     ERROR_TYPE,
     HEADER_ATTRIBUTE_PREFIX,
@@ -56,6 +55,7 @@ from otel_messaging_core.attributes import (
 )
 from otel_messaging_core.consumer import attach, creation_span_context, handling_parent, restore
 from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
+from otel_messaging_core.guard import call_hook, log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.propagation import _SPAN_KEY, extract_context, header_texts, inject_span

@@ -21,8 +21,7 @@ from typing import Any, Callable
 
 from opentelemetry import context as otel_context
 
-from otel_messaging_core import Consume
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Consume, log_internal_error
 from otel_pika._state import ChannelState, active_state, remember, state_of
 
 __all__ = [

@@ -13,8 +13,7 @@ from typing import Any, Callable
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import Publish
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Publish, log_internal_error
 from otel_pika._state import ChannelState
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Settle, log_internal_error
 from otel_pika._state import ChannelState
 
 __all__ = ["settle"]

@@ -18,8 +18,13 @@ from typing import Any, Final
 
 from opentelemetry.context import Context
 
-from otel_messaging_core import Consume, Delivery, DestinationCache, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    Consume,
+    Delivery,
+    DestinationCache,
+    MessagingTelemetry,
+    log_internal_error,
+)
 
 __all__ = [
     "ChannelState",

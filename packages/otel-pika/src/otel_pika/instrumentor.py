@@ -10,8 +10,12 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.instrumentation.utils import unwrap
 
-from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    InstrumentationOptions,
+    MessageContext,
+    MessagingTelemetry,
+    log_internal_error,
+)
 from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import handling_parent
 from otel_messaging_core.propagation import extract_context
