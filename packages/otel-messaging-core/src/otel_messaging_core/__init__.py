@@ -8,7 +8,8 @@ the four semconv instruments (:mod:`~otel_messaging_core.metrics`), the validate
 (:mod:`~otel_messaging_core.options`), the per-message operations
 (:mod:`~otel_messaging_core.telemetry`), and the one guard idiom that keeps our own failures out of
 the user's calls (:mod:`~otel_messaging_core.guard`). Plugins import only what this module
-exports.
+exports. ``_private_api`` holds every use of OpenTelemetry's private API, each with a public
+fallback.
 """
 
 from otel_messaging_core.attributes import Destination, DestinationCache

@@ -40,6 +40,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY, sampler_drops_unsampled
 from otel_messaging_core.attributes import (
     ERROR_TYPE,
     HEADER_ATTRIBUTE_PREFIX,
@@ -58,7 +59,7 @@ from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
 from otel_messaging_core.guard import call_hook, log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
-from otel_messaging_core.propagation import _SPAN_KEY, extract_context, header_texts, inject_span
+from otel_messaging_core.propagation import extract_context, header_texts, inject_span
 
 __all__ = [
     "Consume",
@@ -69,7 +70,6 @@ __all__ = [
     "is_suppressed",
 ]
 
-_SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
@@ -80,7 +80,7 @@ Attributes = dict[str, AttributeValue]
 
 def is_suppressed(context: Context | None = None) -> bool:
     """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
-    return bool(otel_context.get_value(_SUPPRESS_KEY, context))
+    return bool(otel_context.get_value(SUPPRESS_KEY, context))
 
 
 def _set_error(
@@ -356,8 +356,9 @@ class MessagingTelemetry:
         That is the case when ``parent`` is valid and not sampled, and the tracer provider's
         sampler is the SDK's ``ParentBased`` with not-sampled parents (local and remote) going to
         ``AlwaysOffSampler`` (the default, and what ``parentbased_traceidratio`` configures), or
-        ``AlwaysOffSampler`` itself. Read from the sampler's public ``get_description()``; any
-        other sampler is always asked.
+        ``AlwaysOffSampler`` itself, as far as its description tells
+        (:func:`~otel_messaging_core._private_api.sampler_drops_unsampled`); any other sampler
+        is always asked.
         """
         # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
         if parent.trace_flags & _SAMPLED or not parent.is_valid:
@@ -366,19 +367,7 @@ class MessagingTelemetry:
         if provider is self._sampler_provider:
             return self._drops_unsampled
         sampler = getattr(provider, "sampler", None)
-        describe = getattr(sampler, "get_description", None)
-        try:
-            description = describe() if callable(describe) else ""
-        except Exception:  # a custom sampler's bug: ask it, span by span
-            description = ""
-        drops = isinstance(description, str) and (
-            description == "AlwaysOffSampler"
-            or (
-                description.startswith("ParentBased{")
-                and "remoteParentNotSampled:AlwaysOffSampler" in description
-                and "localParentNotSampled:AlwaysOffSampler" in description
-            )
-        )
+        drops = sampler_drops_unsampled(sampler)
         if sampler is not None:  # a proxy provider may still be replaced: look again next time
             self._sampler_provider = provider
             self._drops_unsampled = drops
@@ -434,10 +423,10 @@ class MessagingTelemetry:
         try:
             current = otel_context.get_current()
             carrier = dict(headers) if headers else {}
-            if current.get(_SUPPRESS_KEY):
+            if current.get(SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
                 return Publish(None, None, INVALID_SPAN, carrier)
-            parent: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if parent is not None and self._skips_child_of(parent.get_span_context()):
                 # Not sampled upstream, and the sampler follows the parent: the span would be a
                 # no-op, so send the parent's context on as it is (the trace id and the
@@ -503,10 +492,10 @@ class MessagingTelemetry:
         """
         try:
             current = otel_context.get_current()
-            if current.get(_SUPPRESS_KEY):
+            if current.get(SUPPRESS_KEY):
                 return Consume(*_NOOP_CONSUME_FIELDS)
             creation = extract_context(headers)
-            active: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+            active: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if active is not None and active.get_span_context().is_valid:
                 parent, links = handling_parent(creation, self._parent_mode, current)
                 parent_span_context = trace.get_current_span(parent).get_span_context()
@@ -516,7 +505,7 @@ class MessagingTelemetry:
                 # active, so the parent is the producer (parent mode) or nothing (link mode).
                 # The link is made only once a span will be.
                 links = None
-                producer: Span | None = creation.get(_SPAN_KEY)  # type: ignore[assignment]
+                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
                 creation_sc = producer.get_span_context() if producer is not None else None
                 if creation_sc is not None and creation_sc.is_valid:
                     if self._parent_mode == "parent":
