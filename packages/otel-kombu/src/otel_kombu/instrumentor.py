@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Any, Callable, Collection, Final, NamedTuple
 
 import wrapt
@@ -17,8 +16,7 @@ from otel_kombu import _consume, _publish, _settle
 from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
-from otel_messaging_core import InstrumentationOptions, MessagingTelemetry
-from otel_messaging_core.options import _env_bool
+from otel_messaging_core import InstrumentationOptions, MessagingTelemetry, PluginOption
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 
@@ -26,6 +24,8 @@ _logger = logging.getLogger(__name__)
 
 #: Environment variable for ``skip_celery_messages`` under ``opentelemetry-instrument``.
 SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
+#: kombu's own keyword, on top of SPEC's.
+SKIP_CELERY: Final = PluginOption("skip_celery_messages", SKIP_CELERY_MESSAGES_ENV)
 
 
 class _Patch(NamedTuple):
@@ -81,21 +81,15 @@ def _remove() -> None:
         unwrap(_owner(patch), patch.attribute)
 
 
-def _instrumentation(kwargs: dict[str, Any]) -> Instrumentation:
-    """Validate the keywords: ``skip_celery_messages`` here, every SPEC keyword in the core."""
-    options = dict(kwargs)
-    skip = options.pop("skip_celery_messages", None)
-    if skip is None:
-        raw = os.environ.get(SKIP_CELERY_MESSAGES_ENV)
-        skip = _env_bool(SKIP_CELERY_MESSAGES_ENV, raw) if raw else False
-    elif not isinstance(skip, bool):
-        raise TypeError(f"skip_celery_messages must be a bool, got {skip!r}")
-    telemetry = MessagingTelemetry(
-        InstrumentationOptions.from_kwargs(options),
-        instrumentation_name="otel_kombu",
-        version=__version__,
-    )
-    return Instrumentation(telemetry, skip_celery_messages=skip)
+def _instrumentation(options: InstrumentationOptions) -> Instrumentation:
+    telemetry = MessagingTelemetry(options, instrumentation_name="otel_kombu", version=__version__)
+    return Instrumentation(telemetry, skip_celery_messages=options.plugin[SKIP_CELERY.keyword])
+
+
+def _options(kwargs: dict[str, Any]) -> InstrumentationOptions:
+    """Every SPEC keyword and ``skip_celery_messages``, validated by the core (strict in code,
+    lenient in the environment)."""
+    return InstrumentationOptions.from_kwargs(kwargs, plugin_options=(SKIP_CELERY,))
 
 
 class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -112,7 +106,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        instrumentation = _instrumentation(kwargs)
+        instrumentation = _instrumentation(_options(kwargs))
         REGISTRY.instrumentation = instrumentation
         REGISTRY.changed()
         _install()
@@ -131,7 +125,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
         Connections made from it by ``clone()`` (pools, Celery) are separate connections.
         """
-        instrumentation = _instrumentation(kwargs)
+        instrumentation = _instrumentation(_options(kwargs))
         connection.__dict__[PINNED_ATTR] = instrumentation
         REGISTRY.pinned.add(connection)
         REGISTRY.changed()

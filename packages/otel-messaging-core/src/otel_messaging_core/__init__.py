@@ -16,7 +16,7 @@ from otel_messaging_core.attributes import Destination, DestinationCache
 from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
-from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.options import InstrumentationOptions, PluginOption
 from otel_messaging_core.propagation import extract_context, headers_getter, inject_into_copy
 from otel_messaging_core.telemetry import (
     Consume,
@@ -38,6 +38,7 @@ __all__ = [
     "InstrumentationOptions",
     "MessageContext",
     "MessagingTelemetry",
+    "PluginOption",
     "Publish",
     "Settle",
     "__version__",
