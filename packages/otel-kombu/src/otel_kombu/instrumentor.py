@@ -16,7 +16,13 @@ from otel_kombu import _consume, _publish, _settle
 from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
-from otel_messaging_core import InstrumentationOptions, MessagingTelemetry, PluginOption
+from otel_messaging_core import (
+    InstrumentationOptions,
+    MessagingTelemetry,
+    PluginOption,
+    capture_internal_exceptions,
+)
+from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 
@@ -26,6 +32,8 @@ _logger = logging.getLogger(__name__)
 SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
 #: kombu's own keyword, on top of SPEC's.
 SKIP_CELERY: Final = PluginOption("skip_celery_messages", SKIP_CELERY_MESSAGES_ENV)
+
+_INSTRUMENT: Final = capture_internal_exceptions("otel_kombu instrument()")
 
 
 class _Patch(NamedTuple):
@@ -48,6 +56,8 @@ PATCHES: Final = (
     ),
     _Patch("kombu.entity", "Queue", "get", _consume.wrap_queue_get),
     _Patch("kombu.simple", "SimpleBase", "get", _consume.wrap_simple_get),
+    # consumers (and basic.return listeners) set up before instrument(): rewired at the next drain
+    _Patch("kombu.connection", "Connection", "drain_events", _consume.wrap_drain_events),
     # settle
     _Patch("kombu.message", "Message", "ack", _settle.wrap_ack),
     _Patch("kombu.message", "Message", "reject", _settle.wrap_reject),
@@ -62,17 +72,22 @@ def _owner(patch: _Patch) -> Any:
 
 
 def _install() -> None:
+    """Install every patch, or none (a failure takes back those made, then raises)."""
     if _installed:
         return
-    for patch in PATCHES:
-        try:
-            owner = _owner(patch)
-        except (ImportError, AttributeError):
-            # a transport whose driver is not installed: nothing of it can run either
-            _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
-            continue
-        wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
-        _installed.append(patch)
+    try:
+        for patch in PATCHES:
+            try:
+                owner = _owner(patch)
+            except (ImportError, AttributeError):
+                # a transport whose driver is not installed: nothing of it can run either
+                _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
+                continue
+            wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
+            _installed.append(patch)
+    except BaseException:
+        _remove()
+        raise
 
 
 def _remove() -> None:
@@ -98,18 +113,41 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ``instrument(**options)`` wraps kombu for every connection; ``instrument_connection(connection,
     **options)`` records one connection only, with its own options. The options are SPEC's
     (``tracer_provider``, ``meter_provider``, ``publish_hook``, ``consume_hook``,
-    ``consumer_context``, ``settle_spans``, ``capture_headers``, ``baggage_attributes``) plus
-    ``skip_celery_messages``.
+    ``consumer_context``, ``settle_spans``, ``capture_headers``, ``capture_headers_max_length``,
+    ``baggage_attributes``) plus ``skip_celery_messages``.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument kombu; see :mod:`otel_kombu`. Called again with options while instrumented
+        (as under ``opentelemetry-instrument``), it applies them and says what changed (INFO)."""
+        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
+            options = _options(kwargs)  # a mistake in code raises
+            with _INSTRUMENT:
+                old = REGISTRY.instrumentation
+                REGISTRY.instrumentation = _instrumentation(options)
+                REGISTRY.changed()
+                log_reconfigured("otel_kombu", old and old.telemetry.options, options)
+            return None
+        return super().instrument(**kwargs)
+
     def _instrument(self, **kwargs: Any) -> None:
-        instrumentation = _instrumentation(_options(kwargs))
-        REGISTRY.instrumentation = instrumentation
-        REGISTRY.changed()
-        _install()
+        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
+        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
+        # loading every other instrumentor.
+        options = _options(kwargs)
+        with _INSTRUMENT:
+            instrumentation = _instrumentation(options)
+            _install()
+            REGISTRY.instrumentation = instrumentation
+            REGISTRY.changed()
+            return
+        # reached only when the block above failed (logged): kombu is left as it was
+        _logger.error(
+            "otel_kombu: kombu is not traced: instrument() failed (see the warning above)"
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         REGISTRY.instrumentation = None
@@ -125,11 +163,13 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
         Connections made from it by ``clone()`` (pools, Celery) are separate connections.
         """
-        instrumentation = _instrumentation(_options(kwargs))
-        connection.__dict__[PINNED_ATTR] = instrumentation
-        REGISTRY.pinned.add(connection)
-        REGISTRY.changed()
-        _install()
+        options = _options(kwargs)  # a mistake in code raises
+        with _INSTRUMENT:
+            instrumentation = _instrumentation(options)
+            _install()
+            connection.__dict__[PINNED_ATTR] = instrumentation
+            REGISTRY.pinned.add(connection)
+            REGISTRY.changed()
 
     @staticmethod
     def uninstrument_connection(connection: Any) -> None:
