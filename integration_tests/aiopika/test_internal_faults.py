@@ -13,6 +13,7 @@ import aio_pika
 import aiormq
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry import trace
 
 from integration_tests.aiopika.conftest import Connect, Instrument
 from integration_tests.internal_faults import STEPS, fault_logged, inject
@@ -109,3 +110,4 @@ async def test_calls_survive_a_fault_in_each_step(
     assert isinstance(returned, aiormq.abc.DeliveredMessage)
     assert returned.body == b"lost"
     assert fault_logged(caplog, step)
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"

@@ -10,6 +10,7 @@ from typing import Any
 import kombu
 import pytest
 from kombu import Connection, Exchange, Queue
+from opentelemetry import trace
 
 from integration_tests.internal_faults import STEPS, fault_logged, inject
 from integration_tests.kombu.conftest import Instrument, declare, drain
@@ -121,3 +122,4 @@ def test_calls_survive_a_fault_in_each_step(
     declare(connection, lost)
     producer.publish({"n": 5}, exchange=lost, routing_key="none", mandatory=True)
     assert fault_logged(caplog, step)
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"

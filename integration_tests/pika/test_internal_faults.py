@@ -11,6 +11,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from opentelemetry import trace
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from broker_harness import Broker
@@ -103,6 +104,7 @@ def test_blocking_channel_calls_survive_a_fault_in_each_step(
     with pytest.raises(pika.exceptions.UnroutableError):
         confirming.basic_publish("", unique("nowhere"), b"lost", mandatory=True)
     assert fault_logged(caplog_debug, step)
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
 
 
 def _own(headers: Any) -> dict[str, Any]:
@@ -178,3 +180,4 @@ def test_async_adapter_calls_survive_a_fault_in_each_step(
         ("returned", b"lost", "NO_ROUTE"),
     ]
     assert fault_logged(caplog_debug, step)
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"

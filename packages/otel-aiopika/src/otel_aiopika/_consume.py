@@ -125,6 +125,8 @@ def _process_end(op: Consume, exc: BaseException | None = None) -> None:
         op.end(exc)
     except Exception as internal:
         _PROCESS.report(internal)
+        with _PROCESS:
+            op.deactivate()  # whatever failed, the handler's context is not left current
 
 
 # -- Queue.consume ------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ def _end(op: Consume | None, exc: BaseException | None = None) -> None:
             op.end(exc)
         except Exception as internal:
             _PROCESS.report(internal)
+            with _PROCESS:
+                op.deactivate()  # whatever failed, the caller's context comes back
 
 
 def wrap_receive_callback(
@@ -288,9 +290,11 @@ def _sweep(connection: Any) -> None:
 
         receive = _unwrapped(Consumer, "_receive_callback")
         transport_connection = connection._connection
-        # pyamqp: amqp.Connection.channels, each with its consumer-tag -> callback map and its
-        # method listeners (basic.return's is bound when the channel opens)
-        for channel in list(getattr(transport_connection, "channels", {}).values()):
+        # pyamqp: amqp.Connection.channels (by id), each with its consumer-tag -> callback map
+        # and its method listeners (basic.return's is bound when the channel opens); virtual
+        # transports keep a list of channels, with neither map
+        channels = getattr(transport_connection, "channels", None) or ()
+        for channel in list(channels.values() if isinstance(channels, dict) else channels):
             callbacks = getattr(channel, "callbacks", None)
             if isinstance(callbacks, dict):
                 for tag, callback in list(callbacks.items()):

@@ -99,13 +99,19 @@ def _call(
     try:
         result = handler(*args, **kwargs)
     except BaseException as exc:
-        with guard:
+        try:
             op.end(exc)
+        except Exception as internal:
+            guard.report(internal)
+            with guard:
+                op.deactivate()  # whatever failed, the caller's context comes back
         raise
     try:
         op.end()
     except Exception as internal:
         guard.report(internal)
+        with guard:
+            op.deactivate()
     return result
 
 
@@ -291,6 +297,8 @@ class _TracedConsume:
                 op.end()
             except Exception as internal:
                 _RECEIVE.report(internal)
+                with _RECEIVE:
+                    op.deactivate()  # whatever failed, the caller's context comes back
 
     def finish_if_current(self) -> None:
         """End the open receive span if its context is the current one (cancel() after a loop).

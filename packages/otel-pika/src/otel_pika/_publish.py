@@ -49,9 +49,6 @@ def _start(
     destination = state.destinations.get("publish", exchange, routing_key)
     if properties is None:
         op = telemetry.start_publish(destination, None, body=body, raw=None)
-        if op.headers is None:  # nothing added: pika gets exactly the caller's arguments
-            return op, args, kwargs
-        sent = BasicProperties(headers=op.headers)
     else:
         op = telemetry.start_publish(
             destination,
@@ -61,20 +58,31 @@ def _start(
             body=body,
             raw=properties,
         )
-        if op.headers is properties.headers:
-            return op, args, kwargs
-        # A shallow copy with the new headers dict: the caller's object and headers stay as
-        # they were (they are often reused for many publishes).
-        cls: Any = type(properties)
-        sent = cls.__new__(cls)
-        fields = properties.__dict__.copy()
-        fields["headers"] = op.headers
-        sent.__dict__ = fields
+    if op.headers is (None if properties is None else properties.headers):
+        return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
+    try:
+        sent = _with_headers(properties, op.headers)
+    except Exception as internal:  # the caller's message goes out as it is, without context
+        _PUBLISH.report(internal)
+        return op, args, kwargs
     if count > 3:
         args = (*args[:3], sent, *args[4:])
     else:
         kwargs = {**kwargs, "properties": sent}
     return op, args, kwargs
+
+
+def _with_headers(properties: Any, headers: Any) -> Any:
+    """Properties to send: ``properties`` with ``headers``, as a shallow copy; the caller's
+    object and headers stay as they were (they are often reused for many publishes)."""
+    if properties is None:
+        return BasicProperties(headers=headers)
+    cls: Any = type(properties)
+    sent = cls.__new__(cls)
+    fields = properties.__dict__.copy()
+    fields["headers"] = headers
+    sent.__dict__ = fields
+    return sent
 
 
 def channel_publish(resolve: Resolver) -> Wrapper:
