@@ -150,7 +150,7 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 old = registry.telemetry
                 registry.telemetry = _telemetry(options)
                 registry.changed()
-                log_reconfigured(_INSTRUMENTATION_NAME, old and old.options, options)
+                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
             return None
         return super().instrument(**kwargs)
 

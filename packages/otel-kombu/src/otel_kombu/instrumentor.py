@@ -129,7 +129,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 old = REGISTRY.instrumentation
                 REGISTRY.instrumentation = _instrumentation(options)
                 REGISTRY.changed()
-                log_reconfigured("otel_kombu", old and old.telemetry.options, options)
+                log_reconfigured("otel_kombu", old.telemetry.options if old else None, options)
             return None
         return super().instrument(**kwargs)
 

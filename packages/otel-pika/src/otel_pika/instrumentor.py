@@ -119,7 +119,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             with _INSTRUMENT:
                 old = runtime.telemetry
                 runtime.telemetry = _telemetry(options)
-                log_reconfigured(_INSTRUMENTATION_NAME, old and old.options, options)
+                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
             return None
         return super().instrument(**kwargs)
 
