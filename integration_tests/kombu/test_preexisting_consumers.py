@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanContext
 
 from broker_harness import Recorder, span_summary
 from integration_tests.kombu.conftest import Instrument, declare, drain
+from integration_tests.kombu.test_transports import redis_connection  # noqa: F401 - a fixture
 
 
 def consuming(connection: Connection, queue: Queue, got: list[tuple[Any, SpanContext]]) -> Any:
@@ -152,3 +153,48 @@ def test_a_channel_opened_before_instrument_reports_returned_messages(
     errors = [s for s in otel.spans() if (s.attributes or {}).get("error.type") == "unroutable"]
     assert len(errors) == 1
     assert errors[0].name == f"publish {lost.name}"
+
+
+@pytest.mark.parametrize("transport", ["pyamqp", "redis"])
+def test_an_event_loop_consumer_consuming_before_instrument_is_traced(
+    transport: str,
+    request: pytest.FixtureRequest,
+    instrument: Instrument,
+    otel: Recorder,
+    entities: tuple[Exchange, Queue],
+) -> None:
+    """A Consumer driven by kombu's event loop (as Celery's worker drives its consumers, without
+    Connection.drain_events), consuming before instrument(), is traced from the message after
+    the first one it gets once instrumented, on RabbitMQ and on Redis."""
+    from kombu.asynchronous import Hub
+
+    connection: Connection = request.getfixturevalue(
+        "connection" if transport == "pyamqp" else "redis_connection"
+    )
+    exchange, queue = entities
+    declare(connection, exchange, queue)
+    got: list[tuple[Any, SpanContext]] = []
+    consumer = consuming(connection, queue, got)
+    hub = Hub()
+    connection.register_with_event_loop(hub)
+    producer = connection.Producer()
+
+    def run_until(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(got) < count:
+            assert time.monotonic() < deadline, "no delivery"
+            hub.run_once()
+
+    try:
+        producer.publish({"n": 0}, exchange=exchange, routing_key="order.created")
+        run_until(1)
+        instrument()
+        for n in (1, 2):
+            producer.publish({"n": n}, exchange=exchange, routing_key="order.created")
+            run_until(n + 1)
+        consumer.cancel()
+    finally:
+        hub.close()
+    (process,) = otel.named(f"process {queue.name}")
+    assert [context.is_valid for _, context in got] == [False, False, True]
+    assert got[2][1] == process.context

@@ -40,6 +40,7 @@ __all__ = [
     "SKIPPED",
     "message_context",
     "wrap_drain_events",
+    "wrap_virtual_message_to_python",
     "wrap_message_to_python",
     "wrap_queue_get",
     "wrap_receive_callback",
@@ -211,14 +212,19 @@ def wrap_message_to_python(
     message = wrapped(*args, **kwargs)
     try:
         state = getattr(args[0] if args else kwargs.get("raw_message"), "__dict__", None)
-        if state:
-            pending = state.pop(MESSAGE_ATTR, None)
-            if type(pending) is _Pending:
-                op = pending.op = _start(
-                    pending.binding, "process", pending.queue, message, track=pending.track
-                )
-                if op is not None:
-                    op.activate()
+        pending = state.pop(MESSAGE_ATTR, None) if state else None
+        if type(pending) is _Pending:
+            op = pending.op = _start(
+                pending.binding, "process", pending.queue, message, track=pending.track
+            )
+            if op is not None:
+                op.activate()
+        else:
+            # a get, or a consumer that started before instrument(): kombu's own
+            # _receive_callback calls this for every message, so a consumer driven by an event
+            # loop (Celery's worker never calls Connection.drain_events) is rewired here and
+            # traced from its next message on
+            _sweep_if_changed(connection_of_channel(channel))
     except Exception as internal:
         _PROCESS.report(internal)
     return message
@@ -320,6 +326,11 @@ def _sweep(connection: Any) -> None:
     connection.__dict__[_SWEPT_ATTR] = generation
 
 
+def _sweep_if_changed(connection: Any) -> None:
+    if connection is not None and connection.__dict__.get(_SWEPT_ATTR) != REGISTRY.generation:
+        _sweep(connection)
+
+
 def wrap_drain_events(
     wrapped: Callable[..., Any], connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -332,8 +343,22 @@ def wrap_drain_events(
     their next message on.
     """
     try:
-        if connection.__dict__.get(_SWEPT_ATTR) != REGISTRY.generation:
-            _sweep(connection)
+        _sweep_if_changed(connection)
+    except Exception as internal:
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
+
+
+def wrap_virtual_message_to_python(
+    wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A virtual transport's ``Channel.message_to_python``: kombu's ``_receive_callback`` calls
+    it for every message, traced consumer or not, so a consumer that started before
+    ``instrument()`` and is driven by an event loop (Celery's worker reads through the
+    transport's ``on_readable``, never ``Connection.drain_events``) is rewired here; it is
+    traced from its next message on."""
+    try:
+        _sweep_if_changed(connection_of_channel(channel))
     except Exception as internal:
         _CONSUMER.report(internal)
     return wrapped(*args, **kwargs)

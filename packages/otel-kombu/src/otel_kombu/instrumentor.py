@@ -58,6 +58,14 @@ PATCHES: Final = (
     _Patch("kombu.simple", "SimpleBase", "get", _consume.wrap_simple_get),
     # consumers (and basic.return listeners) set up before instrument(): rewired at the next drain
     _Patch("kombu.connection", "Connection", "drain_events", _consume.wrap_drain_events),
+    # ... or at their next message, in an event loop that never calls drain_events (Celery's
+    # worker): pyamqp's message_to_python above, and the virtual transports' one
+    _Patch(
+        "kombu.transport.virtual.base",
+        "Channel",
+        "message_to_python",
+        _consume.wrap_virtual_message_to_python,
+    ),
     # settle
     _Patch("kombu.message", "Message", "ack", _settle.wrap_ack),
     _Patch("kombu.message", "Message", "reject", _settle.wrap_reject),
