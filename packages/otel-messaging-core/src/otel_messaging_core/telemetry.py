@@ -462,7 +462,9 @@ class MessagingTelemetry:
                 # no-op, so send the parent's context on as it is (the trace id and the
                 # not-sampled flag reach the next hop all the same) and only count the message.
                 inject_span(carrier, parent, current)
-                return Publish(self, destination, INVALID_SPAN, _to_send(carrier, headers))
+                if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
+                    return Publish(self, destination, INVALID_SPAN, _to_send(carrier, headers))
+                return Publish(self, destination, INVALID_SPAN, carrier)
             if body_size is None and body is not None:
                 body_size = len(body)
             attributes = _message_attributes(
@@ -488,7 +490,9 @@ class MessagingTelemetry:
                     raw=raw,
                 )
                 call_hook(self._publish_hook, span, envelope)
-            return Publish(self, destination, span, _to_send(carrier, headers))
+            if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
+                return Publish(self, destination, span, _to_send(carrier, headers))
+            return Publish(self, destination, span, carrier)
         except Exception as internal:
             log_internal_error("publish start", internal)
             return Publish(None, None, INVALID_SPAN, headers)

@@ -68,7 +68,7 @@ def _start(
     if count > 3:
         args = (*args[:3], sent, *args[4:])
     else:
-        kwargs = {**kwargs, "properties": sent}
+        kwargs["properties"] = sent  # wrapt hands each call a dict of its own
     return op, args, kwargs
 
 
