@@ -262,7 +262,13 @@ def wrap_inner_publish(
     except BaseException as exc:
         _end(op, exc, watch)
         raise
-    _end(op, None, watch)
+    if watch is None:  # the usual publish: nothing to classify
+        try:
+            op.end()
+        except Exception as internal:
+            _PUBLISH.report(internal)
+    else:
+        _end(op, None, watch)
     return result
 
 
