@@ -198,3 +198,32 @@ def test_an_event_loop_consumer_consuming_before_instrument_is_traced(
     (process,) = otel.named(f"process {queue.name}")
     assert [context.is_valid for _, context in got] == [False, False, True]
     assert got[2][1] == process.context
+
+
+def test_preexisting_consumers_follow_uninstrument_and_instrument_again(
+    instrument: Instrument,
+    otel: Recorder,
+    connection: Connection,
+    entities: tuple[Exchange, Queue],
+) -> None:
+    """A Consumer consuming before instrument() is untraced again after uninstrument() and
+    traced again from its next message after a second instrument()."""
+    exchange, queue = entities
+    declare(connection, exchange, queue)
+    got: list[tuple[Any, SpanContext]] = []
+    consumer = consuming(connection, queue, got)
+    producer = connection.Producer()
+
+    def one(n: int) -> bool:
+        producer.publish({"n": n}, exchange=exchange, routing_key="order.created")
+        drain(connection, lambda: len(got) == n + 1)
+        return got[n][1].is_valid
+
+    instrumentor = instrument()
+    assert one(0)
+    instrumentor.uninstrument()
+    assert not one(1)
+    instrument()
+    assert one(2)
+    consumer.cancel()
+    assert len(otel.named(f"process {queue.name}")) == 2

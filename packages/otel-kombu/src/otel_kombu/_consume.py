@@ -18,6 +18,7 @@ as it was; :func:`message_context` makes the message's context current for a blo
 
 from __future__ import annotations
 
+import weakref
 from time import perf_counter
 from types import MethodType
 from typing import Any, Callable, Final
@@ -38,6 +39,7 @@ from otel_messaging_core import (
 __all__ = [
     "MESSAGE_ATTR",
     "SKIPPED",
+    "forget_sweeps",
     "message_context",
     "wrap_drain_events",
     "wrap_virtual_message_to_python",
@@ -54,6 +56,8 @@ MESSAGE_ATTR: Final = "_otel_kombu"
 _SIMPLE_ATTR: Final = "_otel_kombu_simple"
 # On a kombu Connection: the instrumentation generation its consumers were last checked at.
 _SWEPT_ATTR: Final = "_otel_kombu_swept"
+# Connections whose drain_events is shadowed by kombu's own bound method (see _sweep)
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 _PROCESS: Final = capture_internal_exceptions("kombu process")
 _RECEIVE: Final = capture_internal_exceptions("kombu receive")
@@ -201,7 +205,15 @@ def wrap_receive_callback(
     except BaseException as exc:
         _end(pending.op if pending is not None else op, exc)
         raise
-    _end(pending.op if pending is not None else op)
+    if pending is not None:
+        op = pending.op
+    if op is not None:
+        try:
+            op.end()
+        except Exception as internal:
+            _PROCESS.report(internal)
+            with _PROCESS:
+                op.deactivate()  # whatever failed, the caller's context comes back
     return result
 
 
@@ -324,6 +336,24 @@ def _sweep(connection: Any) -> None:
                 if traced is not None:
                     cell.cell_contents = traced
     connection.__dict__[_SWEPT_ATTR] = generation
+    # Until instrumentation changes, this connection's drain_events has nothing more to do:
+    # kombu's own method, bound on the object, shadows the class's wrapper, so a drain loop pays
+    # nothing for this check (forget_sweeps() takes the shadow back).
+    from kombu.connection import Connection
+
+    connection.__dict__["drain_events"] = MethodType(
+        _unwrapped(Connection, "drain_events"), connection
+    )
+    _shadowed.add(connection)
+
+
+def forget_sweeps() -> None:
+    """Instrumentation changed: every connection's drain_events checks its consumers again."""
+    for connection in list(_shadowed):
+        shadow = connection.__dict__.get("drain_events")
+        if type(shadow) is MethodType and shadow.__self__ is connection:
+            del connection.__dict__["drain_events"]
+    _shadowed.clear()
 
 
 def _sweep_if_changed(connection: Any) -> None:

@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_kombu import _consume, _publish, _settle
 from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
+from otel_kombu._consume import forget_sweeps
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
 from otel_messaging_core import (
@@ -137,6 +138,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 old = REGISTRY.instrumentation
                 REGISTRY.instrumentation = _instrumentation(options)
                 REGISTRY.changed()
+                forget_sweeps()
                 log_reconfigured("otel_kombu", old.telemetry.options if old else None, options)
             return None
         return super().instrument(**kwargs)
@@ -151,6 +153,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _install()
             REGISTRY.instrumentation = instrumentation
             REGISTRY.changed()
+            forget_sweeps()
             return
         # reached only when the block above failed (logged): kombu is left as it was
         _logger.error(
@@ -160,6 +163,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         REGISTRY.instrumentation = None
         REGISTRY.changed()
+        forget_sweeps()
         if not REGISTRY.pinned:
             _remove()
 
@@ -178,6 +182,7 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             connection.__dict__[PINNED_ATTR] = instrumentation
             REGISTRY.pinned.add(connection)
             REGISTRY.changed()
+            forget_sweeps()
 
     @staticmethod
     def uninstrument_connection(connection: Any) -> None:
@@ -185,5 +190,6 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         connection.__dict__.pop(PINNED_ATTR, None)
         REGISTRY.pinned.discard(connection)
         REGISTRY.changed()
+        forget_sweeps()
         if REGISTRY.instrumentation is None and not REGISTRY.pinned:
             _remove()
