@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import types
 import weakref
 from time import perf_counter
 from typing import Any, Callable, Final
@@ -49,6 +50,8 @@ _aio_pika_consumer: Callable[..., Any] | None = getattr(aio_pika.queue, "consume
 __all__ = [
     "consume",
     "deliver_frame",
+    "deliver_frame_name",
+    "forget_sweeps",
     "finish_iterations",
     "get",
     "iterator_anext",
@@ -60,6 +63,11 @@ TRACED_MARK: Final = "_otel_aiopika_traced"
 ITERATOR_ATTR: Final = "_otel_aiopika_iteration"
 # on an aiormq channel: the instrumentation generation its consumers were last checked at
 SWEPT_ATTR: Final = "_otel_aiopika_swept"
+# aiormq >= 7 dispatches a delivery to _on_deliver_frame, aiormq 6 (aio-pika 8) to _on_deliver
+_DELIVER_FRAME: Final = "_on_deliver_frame"
+_DELIVER_FRAME_AIORMQ_6: Final = "_on_deliver"
+# aiormq channels whose delivery method is shadowed by aiormq's own bound method (see _sweep)
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 _PROCESS: Final = capture_internal_exceptions("aio-pika process")
 _RECEIVE: Final = capture_internal_exceptions("aio-pika receive")
@@ -220,6 +228,33 @@ def _sweep(channel: Any) -> None:
                     _aio_pika_consumer, traced, *entry.args[1:], **entry.keywords
                 )
     setattr(channel, SWEPT_ATTR, generation)
+    # Until instrumentation changes, this channel's deliveries have nothing more to check:
+    # aiormq's own method, bound on the channel, shadows the class's wrapper, so a delivery pays
+    # nothing for the check (forget_sweeps() takes the shadow back).
+    name = deliver_frame_name(type(channel))
+    found = next((k.__dict__[name] for k in type(channel).__mro__ if name in k.__dict__), None)
+    original = getattr(found, "__wrapped__", found)
+    if callable(original):
+        channel.__dict__[name] = types.MethodType(original, channel)
+        _shadowed.add(channel)
+
+
+def forget_sweeps() -> None:
+    """Instrumentation changed: every channel checks its consumers again at its next delivery."""
+    for channel in list(_shadowed):
+        for name in (_DELIVER_FRAME, _DELIVER_FRAME_AIORMQ_6):
+            shadow = channel.__dict__.get(name)
+            if type(shadow) is types.MethodType and shadow.__self__ is channel:
+                del channel.__dict__[name]
+    _shadowed.clear()
+
+
+registry.listeners.append(forget_sweeps)
+
+
+def deliver_frame_name(channel_class: type) -> str:
+    """The aiormq channel method a delivery is dispatched to."""
+    return _DELIVER_FRAME if hasattr(channel_class, _DELIVER_FRAME) else _DELIVER_FRAME_AIORMQ_6
 
 
 def deliver_frame(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from opentelemetry.context import Context
 
@@ -62,7 +62,7 @@ _DELIVERY_RECORDS: Final = capture_internal_exceptions("aio-pika delivery record
 class _Registry:
     """Global instrumentation, the channels with their own, and a generation counter."""
 
-    __slots__ = ("generation", "live", "pinned", "telemetry")
+    __slots__ = ("generation", "listeners", "live", "pinned", "telemetry")
 
     def __init__(self) -> None:
         self.telemetry: MessagingTelemetry | None = None
@@ -72,6 +72,8 @@ class _Registry:
         # uninstrumented makes no settle span
         self.live: set[MessagingTelemetry] = set()
         self.generation = 0
+        # called on every change (the consume module forgets what it checked per channel)
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def active(self) -> bool:
@@ -83,6 +85,8 @@ class _Registry:
         live.add(self.telemetry)
         live.discard(None)
         self.live = live  # type: ignore[assignment]
+        for listener in self.listeners:
+            listener()
 
 
 registry: Final = _Registry()

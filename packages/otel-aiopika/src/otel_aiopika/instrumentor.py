@@ -75,21 +75,12 @@ def _targets() -> list[Target]:
         (IncomingMessage, "reject", _settle.settle("reject")),
         (ProcessContext, "__aexit__", _settle.process_exit),
         # consumers registered before instrument(): swapped at their channel's next delivery
-        (
-            AiormqChannel,
-            _DELIVER_FRAME if hasattr(AiormqChannel, _DELIVER_FRAME) else _DELIVER_FRAME_AIORMQ_6,
-            _consume.deliver_frame,
-        ),
+        (AiormqChannel, _consume.deliver_frame_name(AiormqChannel), _consume.deliver_frame),
     ]
     # aio-pika 10 gives the robust iterator an __anext__ of its own (waiting out reconnects)
     if "__anext__" in RobustQueueIterator.__dict__:
         targets.append((RobustQueueIterator, "__anext__", _consume.iterator_anext))
     return targets
-
-
-# aiormq >= 7 dispatches a delivery to _on_deliver_frame, aiormq 6 (aio-pika 8) to _on_deliver
-_DELIVER_FRAME: Final = "_on_deliver_frame"
-_DELIVER_FRAME_AIORMQ_6: Final = "_on_deliver"
 
 
 def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
