@@ -13,10 +13,10 @@
 * ``Queue.get``: a receive span covering the get; the caller's context is left as it was.
 * Consumers registered before ``instrument()``: aio-pika hands aiormq a
   ``partial(aio_pika.queue.consumer, callback, no_ack=...)`` per consumer, kept in the aiormq
-  channel's ``consumers``. Before the channel dispatches its next delivery (aiormq's
-  ``_on_deliver_frame``, ``_on_deliver`` in aiormq 6), the wrapper swaps every such entry whose
-  callback is not traced yet for the same partial over a traced callback: those consumers are
-  traced from their next message on. Their queue name is not on record (a delivery names the
+  channel's ``consumers``. Before the channel hands its next delivery to a consumer (when it
+  reads the message's content, ``_read_content``, in every aiormq release), the wrapper swaps
+  every such entry whose callback is not traced yet for the same partial over a traced callback:
+  those consumers are traced from their next message on. Their queue name is not on record (a delivery names the
   exchange and routing key): on the default exchange the routing key names it.
 """
 
@@ -49,8 +49,7 @@ _aio_pika_consumer: Callable[..., Any] | None = getattr(aio_pika.queue, "consume
 
 __all__ = [
     "consume",
-    "deliver_frame",
-    "deliver_frame_name",
+    "read_content",
     "forget_sweeps",
     "finish_iterations",
     "get",
@@ -63,9 +62,10 @@ TRACED_MARK: Final = "_otel_aiopika_traced"
 ITERATOR_ATTR: Final = "_otel_aiopika_iteration"
 # on an aiormq channel: the instrumentation generation its consumers were last checked at
 SWEPT_ATTR: Final = "_otel_aiopika_swept"
-# aiormq >= 7 dispatches a delivery to _on_deliver_frame, aiormq 6 (aio-pika 8) to _on_deliver
-_DELIVER_FRAME: Final = "_on_deliver_frame"
-_DELIVER_FRAME_AIORMQ_6: Final = "_on_deliver"
+# What every aiormq release (6.x and 7.x) calls, on the channel, to read a delivered message's
+# content, right before it looks up the delivery's consumer. (The method that dispatches the
+# delivery frame is no use: aiormq 6.7 to 6.9 bind it when the channel opens.)
+READ_CONTENT: Final = "_read_content"
 # aiormq channels whose delivery method is shadowed by aiormq's own bound method (see _sweep)
 _shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -231,38 +231,35 @@ def _sweep(channel: Any) -> None:
     # Until instrumentation changes, this channel's deliveries have nothing more to check:
     # aiormq's own method, bound on the channel, shadows the class's wrapper, so a delivery pays
     # nothing for the check (forget_sweeps() takes the shadow back).
-    name = deliver_frame_name(type(channel))
-    found = next((k.__dict__[name] for k in type(channel).__mro__ if name in k.__dict__), None)
+    found = next(
+        (k.__dict__[READ_CONTENT] for k in type(channel).__mro__ if READ_CONTENT in k.__dict__),
+        None,
+    )
     original = getattr(found, "__wrapped__", found)
     if callable(original):
-        channel.__dict__[name] = types.MethodType(original, channel)
+        channel.__dict__[READ_CONTENT] = types.MethodType(original, channel)
         _shadowed.add(channel)
 
 
 def forget_sweeps() -> None:
     """Instrumentation changed: every channel checks its consumers again at its next delivery."""
     for channel in list(_shadowed):
-        for name in (_DELIVER_FRAME, _DELIVER_FRAME_AIORMQ_6):
-            shadow = channel.__dict__.get(name)
-            if type(shadow) is types.MethodType and shadow.__self__ is channel:
-                del channel.__dict__[name]
+        shadow = channel.__dict__.get(READ_CONTENT)
+        if type(shadow) is types.MethodType and shadow.__self__ is channel:
+            del channel.__dict__[READ_CONTENT]
     _shadowed.clear()
 
 
 registry.listeners.append(forget_sweeps)
 
 
-def deliver_frame_name(channel_class: type) -> str:
-    """The aiormq channel method a delivery is dispatched to."""
-    return _DELIVER_FRAME if hasattr(channel_class, _DELIVER_FRAME) else _DELIVER_FRAME_AIORMQ_6
-
-
-def deliver_frame(
+def read_content(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """aiormq ``Channel._on_deliver_frame``: before the channel's first delivery since
-    instrumentation changed, trace its consumers registered before (see the module docstring).
-    Returns the original coroutine: nothing of ours runs while it is awaited."""
+    """aiormq ``Channel._read_content``: before the channel's first delivery since
+    instrumentation changed is handed to its consumer, trace the consumers registered before
+    (see the module docstring). Returns the original coroutine: nothing of ours runs while it is
+    awaited."""
     try:
         if getattr(instance, SWEPT_ATTR, None) != registry.generation:
             _sweep(instance)

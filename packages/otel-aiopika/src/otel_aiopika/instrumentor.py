@@ -75,7 +75,7 @@ def _targets() -> list[Target]:
         (IncomingMessage, "reject", _settle.settle("reject")),
         (ProcessContext, "__aexit__", _settle.process_exit),
         # consumers registered before instrument(): swapped at their channel's next delivery
-        (AiormqChannel, _consume.deliver_frame_name(AiormqChannel), _consume.deliver_frame),
+        (AiormqChannel, _consume.READ_CONTENT, _consume.read_content),
     ]
     # aio-pika 10 gives the robust iterator an __anext__ of its own (waiting out reconnects)
     if "__anext__" in RobustQueueIterator.__dict__:
