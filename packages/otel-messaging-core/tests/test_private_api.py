@@ -279,13 +279,13 @@ def test_proxy_instrument_fast_path_is_live() -> None:
     """An instrument of the API's proxy meter shows whether a real instrument backs it yet."""
     provider = _ProxyMeterProvider()
     counter = provider.get_meter("probe").create_counter("probe")
-    backing = _private_api.proxy_backing(counter)
-    assert backing is not None
-    assert backing() is None
+    proxy = _private_api.proxy_instrument(counter)
+    assert proxy is counter
+    assert getattr(proxy, _private_api.REAL_INSTRUMENT) is None
     provider.on_set_meter_provider(MeterProvider())
-    assert backing() is not None
+    assert getattr(proxy, _private_api.REAL_INSTRUMENT) is not None
     real = MeterProvider().get_meter("probe").create_counter("probe")
-    assert _private_api.proxy_backing(real) is None
+    assert _private_api.proxy_instrument(real) is None
 
 
 def test_proxy_fallback_records_once_a_provider_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,7 +293,7 @@ def test_proxy_fallback_records_once_a_provider_is_set(monkeypatch: pytest.Monke
     backs the proxy, recorded once a MeterProvider is set."""
     from otel_messaging_core import metrics
 
-    monkeypatch.setattr(metrics, "proxy_backing", lambda _instrument: None)
+    monkeypatch.setattr(metrics, "proxy_instrument", lambda _instrument: None)
     provider = _ProxyMeterProvider()
     recorded = MessagingMetrics("otel_test", "0", provider)
     attributes = {"messaging.system": "rabbitmq", "messaging.operation.name": "publish"}

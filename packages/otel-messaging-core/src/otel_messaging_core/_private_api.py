@@ -23,7 +23,6 @@ key found through the public API reads exactly as the private constant does.
 
 from __future__ import annotations
 
-import functools
 import logging
 from contextvars import Token
 from typing import Any, Callable, Final, Sequence
@@ -45,7 +44,8 @@ __all__ = [
     "attach",
     "composite_members",
     "detach",
-    "proxy_backing",
+    "REAL_INSTRUMENT",
+    "proxy_instrument",
     "sampler_drops_unsampled",
 ]
 
@@ -203,15 +203,17 @@ def sampler_drops_unsampled(sampler: object) -> bool:
 # -- metrics --------------------------------------------------------------------------------------
 
 
-def proxy_backing(instrument: object) -> Callable[[], object] | None:
-    """For an instrument of the API's proxy meter (no MeterProvider was set when it was made): a
-    call that gives the instrument backing it, ``None`` until a MeterProvider is set (so a
-    measurement can be skipped instead of handed to a proxy that drops it).
+#: Where a proxy instrument keeps the instrument that backs it (``None`` until a MeterProvider
+#: is set); read with ``getattr(proxy, REAL_INSTRUMENT)``, as cheap as an attribute.
+REAL_INSTRUMENT: Final = "_real_instrument"
+
+
+def proxy_instrument(instrument: object) -> object | None:
+    """``instrument`` itself when it is an instrument of the API's proxy meter (no MeterProvider
+    was set when it was made), whose ``getattr(instrument, REAL_INSTRUMENT)`` stays ``None``
+    until one is set, so a measurement can be skipped instead of handed to a proxy that drops it.
 
     ``None`` for any other instrument, or when the proxy's state cannot be read: every
     measurement then goes to the API, which drops it while nothing backs the proxy.
     """
-    if not hasattr(instrument, "_real_instrument"):
-        return None
-    # partial(getattr, ...) runs in C: a measurement pays one cheap call, not a Python frame
-    return functools.partial(getattr, instrument, "_real_instrument")
+    return instrument if hasattr(instrument, REAL_INSTRUMENT) else None
