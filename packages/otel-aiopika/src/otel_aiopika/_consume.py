@@ -153,7 +153,16 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
         inner = _ensure_awaitable(callback) if _ensure_awaitable is not None else callback
 
         async def traced(message: Any) -> Any:
-            op = _process_start(owner, message, queue, manual_ack)
+            # inlined (one message per call): _process_start / _process_end for the usual case
+            op = None
+            try:
+                state = resolve(owner)
+                if state is not None:
+                    op = _begin(state, "process", message, queue, manual_ack)
+                    if op is not None:
+                        op.activate()
+            except Exception as internal:
+                _PROCESS.report(internal)
             if op is None:
                 return await inner(message)
             try:
@@ -161,7 +170,12 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
             except BaseException as exc:
                 _process_end(op, exc)
                 raise
-            _process_end(op)
+            try:
+                op.end()
+            except Exception as internal:
+                _PROCESS.report(internal)
+                with _PROCESS:
+                    op.deactivate()  # whatever failed, the handler's context is not left current
             return result
 
         wrapper: Any = traced
