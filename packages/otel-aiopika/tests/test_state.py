@@ -15,6 +15,7 @@ from otel_aiopika import _state
 from otel_aiopika._publish import with_headers
 from otel_aiopika._settle import _arguments
 from otel_aiopika.instrumentor import AioPikaInstrumentor, _telemetry
+from otel_messaging_core import InstrumentationOptions
 
 
 class FakeUnderlay:
@@ -61,7 +62,7 @@ def test_resolve_caches_per_channel_until_instrumentation_changes(otel: Recorder
 
 def test_settle_records_are_taken_singly_up_to_a_tag_or_all() -> None:
     """take() removes one record, every record up to a tag (multiple), or all (multiple with tag 0)."""
-    telemetry = _telemetry({})
+    telemetry = _telemetry(InstrumentationOptions())
     channel = FakeUnderlay()
     for tag in (3, 1, 2, 5):
         _state.track(incoming(channel, tag), telemetry, None, None, manual_ack=True)
@@ -79,7 +80,7 @@ def test_records_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the bound the oldest records go: a consumer that never settles cannot grow memory."""
     monkeypatch.setattr(_state, "MAX_TRACKED", 3)
     monkeypatch.setattr(_state, "MAX_PULLED", 2)
-    telemetry = _telemetry({})
+    telemetry = _telemetry(InstrumentationOptions())
     channel = FakeUnderlay()
     context: Any = object()
     for tag in range(1, 7):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -53,6 +54,36 @@ def test_unknown_keyword_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="settle_span"):
         instrumentor.instrument(settle_span=True)
     assert not instrumentor.is_instrumented_by_opentelemetry
+
+
+def test_the_unknown_keyword_error_lists_kombus_own_keyword() -> None:
+    """The TypeError for a misspelt keyword names every accepted keyword, skip_celery_messages
+    included."""
+    with pytest.raises(TypeError, match=r"accepted: .*skip_celery_messages"):
+        KombuInstrumentor().instrument(skip_celery=True)
+
+
+def test_a_bad_variable_leaves_kombu_instrumented(
+    otel: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES value is one ERROR naming it; instrument()
+    goes on with the default (Celery's messages traced)."""
+    monkeypatch.setenv(SKIP_CELERY_MESSAGES_ENV, "sometimes")
+    instrumentor = KombuInstrumentor()
+    with caplog.at_level(logging.ERROR, logger="otel_messaging_core"):
+        instrumentor.instrument(
+            tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+        )
+    try:
+        assert instrumentor.is_instrumented_by_opentelemetry
+        with Connection("memory://") as connection:
+            task = memory_round_trip(connection, {"task": "app.add", "id": "6b1c"})
+    finally:
+        instrumentor.uninstrument()
+    assert "traceparent" in task.headers
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert SKIP_CELERY_MESSAGES_ENV in error
+    assert "'sometimes'" in error
 
 
 def memory_round_trip(connection: Connection, headers: dict[str, Any] | None = None) -> Any:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from otel_messaging_core import _guard
-from otel_messaging_core._guard import call_hook, capture_internal_exceptions
+from otel_messaging_core import guard as _guard
+from otel_messaging_core.guard import call_hook, capture_internal_exceptions
 
 
 def test_internal_exception_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
@@ -58,3 +58,22 @@ def test_a_freed_hook_is_forgotten(caplog: pytest.LogCaptureFixture) -> None:
         del hook
         gc.collect()
     assert len(_guard._failed_hooks) + len(_guard._failed_hook_ids) == remembered
+
+
+def test_one_guard_per_place_logs_its_first_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A place's guard, reused in ``with`` blocks and ``report()`` calls, warns once for the place
+    and keeps later failures at debug level."""
+    guard = capture_internal_exceptions("unit-test reused place")
+    with caplog.at_level(logging.DEBUG, logger="otel_messaging_core"):
+        for _ in range(3):
+            with guard:
+                raise RuntimeError("bug in instrumentation")
+        try:
+            raise ValueError("caught by a try of the same place")
+        except ValueError as exc:
+            guard.report(exc)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "instrumentation error in unit-test reused place; the message was handled without it"
+    ]
+    assert sum("(repeated)" in r.getMessage() for r in caplog.records) == 3

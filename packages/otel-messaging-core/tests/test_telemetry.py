@@ -373,3 +373,45 @@ def test_settle_spans_carry_baggage_attributes(otel: Recorder) -> None:
     reject = otel.spans()[-1]
     assert reject.name == "reject srm"
     assert reject.attributes["order.id"] == "17"  # type: ignore[index]
+
+
+def test_where_nothing_is_added_the_callers_headers_are_sent(otel: Recorder) -> None:
+    """A publish that adds nothing (suppressed with nothing current, or no tracing configured)
+    hands back the caller's own headers object, ``None`` included: never an empty dict."""
+    telemetry = make(otel)
+    destination = telemetry.destinations().get("publish", "orders", "order.created")
+    caller: dict[str, Any] = {"x-app": "shop"}
+    with suppress_instrumentation():
+        assert telemetry.start_publish(destination, None).headers is None
+        assert telemetry.start_publish(destination, caller).headers is caller
+    untraced = MessagingTelemetry(
+        InstrumentationOptions(tracer_provider=trace.NoOpTracerProvider()),
+        instrumentation_name="otel_test",
+        version="0",
+    )
+    op = untraced.start_publish(destination, None)
+    op.end()
+    assert op.headers is None
+    assert caller == {"x-app": "shop"}
+
+
+def test_a_publish_that_fails_to_start_sends_the_callers_headers(
+    otel: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When our own code fails before the publish, the caller's headers go out as they were."""
+    telemetry = make(otel)
+    with caplog.at_level(logging.CRITICAL):
+        assert telemetry.start_publish(None, None).headers is None  # type: ignore[arg-type]
+
+
+def test_captured_header_values_are_capped_and_marked(otel: Recorder) -> None:
+    """A captured header longer than capture_headers_max_length keeps its first characters and
+    ends with the truncation mark; shorter ones are kept whole."""
+    from otel_messaging_core.telemetry import TRUNCATED_MARK
+
+    telemetry = make(otel, capture_headers="x-big, x-small", capture_headers_max_length=16)
+    publish(telemetry, {"x-big": "a" * 20_000, "x-small": "b" * 16})
+    (span,) = otel.spans()
+    assert span.attributes["messaging.header.x-big"] == "a" * 16 + TRUNCATED_MARK  # type: ignore[index]
+    assert span.attributes["messaging.header.x-small"] == "b" * 16  # type: ignore[index]
+    assert TRUNCATED_MARK == "...[truncated]"

@@ -22,16 +22,18 @@ Instrument
 
     from otel_aiopika import AioPikaInstrumentor
 
-    AioPikaInstrumentor().instrument()      # before consumers are registered
+    AioPikaInstrumentor().instrument()      # before or after consumers are registered
 
 Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
 ``otel_aiopika``; options then come from the ``OTEL_PYTHON_RABBITMQ_*`` variables below, and
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_aiopika`` turns it off).
 
 ``instrument()`` patches aio-pika's classes, so exchanges, queues, iterators and messages that
-already exist are covered; a ``Queue.consume`` callback is traced when it is registered after
-``instrument()``. ``instrument()`` twice is a no-op; ``uninstrument()`` restores every patched
-attribute, and consumers registered while instrumented stop producing telemetry.
+already exist are covered, and so are ``Queue.consume`` callbacks registered before it (from
+their next message on). Called again with options while instrumented (as when your code runs
+under ``opentelemetry-instrument``), ``instrument()`` applies them to the live instrumentation and
+logs what changed at INFO; it never patches twice. ``uninstrument()`` restores every patched
+attribute, and consumers stop producing telemetry.
 
 To instrument one channel (plain or robust) with options of its own:
 
@@ -47,31 +49,19 @@ Exchanges, queues and messages of that channel then use these options, whether o
 Options
 -------
 
-``instrument()`` and ``instrument_channel()`` take the same keywords; an unknown keyword or a
-wrong value is a ``TypeError``/``ValueError`` at once, before anything is patched.
+``instrument()`` and ``instrument_channel()`` take the keywords every plugin takes (see
+:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
+``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
+``capture_headers_max_length`` and ``baggage_attributes``; under ``opentelemetry-instrument``
+the ``OTEL_PYTHON_RABBITMQ_*`` variables give them. A wrong keyword or value in code is a
+``TypeError``/``ValueError`` at once, before anything is patched; a bad variable is logged once at
+ERROR and its default used, so tracing goes on.
 
-``tracer_provider``, ``meter_provider``
-    Default: the global providers.
-``publish_hook``, ``consume_hook``
-    ``hook(span, envelope)``, called for recording spans only, right after the span starts.
-    ``envelope`` is the shared ``otel_messaging_core.Envelope`` (exchange, routing_key, queue,
-    body, headers (read-only; on publish the headers actually sent), message_id, correlation_id,
-    delivery_tag, redelivered, and ``raw``: the caller's ``aio_pika.Message`` on publish, the
-    ``IncomingMessage`` on consume). A hook that raises is logged once and never breaks the
-    publish or the handler.
-``consumer_context`` (``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``)
-    ``"parent"`` (default): a process/receive span is a child of the producer's span when no span
-    is active (and links to it); when one is active, that span is the parent and the producer is
-    a link. ``"link"``: every hop starts its own trace, linked to the producer.
-``settle_spans`` (``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``)
-    ``True``: a span for every ack/nack/reject. Default ``False``: only a nack/reject without
-    requeue gets one (always, as ERROR: the message is dropped or dead-lettered). Note that
-    aio-pika's ``reject()`` and ``message.process()`` do not requeue unless told to.
-``capture_headers`` (``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``, comma-separated)
-    Header names copied to ``messaging.header.<name>`` attributes.
-``baggage_attributes`` (``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES``, comma-separated)
-    Baggage entries copied onto every messaging span as attributes of the same name, e.g.
-    ``("order.id",)``.
+A hook is called as ``hook(span, envelope)`` for recording spans only, right after the span
+starts; for aio-pika, ``envelope.raw`` is the caller's ``aio_pika.Message`` on publish and the
+``IncomingMessage`` on consume. A hook that raises is logged once and never breaks the publish or
+the handler. With ``settle_spans=False``, note that aio-pika's ``reject()`` and
+``message.process()`` do not requeue unless told to: such a reject always makes its ERROR span.
 
 Spans
 -----
@@ -192,8 +182,10 @@ Meter ``otel_aiopika``: ``messaging.client.sent.messages``, ``messaging.client.c
 Limits
 ------
 
-* ``Queue.consume`` callbacks registered before ``instrument()`` (or ``instrument_channel()``)
-  are not traced until the consumer is registered again (a robust reconnect does that).
+* A ``Queue.consume`` callback registered before ``instrument()`` (or ``instrument_channel()``)
+  is traced from its channel's next delivery on, but its queue's name is not on record: on the
+  default exchange the routing key names the span, otherwise the exchange does. Registered again
+  (a robust reconnect does that), it is named after its queue as usual.
 * The queue iterator without ``async with``: ``async for message in queue: ... break`` leaves
   the last receive span open, and its context current in that task, until the iterator is
   closed (``await iterator.close()``) or asked for the next message. Leave the loop inside

@@ -11,31 +11,46 @@
   and restores the previous context. The iterator registers its own ``on_message`` through
   ``Queue.consume``; that callback is left alone (it only buffers messages).
 * ``Queue.get``: a receive span covering the get; the caller's context is left as it was.
+* Consumers registered before ``instrument()``: aio-pika hands aiormq a
+  ``partial(aio_pika.queue.consumer, callback, no_ack=...)`` per consumer, kept in the aiormq
+  channel's ``consumers``. Before the channel hands its next delivery to a consumer (when it
+  reads the message's content, ``_read_content``, in every aiormq release), the wrapper swaps
+  every such entry whose callback is not traced yet for the same partial over a traced callback:
+  those consumers are traced from their next message on. Their queue name is not on record (a delivery names the
+  exchange and routing key): on the default exchange the routing key names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import types
 import weakref
 from time import perf_counter
 from typing import Any, Callable, Final
 
+import aio_pika.queue
 import aio_pika.tools
 from aio_pika.queue import QueueIterator
 from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
 
 from otel_aiopika._publish import headers_of
 from otel_aiopika._state import OwnerState, registry, resolve, track
-from otel_messaging_core import Consume, ContextActivation
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Consume, ContextActivation, capture_internal_exceptions
 
 # aio-pika >= 9 turns a plain-function callback into a coroutine function (ensure_awaitable);
 # aio-pika 8.x runs a plain function as it is, in call_soon.
 _ensure_awaitable: Callable[[Any], Any] | None = getattr(aio_pika.tools, "ensure_awaitable", None)
+# What Queue.consume hands aiormq, partially applied, in aio-pika 8 to 10. Without it (a release
+# that registers consumers another way) consumers registered before instrument() stay untraced,
+# and instrument() says so.
+_aio_pika_consumer: Callable[..., Any] | None = getattr(aio_pika.queue, "consumer", None)
 
 __all__ = [
     "consume",
+    "read_content",
+    "forget_sweeps",
     "finish_iterations",
     "get",
     "iterator_anext",
@@ -45,6 +60,18 @@ __all__ = [
 
 TRACED_MARK: Final = "_otel_aiopika_traced"
 ITERATOR_ATTR: Final = "_otel_aiopika_iteration"
+# on an aiormq channel: the instrumentation generation its consumers were last checked at
+SWEPT_ATTR: Final = "_otel_aiopika_swept"
+# What every aiormq release (6.x and 7.x) calls, on the channel, to read a delivered message's
+# content, right before it looks up the delivery's consumer. (The method that dispatches the
+# delivery frame is no use: aiormq 6.7 to 6.9 bind it when the channel opens.)
+READ_CONTENT: Final = "_read_content"
+# aiormq channels whose delivery method is shadowed by aiormq's own bound method (see _sweep)
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+_PROCESS: Final = capture_internal_exceptions("aio-pika process")
+_RECEIVE: Final = capture_internal_exceptions("aio-pika receive")
+_CONSUME: Final = capture_internal_exceptions("aio-pika consume")
 
 Wrapped = Callable[..., Any]
 
@@ -57,39 +84,57 @@ def _begin(
     manual_ack: bool,
     started: float | None = None,
 ) -> Consume | None:
-    """Start the process/receive span of a delivered message and keep its settle record."""
-    try:
-        telemetry = state.telemetry
-        if telemetry is None:
-            return None
-        exchange = message.exchange
-        routing_key = message.routing_key
-        destination = state.destinations.get(
-            operation,
-            exchange if type(exchange) is str else str(exchange or ""),
-            routing_key if type(routing_key) is str else str(routing_key or ""),
-            queue,
-        )
-        op = telemetry.start_consume(
-            destination,
-            headers_of(message),
-            delivery_tag=message.delivery_tag,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            body=message.body,
-            redelivered=message.redelivered,
-            raw=message,
-            track_delivery=manual_ack,
-            started=started,
-        )
-        # A pulled message's context is kept for message_context(), unless no span was made (the
-        # trace is not sampled and the sampler follows it): the headers then give the same context.
-        if manual_ack or (operation == "receive" and op.has_span):
-            track(message, telemetry, op.delivery, op.context, manual_ack)
-        return op
-    except Exception as exc:
-        log_internal_error(operation, exc)
+    """Start the process/receive span of a delivered message and keep its settle record
+    (callers guard)."""
+    telemetry = state.telemetry
+    if telemetry is None:
         return None
+    exchange = message.exchange
+    exchange = exchange if type(exchange) is str else str(exchange or "")
+    routing_key = message.routing_key
+    routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
+    if not queue and not exchange:  # a consumer not seen registering: the default exchange
+        queue = routing_key  # routes to the queue its routing key names
+    destination = state.destinations.get(operation, exchange, routing_key, queue)
+    op = telemetry.start_consume(
+        destination,
+        headers_of(message),
+        delivery_tag=message.delivery_tag,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        body=message.body,
+        redelivered=message.redelivered,
+        raw=message,
+        track_delivery=manual_ack,
+        started=started,
+    )
+    # A pulled message's context is kept for message_context(), unless no span was made (the
+    # trace is not sampled and the sampler follows it): the headers then give the same context.
+    if manual_ack or (operation == "receive" and op.has_span):
+        track(message, telemetry, op.delivery, op.context, manual_ack)
+    return op
+
+
+def _process_start(owner: Any, message: Any, queue: str, manual_ack: bool) -> Consume | None:
+    op = None
+    try:
+        state = resolve(owner)
+        if state is not None:
+            op = _begin(state, "process", message, queue, manual_ack)
+            if op is not None:
+                op.activate()
+    except Exception as internal:
+        _PROCESS.report(internal)
+    return op
+
+
+def _process_end(op: Consume, exc: BaseException | None = None) -> None:
+    try:
+        op.end(exc)
+    except Exception as internal:
+        _PROCESS.report(internal)
+        with _PROCESS:
+            op.deactivate()  # whatever failed, the handler's context is not left current
 
 
 # -- Queue.consume ------------------------------------------------------------------------------
@@ -108,34 +153,44 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
         inner = _ensure_awaitable(callback) if _ensure_awaitable is not None else callback
 
         async def traced(message: Any) -> Any:
-            state = resolve(owner)
-            op = _begin(state, "process", message, queue, manual_ack) if state else None
+            # inlined (one message per call): _process_start / _process_end for the usual case
+            op = None
+            try:
+                state = resolve(owner)
+                if state is not None:
+                    op = _begin(state, "process", message, queue, manual_ack)
+                    if op is not None:
+                        op.activate()
+            except Exception as internal:
+                _PROCESS.report(internal)
             if op is None:
                 return await inner(message)
-            op.activate()
             try:
                 result = await inner(message)
             except BaseException as exc:
-                op.end(exc)
+                _process_end(op, exc)
                 raise
-            op.end()
+            try:
+                op.end()
+            except Exception as internal:
+                _PROCESS.report(internal)
+                with _PROCESS:
+                    op.deactivate()  # whatever failed, the handler's context is not left current
             return result
 
         wrapper: Any = traced
     else:  # aio-pika 8.x calls a plain function as it is (in call_soon)
 
         def traced_sync(message: Any) -> Any:
-            state = resolve(owner)
-            op = _begin(state, "process", message, queue, manual_ack) if state else None
+            op = _process_start(owner, message, queue, manual_ack)
             if op is None:
                 return callback(message)
-            op.activate()
             try:
                 result = callback(message)
             except BaseException as exc:
-                op.end(exc)
+                _process_end(op, exc)
                 raise
-            op.end()
+            _process_end(op)
             return result
 
         wrapper = traced_sync
@@ -144,19 +199,22 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
     return wrapper
 
 
+def _needs_tracing(callback: Any) -> bool:
+    return (
+        callback is not None
+        and not getattr(callback, TRACED_MARK, False)
+        # the queue iterator's own buffer callback: its messages get receive spans instead
+        and not isinstance(getattr(callback, "__self__", None), QueueIterator)
+    )
+
+
 async def consume(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Queue.consume``: register a traced callback instead of the caller's."""
-    try:
+    with _CONSUME:
         callback = args[0] if args else kwargs.get("callback")
-        if (
-            callback is not None
-            and not getattr(callback, TRACED_MARK, False)
-            # the queue iterator's own buffer callback: its messages get receive spans instead
-            and not isinstance(getattr(callback, "__self__", None), QueueIterator)
-            and resolve(instance.channel) is not None
-        ):
+        if _needs_tracing(callback) and resolve(instance.channel) is not None:
             no_ack = args[1] if len(args) > 1 else kwargs.get("no_ack", False)
             traced = traced_callback(
                 callback, instance.channel, _queue_name(instance), bool(no_ack)
@@ -165,9 +223,63 @@ async def consume(
                 args = (traced, *args[1:])
             else:
                 kwargs = {**kwargs, "callback": traced}
-    except Exception as exc:
-        log_internal_error("consume", exc)
     return await wrapped(*args, **kwargs)
+
+
+def _sweep(channel: Any) -> None:
+    """Trace the consumers of an aiormq channel that were registered before instrumentation."""
+    generation = registry.generation
+    if _aio_pika_consumer is not None and resolve(channel) is not None:
+        consumers = channel.consumers
+        for tag, entry in list(consumers.items()):
+            if not isinstance(entry, functools.partial) or entry.func is not _aio_pika_consumer:
+                continue  # registered with aiormq directly, or already swapped
+            callback = entry.args[0] if entry.args else None
+            if _needs_tracing(callback):
+                no_ack = bool(entry.keywords.get("no_ack", False))
+                traced = traced_callback(callback, channel, "", no_ack)
+                consumers[tag] = functools.partial(
+                    _aio_pika_consumer, traced, *entry.args[1:], **entry.keywords
+                )
+    setattr(channel, SWEPT_ATTR, generation)
+    # Until instrumentation changes, this channel's deliveries have nothing more to check:
+    # aiormq's own method, bound on the channel, shadows the class's wrapper, so a delivery pays
+    # nothing for the check (forget_sweeps() takes the shadow back).
+    found = next(
+        (k.__dict__[READ_CONTENT] for k in type(channel).__mro__ if READ_CONTENT in k.__dict__),
+        None,
+    )
+    original = getattr(found, "__wrapped__", found)
+    if callable(original):
+        channel.__dict__[READ_CONTENT] = types.MethodType(original, channel)
+        _shadowed.add(channel)
+
+
+def forget_sweeps() -> None:
+    """Instrumentation changed: every channel checks its consumers again at its next delivery."""
+    for channel in list(_shadowed):
+        shadow = channel.__dict__.get(READ_CONTENT)
+        if type(shadow) is types.MethodType and shadow.__self__ is channel:
+            del channel.__dict__[READ_CONTENT]
+    _shadowed.clear()
+
+
+registry.listeners.append(forget_sweeps)
+
+
+def read_content(
+    wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """aiormq ``Channel._read_content``: before the channel's first delivery since
+    instrumentation changed is handed to its consumer, trace the consumers registered before
+    (see the module docstring). Returns the original coroutine: nothing of ours runs while it is
+    awaited."""
+    try:
+        if getattr(instance, SWEPT_ATTR, None) != registry.generation:
+            _sweep(instance)
+    except Exception as internal:
+        _CONSUME.report(internal)
+    return wrapped(*args, **kwargs)
 
 
 # -- Queue.get ----------------------------------------------------------------------------------
@@ -177,16 +289,23 @@ async def get(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Queue.get``: a receive span covering the get; an empty get makes none."""
-    state = resolve(instance.channel)
+    state = None
+    started = perf_counter()
+    try:
+        state = resolve(instance.channel)
+    except Exception as internal:
+        _RECEIVE.report(internal)
     if state is None:
         return await wrapped(*args, **kwargs)
-    started = perf_counter()
     message = await wrapped(*args, **kwargs)
     if message is not None:
-        manual_ack = not kwargs.get("no_ack", False)
-        op = _begin(state, "receive", message, _queue_name(instance), manual_ack, started)
-        if op is not None:
-            op.end()
+        try:
+            manual_ack = not kwargs.get("no_ack", False)
+            op = _begin(state, "receive", message, _queue_name(instance), manual_ack, started)
+            if op is not None:
+                op.end()
+        except Exception as internal:
+            _RECEIVE.report(internal)
     return message
 
 
@@ -260,39 +379,51 @@ async def iterator_anext(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``QueueIterator.__anext__``: end the previous message's receive span, start the next."""
-    iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
-    if iteration is not None:
-        if iteration.busy:  # a subclass's __anext__ calling the base one: the outer call traces
-            return await wrapped(*args, **kwargs)
-        iteration.finish()
-    queue = getattr(instance, "_amqp_queue", None)
-    state = resolve(getattr(queue, "channel", None))
-    if state is None:
+    iteration: _Iteration | None = None
+    state = queue = None
+    try:
+        iteration = instance.__dict__.get(ITERATOR_ATTR)
+        if iteration is not None:
+            if iteration.busy:  # a subclass's __anext__ calling the base one: the outer traces
+                iteration = None
+            else:
+                iteration.finish()
+                queue = getattr(instance, "_amqp_queue", None)
+                state = resolve(getattr(queue, "channel", None))
+        else:
+            queue = getattr(instance, "_amqp_queue", None)
+            state = resolve(getattr(queue, "channel", None))
+            if state is not None:
+                iteration = instance.__dict__[ITERATOR_ATTR] = _Iteration()
+                _iterations.add(iteration)
+    except Exception as internal:
+        _RECEIVE.report(internal)
+        state = None
+    if state is None or iteration is None:
         return await wrapped(*args, **kwargs)
-    if iteration is None:
-        iteration = instance.__dict__[ITERATOR_ATTR] = _Iteration()
-        _iterations.add(iteration)
     generation = registry.generation
     iteration.busy = True
     try:
         message = await wrapped(*args, **kwargs)
     finally:
         iteration.busy = False
-    if registry.generation != generation:
-        # instrumentation changed while this call waited (uninstrument(), say): ask again, or
-        # the span would start with nothing left to end it
-        state = resolve(getattr(queue, "channel", None))
-        if state is None:
-            return message
     try:
-        no_ack = bool(instance._consume_kwargs.get("no_ack", False))
-    except Exception:
-        no_ack = False
-    op = _begin(state, "receive", message, _queue_name(queue), not no_ack)
-    if op is not None and op.context is not None:
-        iteration.op = op
-        iteration.task = _current_task()
-        iteration.activation.activate(op.context)
+        if registry.generation != generation:
+            # instrumentation changed while this call waited (uninstrument(), say): ask again,
+            # or the span would start with nothing left to end it
+            state = resolve(getattr(queue, "channel", None))
+        if state is not None:
+            try:
+                no_ack = bool(instance._consume_kwargs.get("no_ack", False))
+            except Exception:  # an iterator of another shape: assume manual acks
+                no_ack = False
+            op = _begin(state, "receive", message, _queue_name(queue), not no_ack)
+            if op is not None and op.context is not None:
+                iteration.op = op
+                iteration.task = _current_task()
+                iteration.activation.activate(op.context)
+    except Exception as internal:
+        _RECEIVE.report(internal)
     return message
 
 
@@ -300,9 +431,10 @@ async def iterator_close(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``QueueIterator.close``: the last message's receive span ends."""
-    iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
-    if iteration is not None:
-        iteration.finish()
+    with _RECEIVE:
+        iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
+        if iteration is not None:
+            iteration.finish()
     return await wrapped(*args, **kwargs)
 
 
@@ -310,8 +442,9 @@ async def iterator_exit(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``QueueIterator.__aexit__``: the last message's span ends, with the body's exception."""
-    iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
-    if iteration is not None:
-        exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
-        iteration.finish(exc if isinstance(exc, BaseException) else None)
+    with _RECEIVE:
+        iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
+        if iteration is not None:
+            exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
+            iteration.finish(exc if isinstance(exc, BaseException) else None)
     return await wrapped(*args, **kwargs)

@@ -18,13 +18,14 @@ import aiormq
 from aio_pika.message import Message
 
 from otel_aiopika._state import resolve
-from otel_messaging_core import Publish
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Publish, capture_internal_exceptions
 
 __all__ = ["headers_of", "publish", "with_headers"]
 
 _BROKER_NACK: Final = "broker_nack"
 _UNROUTABLE: Final = "unroutable"
+
+_PUBLISH: Final = capture_internal_exceptions("aio-pika publish")
 
 # aio-pika 8.x keeps the AMQP table in ``headers_raw`` (``headers`` is a decoding proxy over it);
 # aio-pika >= 9 keeps it in ``headers`` (``headers_raw`` is a deprecated, warning property).
@@ -78,7 +79,7 @@ class _Outgoing(Message):
 _set_slot = object.__setattr__
 
 
-def with_headers(message: Any, headers: dict[Any, Any]) -> Any:
+def with_headers(message: Any, headers: Any) -> Any:
     """The message to publish in place of ``message``: the same fields, ``headers`` instead."""
     view = object.__new__(_Outgoing)
     _set_slot(view, "_otel_message", message)
@@ -106,7 +107,11 @@ def _returned(result: object) -> str | None:
     return f"returned by the broker: {frame.reply_code} {frame.reply_text}"
 
 
-def _start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Publish | None:
+def _start(
+    instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Publish, tuple[Any, ...], dict[str, Any]] | None:
+    """The publish span, and the call's arguments with a view of the message that carries the
+    context (the caller's own arguments when nothing was added to the message)."""
     state = resolve(instance.channel)
     if state is None:
         return None
@@ -120,42 +125,58 @@ def _start(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Publ
         exchange if type(exchange) is str else str(exchange or ""),
         routing_key if type(routing_key) is str else str(routing_key or ""),
     )
-    return telemetry.start_publish(
+    headers = headers_of(message)
+    op = telemetry.start_publish(
         destination,
-        headers_of(message),
+        headers,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         body=message.body,
         raw=message,
     )
+    if op.headers is not headers:
+        try:
+            sent = with_headers(message, op.headers)
+        except Exception as internal:  # the caller's message goes out as it is, without context
+            _PUBLISH.report(internal)
+            return op, args, kwargs
+        if args:
+            args = (sent, *args[1:])
+        else:
+            kwargs = {**kwargs, "message": sent}
+    return op, args, kwargs
+
+
+def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
+    try:
+        if exc is not None:
+            op.end(exc, error_type=_failure(exc))
+            return
+        description = _returned(result)
+        if description is not None:
+            op.end(error_type=_UNROUTABLE, description=description)
+        else:
+            op.end()
+    except Exception as internal:
+        _PUBLISH.report(internal)
 
 
 async def publish(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message."""
+    started = None
     try:
-        op = _start(instance, args, kwargs)
-    except Exception as exc:
-        log_internal_error("publish", exc)
-        op = None
-    if op is None:
+        started = _start(instance, args, kwargs)
+    except Exception as internal:
+        _PUBLISH.report(internal)
+    if started is None:
         return await wrapped(*args, **kwargs)
-    try:
-        if args:
-            args = (with_headers(args[0], op.headers), *args[1:])
-        else:
-            kwargs = {**kwargs, "message": with_headers(kwargs["message"], op.headers)}
-    except Exception as exc:  # the caller's message goes out as it is, without the context
-        log_internal_error("publish message copy", exc)
+    op, args, kwargs = started
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
-        op.end(exc, error_type=_failure(exc))
+        _end(op, exc)
         raise
-    description = _returned(result)
-    if description is not None:
-        op.end(error_type=_UNROUTABLE, description=description)
-    else:
-        op.end()
+    _end(op, None, result)
     return result

@@ -12,8 +12,7 @@ from contextvars import ContextVar
 from typing import Any, Callable, Final
 
 from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
-from otel_messaging_core import Settle
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Settle, capture_internal_exceptions
 
 __all__ = ["process_exit", "settle"]
 
@@ -24,6 +23,7 @@ Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
 _PROCESS_FAILURE: Final[ContextVar[BaseException | None]] = ContextVar(
     "otel_aiopika_process_failure", default=None
 )
+_PROCESS_EXIT: Final = capture_internal_exceptions("aio-pika message.process() exit")
 
 
 def _arguments(operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, bool]:
@@ -40,66 +40,72 @@ def _arguments(operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 def _start(
     operation: str, message: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Settle | None:
-    try:
-        multiple, requeue = _arguments(operation, args, kwargs)
-        tag = message.delivery_tag
-        if type(tag) is not int:
-            return None
-        deliveries = deliveries_of(message_channel(message), create=False)
-        records = deliveries.take(tag, multiple) if deliveries is not None else []
-        live = registry.live
-        telemetry = None
-        for record in records:  # the telemetry that recorded the delivery, if still in use
-            if record[0] in live:
-                telemetry = record[0]
-                break
-        if telemetry is None:
-            if records:  # recorded by an instrumentation that was since removed
-                return None
-            recorded_by = deliveries.telemetry if deliveries is not None else None
-            telemetry = recorded_by if recorded_by in live else registry.telemetry
-        if telemetry is None:
-            return None
-        fallback = None
-        if not requeue and not records:
-            # A message not seen delivered (consumed before instrumentation) is still dropped
-            # or dead-lettered here: that must not be silent.
-            exchange = message.exchange if type(message.exchange) is str else ""
-            routing_key = message.routing_key if type(message.routing_key) is str else ""
-            fallback = telemetry.destinations(*server_of(message_channel(message))).get(
-                # the default exchange routes to the queue the routing key names
-                "process",
-                exchange,
-                routing_key,
-                "" if exchange else routing_key,
-            )
-        return telemetry.start_settle(
-            operation,
-            [record[1] for record in records if record[0] is telemetry],
-            requeue=requeue,
-            delivery_tag=tag,
-            fallback=fallback,
-        )
-    except Exception as exc:
-        log_internal_error(operation, exc)
+    multiple, requeue = _arguments(operation, args, kwargs)
+    tag = message.delivery_tag
+    if type(tag) is not int:
         return None
+    deliveries = deliveries_of(message_channel(message), create=False)
+    records = deliveries.take(tag, multiple) if deliveries is not None else []
+    live = registry.live
+    telemetry = None
+    for record in records:  # the telemetry that recorded the delivery, if still in use
+        if record[0] in live:
+            telemetry = record[0]
+            break
+    if telemetry is None:
+        if records:  # recorded by an instrumentation that was since removed
+            return None
+        recorded_by = deliveries.telemetry if deliveries is not None else None
+        telemetry = recorded_by if recorded_by in live else registry.telemetry
+    if telemetry is None:
+        return None
+    fallback = None
+    if not requeue and not records:
+        # A message not seen delivered (consumed before instrumentation) is still dropped
+        # or dead-lettered here: that must not be silent.
+        exchange = message.exchange if type(message.exchange) is str else ""
+        routing_key = message.routing_key if type(message.routing_key) is str else ""
+        fallback = telemetry.destinations(*server_of(message_channel(message))).get(
+            # the default exchange routes to the queue the routing key names
+            "process",
+            exchange,
+            routing_key,
+            "" if exchange else routing_key,
+        )
+    return telemetry.start_settle(
+        operation,
+        [record[1] for record in records if record[0] is telemetry],
+        requeue=requeue,
+        delivery_tag=tag,
+        fallback=fallback,
+    )
 
 
 def settle(operation: str) -> Wrapper:
     """The wrapper of ``IncomingMessage.{operation}``."""
+    guard = capture_internal_exceptions(f"aio-pika {operation}")
 
     async def wrapper(
         wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        op = _start(operation, instance, args, kwargs) if registry.live else None
+        op = None
+        try:
+            if registry.live:
+                op = _start(operation, instance, args, kwargs)
+        except Exception as internal:
+            guard.report(internal)
         if op is None:
             return await wrapped(*args, **kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            op.end(exc)
+            with guard:
+                op.end(exc)
             raise
-        op.end(cause=_PROCESS_FAILURE.get())
+        try:
+            op.end(cause=_PROCESS_FAILURE.get())
+        except Exception as internal:
+            guard.report(internal)
         return result
 
     return wrapper
@@ -109,11 +115,15 @@ async def process_exit(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``ProcessContext.__aexit__``: the block's exception reaches the settle it causes."""
-    exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
-    if not isinstance(exc, BaseException) or not registry.live:
+    token = None
+    with _PROCESS_EXIT:
+        exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
+        if isinstance(exc, BaseException) and registry.live:
+            token = _PROCESS_FAILURE.set(exc)
+    if token is None:
         return await wrapped(*args, **kwargs)
-    token = _PROCESS_FAILURE.set(exc)
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        _PROCESS_FAILURE.reset(token)
+        with _PROCESS_EXIT:
+            _PROCESS_FAILURE.reset(token)

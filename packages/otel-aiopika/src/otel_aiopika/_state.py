@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from opentelemetry.context import Context
 
-from otel_messaging_core import Delivery, DestinationCache, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    Delivery,
+    DestinationCache,
+    MessagingTelemetry,
+    capture_internal_exceptions,
+)
 
 __all__ = [
     "Deliveries",
@@ -51,11 +55,14 @@ MAX_TRACKED: Final = 65536
 # Contexts of auto-ack pulls are only for message_context(); a few recent ones are enough.
 MAX_PULLED: Final = 256
 
+_CHANNEL_STATE: Final = capture_internal_exceptions("aio-pika channel state")
+_DELIVERY_RECORDS: Final = capture_internal_exceptions("aio-pika delivery records")
+
 
 class _Registry:
     """Global instrumentation, the channels with their own, and a generation counter."""
 
-    __slots__ = ("generation", "live", "pinned", "telemetry")
+    __slots__ = ("generation", "listeners", "live", "pinned", "telemetry")
 
     def __init__(self) -> None:
         self.telemetry: MessagingTelemetry | None = None
@@ -65,6 +72,8 @@ class _Registry:
         # uninstrumented makes no settle span
         self.live: set[MessagingTelemetry] = set()
         self.generation = 0
+        # called on every change (the consume module forgets what it checked per channel)
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def active(self) -> bool:
@@ -76,6 +85,8 @@ class _Registry:
         live.add(self.telemetry)
         live.discard(None)
         self.live = live  # type: ignore[assignment]
+        for listener in self.listeners:
+            listener()
 
 
 registry: Final = _Registry()
@@ -97,11 +108,9 @@ def resolve(owner: Any) -> OwnerState | None:
     state: OwnerState | None = getattr(owner, STATE_ATTR, None)
     if state is not None and state.generation == registry.generation:
         return state if state.telemetry is not None else None
-    try:
+    with _CHANNEL_STATE:
         return _rebind(owner, state)
-    except Exception as exc:
-        log_internal_error("channel state", exc)
-        return None
+    return None  # _rebind failed (logged): not instrumented, as far as this call goes
 
 
 def _rebind(owner: Any, state: OwnerState | None) -> OwnerState | None:
@@ -197,16 +206,14 @@ def deliveries_of(channel: Any, create: bool) -> Deliveries | None:
     if found is not None or not create or channel is None:
         return found
     found = Deliveries()
-    try:
+    with _DELIVERY_RECORDS:  # a channel object that takes no attributes: nothing is tracked
         setattr(channel, DELIVERIES_ATTR, found)
         closing = getattr(channel, "closing", None)
         if closing is not None and hasattr(closing, "add_done_callback"):
             ref = weakref.ref(found)
             closing.add_done_callback(lambda _f: _clear(ref))
-    except Exception as exc:  # a channel object that takes no attributes: nothing is tracked
-        log_internal_error("delivery records", exc)
-        return None
-    return found
+        return found
+    return None
 
 
 def _clear(ref: weakref.ref[Deliveries]) -> None:

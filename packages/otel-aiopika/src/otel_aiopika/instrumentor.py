@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection
+import logging
+from typing import Any, Callable, Collection, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -13,15 +14,24 @@ from opentelemetry.instrumentation.utils import unwrap
 from otel_aiopika._package import _instruments
 from otel_aiopika._state import PIN_ATTR, recall, registry
 from otel_aiopika.version import __version__
-from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    InstrumentationOptions,
+    MessageContext,
+    MessagingTelemetry,
+    capture_internal_exceptions,
+    extract_context,
+    handling_parent,
+)
 from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.consumer import handling_parent
-from otel_messaging_core.propagation import extract_context
+from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_aiopika"
+_logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
+
+_INSTRUMENT: Final = capture_internal_exceptions("otel_aiopika instrument()")
+_MESSAGE_CONTEXT: Final = capture_internal_exceptions("aio-pika message_context()")
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[type, str, Wrapper]
@@ -49,6 +59,7 @@ def _targets() -> list[Target]:
     from aio_pika.message import IncomingMessage, ProcessContext
     from aio_pika.queue import Queue, QueueIterator
     from aio_pika.robust_queue import RobustQueueIterator
+    from aiormq.channel import Channel as AiormqChannel
 
     from otel_aiopika import _consume, _publish, _settle
 
@@ -63,6 +74,8 @@ def _targets() -> list[Target]:
         (IncomingMessage, "nack", _settle.settle("nack")),
         (IncomingMessage, "reject", _settle.settle("reject")),
         (ProcessContext, "__aexit__", _settle.process_exit),
+        # consumers registered before instrument(): swapped at their channel's next delivery
+        (AiormqChannel, _consume.READ_CONTENT, _consume.read_content),
     ]
     # aio-pika 10 gives the robust iterator an __anext__ of its own (waiting out reconnects)
     if "__anext__" in RobustQueueIterator.__dict__:
@@ -70,8 +83,7 @@ def _targets() -> list[Target]:
     return targets
 
 
-def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
-    options = InstrumentationOptions.from_kwargs(kwargs)
+def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
     return MessagingTelemetry(
         options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
     )
@@ -84,12 +96,20 @@ class _Patches:
 
     @classmethod
     def install(cls) -> None:
+        """Install every patch, or none (a failure takes back those made, then raises)."""
         if cls.installed:
             return
         import wrapt
 
-        for owner, name, wrapper in _targets():
-            wrapt.wrap_function_wrapper(owner, name, wrapper)
+        done: list[Target] = []
+        try:
+            for owner, name, wrapper in _targets():
+                wrapt.wrap_function_wrapper(owner, name, wrapper)
+                done.append((owner, name, wrapper))
+        except BaseException:
+            for owner, name, _wrapper in done:
+                unwrap(owner, name)
+            raise
         cls.installed = True
 
     @classmethod
@@ -98,7 +118,8 @@ class _Patches:
             return
         from otel_aiopika._consume import finish_iterations
 
-        finish_iterations()  # without the patches, nothing would end an open receive span
+        with _INSTRUMENT:
+            finish_iterations()  # without the patches, nothing would end an open receive span
         for owner, name, _wrapper in _targets():
             unwrap(owner, name)
         cls.installed = False
@@ -110,12 +131,36 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument aio-pika; see :mod:`otel_aiopika`. Called again with options while
+        instrumented (as under ``opentelemetry-instrument``), it applies them and says what
+        changed (INFO)."""
+        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
+            options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
+            with _INSTRUMENT:
+                old = registry.telemetry
+                registry.telemetry = _telemetry(options)
+                registry.changed()
+                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
+            return None
+        return super().instrument(**kwargs)
+
     def _instrument(self, **kwargs: Any) -> None:
-        telemetry = _telemetry(kwargs)  # validates before anything is patched
-        _CONTRIB.engage()
-        _Patches.install()
-        registry.telemetry = telemetry
-        registry.changed()
+        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
+        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
+        # loading every other instrumentor.
+        options = InstrumentationOptions.from_kwargs(kwargs)
+        with _INSTRUMENT:
+            telemetry = _telemetry(options)
+            _CONTRIB.engage()
+            _Patches.install()
+            registry.telemetry = telemetry
+            registry.changed()
+            return
+        # reached only when the block above failed (logged): aio-pika is left as it was
+        _logger.error(
+            "otel_aiopika: aio-pika is not traced: instrument() failed (see the warning above)"
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         registry.telemetry = None
@@ -132,11 +177,13 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         use these options whether or not ``instrument()`` was called; other channels are left to
         ``instrument()`` (or alone). Calling it again replaces the channel's options.
         """
-        telemetry = _telemetry(dict(kwargs))
-        setattr(channel, PIN_ATTR, telemetry)
-        registry.pinned.add(channel)
-        _Patches.install()
-        registry.changed()
+        options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
+        with _INSTRUMENT:
+            telemetry = _telemetry(options)
+            _Patches.install()
+            setattr(channel, PIN_ATTR, telemetry)
+            registry.pinned.add(channel)
+            registry.changed()
 
     @staticmethod
     def uninstrument_channel(channel: Any) -> None:
@@ -158,7 +205,7 @@ def message_context(message: Any) -> MessageContext:
     ``consumer_context`` rule. The message's baggage is current in the block either way.
     """
     context = None
-    try:
+    with _MESSAGE_CONTEXT:
         context = recall(message)
         if context is None:
             from otel_aiopika._publish import headers_of
@@ -169,6 +216,4 @@ def message_context(message: Any) -> MessageContext:
                 context = telemetry.handling_context(headers)
             else:
                 context, _links = handling_parent(extract_context(headers), "parent")
-    except Exception as exc:
-        log_internal_error("message_context", exc)
     return MessageContext(context if context is not None else otel_context.get_current())

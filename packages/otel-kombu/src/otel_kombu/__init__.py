@@ -14,10 +14,15 @@ Install
     KombuInstrumentor().instrument()
 
 or, with no code change, ``opentelemetry-instrument python service.py`` (entry point
-``otel_kombu``; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_kombu`` turns it off). Call
-``instrument()`` before consumers start consuming: kombu hands a consumer's callback to the channel
-when it starts consuming, so a consumer that was already consuming is traced only once it consumes
-again (after a reconnect, or ``cancel()`` and ``consume()``).
+``otel_kombu``; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_kombu`` turns it off). Called again
+with options while instrumented (as when your code runs under ``opentelemetry-instrument``),
+``instrument()`` applies them to the live instrumentation and logs what changed at INFO.
+
+``instrument()`` may run after consumers started consuming (a startup hook): kombu handed such a
+consumer's callback to the channel before it was wrapped, so the connection's next
+``drain_events`` (``ConsumerMixin``, ``kombu.common.eventloop``, your own loop) rewires it and its
+next message is traced; a consumer driven by an event loop that never calls ``drain_events``
+(Celery's worker) is rewired at the first message it gets and traced from the one after.
 
 Supported: kombu 5.3 to 5.7 (tested with 5.3.7, 5.5.4 and the newest release), Python 3.10 to
 3.13.
@@ -25,31 +30,21 @@ Supported: kombu 5.3 to 5.7 (tested with 5.3.7, 5.5.4 and the newest release), P
 Options
 =======
 
-``instrument()`` and ``instrument_connection()`` take the same keywords:
+``instrument()`` and ``instrument_connection()`` take the keywords every plugin takes (see
+:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
+``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
+``capture_headers_max_length`` and ``baggage_attributes``, plus one of kombu's own:
 
-``tracer_provider``, ``meter_provider``
-    Default: the global providers.
-``publish_hook(span, envelope)``, ``consume_hook(span, envelope)``
-    Called for recording spans with an ``otel_messaging_core.Envelope``; on publish its
-    ``raw`` is the message properties dict kombu sends, on consume the kombu ``Message``. A hook
-    that raises is logged once and never breaks the publish or the handler.
-``consumer_context`` (``"parent"`` or ``"link"``)
-    ``"parent"`` (default): a process or receive span is a child of the message's creation
-    context when no span is active, and links to it; with a span active, that span is the parent.
-    ``"link"``: every hop starts its own trace, linked to the creation context.
-``settle_spans`` (default ``False``)
-    A span for every ack and requeue too; a reject without requeue always gets one.
-``capture_headers``
-    Header names copied to ``messaging.header.<name>`` attributes.
-``baggage_attributes``
-    Baggage entries copied onto every span as attributes of the same name.
-``skip_celery_messages`` (default ``False``; kombu only)
+``skip_celery_messages`` (default ``False``; ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``)
     Leave Celery's own messages to Celery's instrumentation: see `Celery`_.
 
-Under ``opentelemetry-instrument`` the options come from ``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``,
-``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``, ``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``,
-``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES`` and ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``; a
-keyword wins over the environment.
+Under ``opentelemetry-instrument`` the ``OTEL_PYTHON_RABBITMQ_*`` variables and
+``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES`` give them; a keyword wins over its variable. A wrong
+keyword or value in code is a ``TypeError``/``ValueError`` at once (the unknown-keyword error lists
+``skip_celery_messages`` too); a bad variable is logged once at ERROR and its default used, so
+tracing goes on. A hook is called as ``hook(span, envelope)`` for recording spans only; on publish
+``envelope.raw`` is the message properties dict kombu sends, on consume the kombu ``Message``. A
+hook that raises is logged once and never breaks the publish or the handler.
 
 One connection only
 -------------------
@@ -143,9 +138,9 @@ RabbitMQ (pyamqp)
     (``error.type=unroutable``). Without confirms the return arrives later, at some
     ``drain_events`` on that connection (kombu then calls your ``on_return``), after the publish
     span has ended OK: a short PRODUCER span named like the publish, child of it, records the
-    return as ERROR ``unroutable``. Returns are recognised on channels opened after
-    ``instrument()``. A confirm nack raises ``MessageNacked`` from ``publish`` and marks the span
-    ERROR with ``error.type=broker_nack``.
+    return as ERROR ``unroutable``; on a channel opened before ``instrument()``, from the
+    connection's next ``drain_events`` on. A confirm nack raises ``MessageNacked`` from
+    ``publish`` and marks the span ERROR with ``error.type=broker_nack``.
 librabbitmq
     Untested: the C driver does not build on the supported Pythons. Publishing and settling go
     through kombu's own code and are traced; consumption depends on the driver's message type.

@@ -18,21 +18,31 @@ as it was; :func:`message_context` makes the message's context current for a blo
 
 from __future__ import annotations
 
+import weakref
 from time import perf_counter
+from types import MethodType
 from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
 
-from otel_kombu._binding import Binding, binding_for, connection_of_channel
+from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
-from otel_messaging_core import Consume, MessageContext, extract_context, handling_parent
-from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
+from otel_messaging_core import (
+    Consume,
+    MessageContext,
+    capture_internal_exceptions,
+    extract_context,
+    handling_parent,
+)
 
 __all__ = [
     "MESSAGE_ATTR",
     "SKIPPED",
+    "forget_sweeps",
     "message_context",
+    "wrap_drain_events",
+    "wrap_virtual_message_to_python",
     "wrap_message_to_python",
     "wrap_queue_get",
     "wrap_receive_callback",
@@ -44,6 +54,15 @@ __all__ = [
 MESSAGE_ATTR: Final = "_otel_kombu"
 # On the Consumer that a SimpleQueue/SimpleBuffer owns: its deliveries get receive spans in get().
 _SIMPLE_ATTR: Final = "_otel_kombu_simple"
+# On a kombu Connection: the instrumentation generation its consumers were last checked at.
+_SWEPT_ATTR: Final = "_otel_kombu_swept"
+# Connections whose drain_events is shadowed by kombu's own bound method (see _sweep)
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+_PROCESS: Final = capture_internal_exceptions("kombu process")
+_RECEIVE: Final = capture_internal_exceptions("kombu receive")
+_CONSUMER: Final = capture_internal_exceptions("kombu consumer sweep")
+_MESSAGE_CONTEXT: Final = capture_internal_exceptions("kombu message_context()")
 
 
 class _Skipped:
@@ -154,10 +173,17 @@ def _prepare_process(consumer: Any, message: Any) -> tuple[Consume | None, _Pend
         pending = _Pending(binding, queue, track)
         message.__dict__[MESSAGE_ATTR] = pending
         return None, pending
-    op = _start(binding, "process", queue, message, track=track)
+    return _start(binding, "process", queue, message, track=track), None
+
+
+def _end(op: Consume | None, exc: BaseException | None = None) -> None:
     if op is not None:
-        op.activate()
-    return op, None
+        try:
+            op.end(exc)
+        except Exception as internal:
+            _PROCESS.report(internal)
+            with _PROCESS:
+                op.deactivate()  # whatever failed, the caller's context comes back
 
 
 def wrap_receive_callback(
@@ -168,20 +194,26 @@ def wrap_receive_callback(
     pending: _Pending | None = None
     try:
         op, pending = _prepare_process(consumer, args[0] if args else kwargs["message"])
+        if op is not None:
+            op.activate()
     except Exception as internal:
-        log_internal_error("kombu consume", internal)
+        _PROCESS.report(internal)
+    if op is None and pending is None:
+        return wrapped(*args, **kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
-        if pending is not None:
-            op = pending.op
-        if op is not None:
-            op.end(exc)
+        _end(pending.op if pending is not None else op, exc)
         raise
     if pending is not None:
         op = pending.op
     if op is not None:
-        op.end()
+        try:
+            op.end()
+        except Exception as internal:
+            _PROCESS.report(internal)
+            with _PROCESS:
+                op.deactivate()  # whatever failed, the caller's context comes back
     return result
 
 
@@ -190,18 +222,23 @@ def wrap_message_to_python(
 ) -> Any:
     """pyamqp ``Channel.message_to_python``: start the pending process span on the kombu Message."""
     message = wrapped(*args, **kwargs)
-    state = getattr(args[0] if args else kwargs.get("raw_message"), "__dict__", None)
-    if state:
-        pending = state.pop(MESSAGE_ATTR, None)
+    try:
+        state = getattr(args[0] if args else kwargs.get("raw_message"), "__dict__", None)
+        pending = state.pop(MESSAGE_ATTR, None) if state else None
         if type(pending) is _Pending:
-            try:
-                op = pending.op = _start(
-                    pending.binding, "process", pending.queue, message, track=pending.track
-                )
-                if op is not None:
-                    op.activate()
-            except Exception as internal:
-                log_internal_error("kombu consume", internal)
+            op = pending.op = _start(
+                pending.binding, "process", pending.queue, message, track=pending.track
+            )
+            if op is not None:
+                op.activate()
+        else:
+            # a get, or a consumer that started before instrument(): kombu's own
+            # _receive_callback calls this for every message, so a consumer driven by an event
+            # loop (Celery's worker never calls Connection.drain_events) is rewired here and
+            # traced from its next message on
+            _sweep_if_changed(connection_of_channel(channel))
+    except Exception as internal:
+        _PROCESS.report(internal)
     return message
 
 
@@ -221,7 +258,7 @@ def wrap_queue_get(
     started = perf_counter()
     message = wrapped(*args, **kwargs)
     if message is not None:
-        with capture_internal_exceptions("kombu receive"):
+        with _RECEIVE:
             _receive(queue.channel, queue.name, message, started)
     return message
 
@@ -230,17 +267,131 @@ def wrap_simple_get(
     wrapped: Callable[..., Any], simple: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``SimpleQueue.get`` / ``SimpleBuffer.get``: a receive span for the message handed out."""
-    block = args[0] if args else kwargs.get("block", True)
+    started = perf_counter()
+    block = True
+    with _RECEIVE:
+        block = args[0] if args else kwargs.get("block", True)
+        if block:
+            # its deliveries reach the buffer through Consumer callbacks: no process span for those
+            simple.consumer.__dict__[_SIMPLE_ATTR] = True
     if not block:
         return wrapped(*args, **kwargs)  # get_nowait -> Queue.get, traced there
-    started = perf_counter()
-    with capture_internal_exceptions("kombu receive"):
-        # its deliveries reach the buffer through Consumer callbacks: no process span for those
-        simple.consumer.__dict__[_SIMPLE_ATTR] = True
     message = wrapped(*args, **kwargs)
-    with capture_internal_exceptions("kombu receive"):
+    with _RECEIVE:
         _receive(simple.channel, simple.queue.name, message, started)
     return message
+
+
+# -- consumers that were consuming before instrument() ----------------------------------------------
+
+
+def _unwrapped(owner: Any, name: str) -> Any:
+    """``owner.name`` as it is without our wrapper (what the wrapper wraps)."""
+    found = owner.__dict__.get(name)
+    return getattr(found, "__wrapped__", found)
+
+
+def _rewired(callback: Any, original: Any, name: str) -> Any:
+    """For a plain bound method of ``original`` (bound before instrumentation): the same
+    object's ``name`` looked up anew, which is our wrapper now; else ``None``."""
+    if type(callback) is not MethodType or callback.__func__ is not original:
+        return None
+    traced = getattr(callback.__self__, name)
+    return None if type(traced) is MethodType else traced
+
+
+def _sweep(connection: Any) -> None:
+    """Trace what a connection set up before instrumentation (see :func:`wrap_drain_events`)."""
+    generation = REGISTRY.generation
+    if binding_for(connection).telemetry is not None:
+        from kombu.messaging import Consumer
+
+        receive = _unwrapped(Consumer, "_receive_callback")
+        transport_connection = connection._connection
+        # pyamqp: amqp.Connection.channels (by id), each with its consumer-tag -> callback map
+        # and its method listeners (basic.return's is bound when the channel opens); virtual
+        # transports keep a list of channels, with neither map
+        channels = getattr(transport_connection, "channels", None) or ()
+        for channel in list(channels.values() if isinstance(channels, dict) else channels):
+            callbacks = getattr(channel, "callbacks", None)
+            if isinstance(callbacks, dict):
+                for tag, callback in list(callbacks.items()):
+                    traced = _rewired(callback, receive, "_receive_callback")
+                    if traced is not None:
+                        callbacks[tag] = traced
+            listeners = getattr(channel, "_callbacks", None)
+            if isinstance(listeners, dict):
+                from amqp.channel import Channel as AmqpChannel
+
+                on_return = _unwrapped(AmqpChannel, "_on_basic_return")
+                for method, listener in list(listeners.items()):
+                    traced = _rewired(listener, on_return, "_on_basic_return")
+                    if traced is not None:
+                        listeners[method] = traced
+        # virtual transports (Redis, memory, ...): the transport's queue -> callback map holds
+        # closures over the consumer's callback (kombu.transport.virtual.Channel.basic_consume)
+        for closure in list(getattr(transport_connection, "_callbacks", {}).values()):
+            for cell in getattr(closure, "__closure__", None) or ():
+                traced = _rewired(cell.cell_contents, receive, "_receive_callback")
+                if traced is not None:
+                    cell.cell_contents = traced
+    connection.__dict__[_SWEPT_ATTR] = generation
+    # Until instrumentation changes, this connection's drain_events has nothing more to do:
+    # kombu's own method, bound on the object, shadows the class's wrapper, so a drain loop pays
+    # nothing for this check (forget_sweeps() takes the shadow back).
+    from kombu.connection import Connection
+
+    connection.__dict__["drain_events"] = MethodType(
+        _unwrapped(Connection, "drain_events"), connection
+    )
+    _shadowed.add(connection)
+
+
+def forget_sweeps() -> None:
+    """Instrumentation changed: every connection's drain_events checks its consumers again."""
+    for connection in list(_shadowed):
+        shadow = connection.__dict__.get("drain_events")
+        if type(shadow) is MethodType and shadow.__self__ is connection:
+            del connection.__dict__["drain_events"]
+    _shadowed.clear()
+
+
+def _sweep_if_changed(connection: Any) -> None:
+    if connection is not None and connection.__dict__.get(_SWEPT_ATTR) != REGISTRY.generation:
+        _sweep(connection)
+
+
+def wrap_drain_events(
+    wrapped: Callable[..., Any], connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``kombu.Connection.drain_events``: before the first drain since instrumentation changed,
+    trace the consumers that were already consuming on this connection.
+
+    A consumer hands the channel its bound ``_receive_callback`` when it starts consuming, so one
+    that started before ``instrument()`` holds the unwrapped method; this swaps it for the wrapped
+    one (per connection, once per change of instrumentation), so such consumers are traced from
+    their next message on.
+    """
+    try:
+        _sweep_if_changed(connection)
+    except Exception as internal:
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
+
+
+def wrap_virtual_message_to_python(
+    wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A virtual transport's ``Channel.message_to_python``: kombu's ``_receive_callback`` calls
+    it for every message, traced consumer or not, so a consumer that started before
+    ``instrument()`` and is driven by an event loop (Celery's worker reads through the
+    transport's ``on_readable``, never ``Connection.drain_events``) is rewired here; it is
+    traced from its next message on."""
+    try:
+        _sweep_if_changed(connection_of_channel(channel))
+    except Exception as internal:
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
 
 
 def message_context(message: Any) -> MessageContext:
@@ -260,7 +411,7 @@ def message_context(message: Any) -> MessageContext:
                 context = binding.telemetry.handling_context(headers)
             else:
                 context, _ = handling_parent(extract_context(headers), "parent")
-    except Exception:
-        log_internal_error("kombu message_context")
+    except Exception as internal:
+        _MESSAGE_CONTEXT.report(internal)
         context = otel_context.get_current()
     return MessageContext(context)

@@ -26,8 +26,11 @@ from typing import Any, Callable, Final
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
-from otel_messaging_core import Publish, extract_context
-from otel_messaging_core._guard import capture_internal_exceptions, log_internal_error
+from otel_messaging_core import (
+    Publish,
+    capture_internal_exceptions,
+    extract_context,
+)
 from otel_messaging_core.consumer import creation_span_context
 
 __all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
@@ -50,6 +53,9 @@ _REQUIRED: Final = 11
 
 UNROUTABLE: Final = "unroutable"
 BROKER_NACK: Final = "broker_nack"
+
+_PUBLISH: Final = capture_internal_exceptions("kombu publish")
+_RETURNED: Final = capture_internal_exceptions("kombu basic.return")
 
 try:  # kombu depends on amqp; the guard only keeps a broken install from breaking kombu
     from amqp.exceptions import MessageNacked as _MessageNacked
@@ -99,11 +105,15 @@ def _error_type(exc: BaseException | None, call: _Call | None) -> str | None:
 
 
 def _end(op: Publish, exc: BaseException | None, call: _Call | None) -> None:
-    error_type = _error_type(exc, call)
-    if error_type == UNROUTABLE and exc is None:
-        op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
-    else:
-        op.end(exc, error_type=error_type)
+    """End the publish span with the call's outcome. Never raises."""
+    try:
+        error_type = _error_type(exc, call)
+        if error_type == UNROUTABLE and exc is None:
+            op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
+        else:
+            op.end(exc, error_type=error_type)
+    except Exception as internal:
+        _PUBLISH.report(internal)
 
 
 _signatures: dict[Any, inspect.Signature] = {}
@@ -123,28 +133,33 @@ def wrap_publish(
     wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Producer.publish``: keep the caller's headers unchanged; hold one span across retries."""
-    retry = args[_PUBLISH_RETRY] if len(args) > _PUBLISH_RETRY else kwargs.get("retry")
-    compression = (
-        args[_PUBLISH_COMPRESSION]
-        if len(args) > _PUBLISH_COMPRESSION
-        else kwargs.get("compression")
-    )
-    if not retry and not compression and not producer.compression:
-        return wrapped(*args, **kwargs)  # _publish does all the work
     call: _Call | None = None
-    with capture_internal_exceptions("kombu publish"):
-        if binding_for(_producer_connection(producer)).telemetry is not None:
+    sent_args, sent_kwargs = args, kwargs
+    try:
+        retry = args[_PUBLISH_RETRY] if len(args) > _PUBLISH_RETRY else kwargs.get("retry")
+        compression = (
+            args[_PUBLISH_COMPRESSION]
+            if len(args) > _PUBLISH_COMPRESSION
+            else kwargs.get("compression")
+        )
+        # without retries or compression, _publish does all the work
+        if (retry or compression or producer.compression) and binding_for(
+            _producer_connection(producer)
+        ).telemetry is not None:
             if compression or producer.compression:
                 # kombu writes the ``compression`` header into the headers dict it was given
-                args, kwargs = _copy_headers(args, kwargs)
+                sent_args, sent_kwargs = _copy_headers(args, kwargs)
             if retry:
                 call = _Call(producer)
+    except Exception as internal:
+        _PUBLISH.report(internal)
+        call, sent_args, sent_kwargs = None, args, kwargs
     if call is None:
-        return wrapped(*args, **kwargs)
+        return wrapped(*sent_args, **sent_kwargs)
     previous = _local.call
     _local.call = call
     try:
-        result = wrapped(*args, **kwargs)
+        result = wrapped(*sent_args, **sent_kwargs)
     except BaseException as exc:
         _local.call = previous
         if call.op is not None:
@@ -199,43 +214,61 @@ def wrap_inner_publish(
     wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Producer._publish``: start the span, send a copy of the headers with the context injected."""
-    if len(args) < _REQUIRED:
-        args, kwargs = _positional(wrapped, args, kwargs)
-    headers = args[_HEADERS]
-    call = _local.call
-    if call is not None and call.op is not None and call.headers_in is headers:
-        # Connection.ensure calling again for the same publish: same span, same headers
-        return wrapped(*args[:_HEADERS], call.op.headers, *args[_HEADERS + 1 :], **kwargs)
     op: Publish | None = None
+    call = _local.call
+    given_args, given_kwargs = args, kwargs
+    first_of_retries = False
+    watch: _Call | None = None
     try:
-        op = _start(producer, args)
+        if len(args) < _REQUIRED:
+            try:
+                args, kwargs = _positional(wrapped, args, kwargs)
+            except TypeError:  # arguments kombu rejects: let it say so, untraced
+                return wrapped(*given_args, **given_kwargs)
+        headers = args[_HEADERS]
+        if call is not None and call.op is not None and call.headers_in is headers:
+            # Connection.ensure calling again for the same publish: same span, same headers
+            args = (*args[:_HEADERS], call.op.headers, *args[_HEADERS + 1 :])
+            op = call.op
+            first_of_retries = True  # ended by Producer.publish, not here
+        else:
+            op = _start(producer, args)
+            if op is not None:
+                if op.headers is not headers:
+                    args = (*args[:_HEADERS], op.headers, *args[_HEADERS + 1 :])
+                if call is not None and call.op is None and call.producer is producer:
+                    # first attempt of a retrying publish: Producer.publish ends the span
+                    call.op = op
+                    call.headers_in = headers
+                    first_of_retries = True
+                    watch = call if args[_MANDATORY] else None
+                elif args[_MANDATORY]:
+                    watch = _Call(producer, op, headers)
     except Exception as internal:
-        log_internal_error("kombu publish", internal)
+        _PUBLISH.report(internal)
+        if op is None:  # nothing of ours started: the call exactly as it came
+            args, kwargs = given_args, given_kwargs
     if op is None:
         return wrapped(*args, **kwargs)
-    args = (*args[:_HEADERS], op.headers, *args[_HEADERS + 1 :])
-    if call is not None and call.op is None and call.producer is producer:
-        # first attempt of a retrying publish: Producer.publish ends the span
-        call.op = op
-        call.headers_in = headers
-        if not args[_MANDATORY]:
+    if first_of_retries:
+        if watch is None:
             return wrapped(*args, **kwargs)
-        return _call_watching_returns(wrapped, args, kwargs, call)
-    if not args[_MANDATORY]:
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _end(op, exc, None)
-            raise
-        op.end()
-        return result
-    own = _Call(producer, op, headers)
+        return _call_watching_returns(wrapped, args, kwargs, watch)
     try:
-        result = _call_watching_returns(wrapped, args, kwargs, own)
+        if watch is None:
+            result = wrapped(*args, **kwargs)
+        else:
+            result = _call_watching_returns(wrapped, args, kwargs, watch)
     except BaseException as exc:
-        _end(op, exc, own)
+        _end(op, exc, watch)
         raise
-    _end(op, None, own)
+    if watch is None:  # the usual publish: nothing to classify
+        try:
+            op.end()
+        except Exception as internal:
+            _PUBLISH.report(internal)
+    else:
+        _end(op, None, watch)
     return result
 
 
@@ -306,6 +339,6 @@ def wrap_on_basic_return(
     wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``amqp.Channel._on_basic_return``: the publish in flight ends unroutable, a late return is recorded."""
-    with capture_internal_exceptions("kombu basic.return"):
+    with _RETURNED:
         _on_return(channel, args, kwargs)
     return wrapped(*args, **kwargs)

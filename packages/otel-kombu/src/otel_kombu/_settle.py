@@ -9,15 +9,16 @@ or a requeue gets a span only with ``settle_spans=True``; every call records the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._consume import MESSAGE_ATTR, SKIPPED
-from otel_messaging_core import Consume, Settle
-from otel_messaging_core._guard import capture_internal_exceptions
+from otel_messaging_core import Consume, Settle, capture_internal_exceptions
 
 __all__ = ["wrap_ack", "wrap_reject", "wrap_requeue"]
+
+_SETTLE: Final = capture_internal_exceptions("kombu settle")
 
 
 def _start(message: Any, operation: str, requeue: bool) -> Settle | None:
@@ -62,19 +63,27 @@ def _settle(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     operation: str,
-    requeue: bool,
+    requeue: bool | None,
 ) -> Any:
     settle: Settle | None = None
-    with capture_internal_exceptions("kombu settle"):
+    try:
+        if requeue is None:  # Message.reject(requeue=False)
+            requeue = bool(args[0] if args else kwargs.get("requeue", False))
         settle = _start(message, operation, requeue)
+    except Exception as internal:
+        _SETTLE.report(internal)
     if settle is None:
         return wrapped(*args, **kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
-        settle.end(exc)
+        with _SETTLE:
+            settle.end(exc)
         raise
-    settle.end()
+    try:
+        settle.end()
+    except Exception as internal:
+        _SETTLE.report(internal)
     return result
 
 
@@ -89,8 +98,7 @@ def wrap_reject(
     wrapped: Callable[..., Any], message: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Message.reject(requeue=False)``: without requeue the message is dropped or dead-lettered."""
-    requeue = args[0] if args else kwargs.get("requeue", False)
-    return _settle(wrapped, message, args, kwargs, "reject", bool(requeue))
+    return _settle(wrapped, message, args, kwargs, "reject", None)
 
 
 def wrap_requeue(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Any, Callable, Collection, Final, NamedTuple
 
 import wrapt
@@ -15,10 +14,16 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_kombu import _consume, _publish, _settle
 from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
+from otel_kombu._consume import forget_sweeps
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
-from otel_messaging_core import InstrumentationOptions, MessagingTelemetry
-from otel_messaging_core.options import _env_bool
+from otel_messaging_core import (
+    InstrumentationOptions,
+    MessagingTelemetry,
+    PluginOption,
+    capture_internal_exceptions,
+)
+from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 
@@ -26,6 +31,10 @@ _logger = logging.getLogger(__name__)
 
 #: Environment variable for ``skip_celery_messages`` under ``opentelemetry-instrument``.
 SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
+#: kombu's own keyword, on top of SPEC's.
+SKIP_CELERY: Final = PluginOption("skip_celery_messages", SKIP_CELERY_MESSAGES_ENV)
+
+_INSTRUMENT: Final = capture_internal_exceptions("otel_kombu instrument()")
 
 
 class _Patch(NamedTuple):
@@ -48,6 +57,16 @@ PATCHES: Final = (
     ),
     _Patch("kombu.entity", "Queue", "get", _consume.wrap_queue_get),
     _Patch("kombu.simple", "SimpleBase", "get", _consume.wrap_simple_get),
+    # consumers (and basic.return listeners) set up before instrument(): rewired at the next drain
+    _Patch("kombu.connection", "Connection", "drain_events", _consume.wrap_drain_events),
+    # ... or at their next message, in an event loop that never calls drain_events (Celery's
+    # worker): pyamqp's message_to_python above, and the virtual transports' one
+    _Patch(
+        "kombu.transport.virtual.base",
+        "Channel",
+        "message_to_python",
+        _consume.wrap_virtual_message_to_python,
+    ),
     # settle
     _Patch("kombu.message", "Message", "ack", _settle.wrap_ack),
     _Patch("kombu.message", "Message", "reject", _settle.wrap_reject),
@@ -62,17 +81,22 @@ def _owner(patch: _Patch) -> Any:
 
 
 def _install() -> None:
+    """Install every patch, or none (a failure takes back those made, then raises)."""
     if _installed:
         return
-    for patch in PATCHES:
-        try:
-            owner = _owner(patch)
-        except (ImportError, AttributeError):
-            # a transport whose driver is not installed: nothing of it can run either
-            _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
-            continue
-        wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
-        _installed.append(patch)
+    try:
+        for patch in PATCHES:
+            try:
+                owner = _owner(patch)
+            except (ImportError, AttributeError):
+                # a transport whose driver is not installed: nothing of it can run either
+                _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
+                continue
+            wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
+            _installed.append(patch)
+    except BaseException:
+        _remove()
+        raise
 
 
 def _remove() -> None:
@@ -81,21 +105,15 @@ def _remove() -> None:
         unwrap(_owner(patch), patch.attribute)
 
 
-def _instrumentation(kwargs: dict[str, Any]) -> Instrumentation:
-    """Validate the keywords: ``skip_celery_messages`` here, every SPEC keyword in the core."""
-    options = dict(kwargs)
-    skip = options.pop("skip_celery_messages", None)
-    if skip is None:
-        raw = os.environ.get(SKIP_CELERY_MESSAGES_ENV)
-        skip = _env_bool(SKIP_CELERY_MESSAGES_ENV, raw) if raw else False
-    elif not isinstance(skip, bool):
-        raise TypeError(f"skip_celery_messages must be a bool, got {skip!r}")
-    telemetry = MessagingTelemetry(
-        InstrumentationOptions.from_kwargs(options),
-        instrumentation_name="otel_kombu",
-        version=__version__,
-    )
-    return Instrumentation(telemetry, skip_celery_messages=skip)
+def _instrumentation(options: InstrumentationOptions) -> Instrumentation:
+    telemetry = MessagingTelemetry(options, instrumentation_name="otel_kombu", version=__version__)
+    return Instrumentation(telemetry, skip_celery_messages=options.plugin[SKIP_CELERY.keyword])
+
+
+def _options(kwargs: dict[str, Any]) -> InstrumentationOptions:
+    """Every SPEC keyword and ``skip_celery_messages``, validated by the core (strict in code,
+    lenient in the environment)."""
+    return InstrumentationOptions.from_kwargs(kwargs, plugin_options=(SKIP_CELERY,))
 
 
 class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -104,22 +122,48 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ``instrument(**options)`` wraps kombu for every connection; ``instrument_connection(connection,
     **options)`` records one connection only, with its own options. The options are SPEC's
     (``tracer_provider``, ``meter_provider``, ``publish_hook``, ``consume_hook``,
-    ``consumer_context``, ``settle_spans``, ``capture_headers``, ``baggage_attributes``) plus
-    ``skip_celery_messages``.
+    ``consumer_context``, ``settle_spans``, ``capture_headers``, ``capture_headers_max_length``,
+    ``baggage_attributes``) plus ``skip_celery_messages``.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument kombu; see :mod:`otel_kombu`. Called again with options while instrumented
+        (as under ``opentelemetry-instrument``), it applies them and says what changed (INFO)."""
+        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
+            options = _options(kwargs)  # a mistake in code raises
+            with _INSTRUMENT:
+                old = REGISTRY.instrumentation
+                REGISTRY.instrumentation = _instrumentation(options)
+                REGISTRY.changed()
+                forget_sweeps()
+                log_reconfigured("otel_kombu", old.telemetry.options if old else None, options)
+            return None
+        return super().instrument(**kwargs)
+
     def _instrument(self, **kwargs: Any) -> None:
-        instrumentation = _instrumentation(kwargs)
-        REGISTRY.instrumentation = instrumentation
-        REGISTRY.changed()
-        _install()
+        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
+        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
+        # loading every other instrumentor.
+        options = _options(kwargs)
+        with _INSTRUMENT:
+            instrumentation = _instrumentation(options)
+            _install()
+            REGISTRY.instrumentation = instrumentation
+            REGISTRY.changed()
+            forget_sweeps()
+            return
+        # reached only when the block above failed (logged): kombu is left as it was
+        _logger.error(
+            "otel_kombu: kombu is not traced: instrument() failed (see the warning above)"
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         REGISTRY.instrumentation = None
         REGISTRY.changed()
+        forget_sweeps()
         if not REGISTRY.pinned:
             _remove()
 
@@ -131,11 +175,14 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
         Connections made from it by ``clone()`` (pools, Celery) are separate connections.
         """
-        instrumentation = _instrumentation(kwargs)
-        connection.__dict__[PINNED_ATTR] = instrumentation
-        REGISTRY.pinned.add(connection)
-        REGISTRY.changed()
-        _install()
+        options = _options(kwargs)  # a mistake in code raises
+        with _INSTRUMENT:
+            instrumentation = _instrumentation(options)
+            _install()
+            connection.__dict__[PINNED_ATTR] = instrumentation
+            REGISTRY.pinned.add(connection)
+            REGISTRY.changed()
+            forget_sweeps()
 
     @staticmethod
     def uninstrument_connection(connection: Any) -> None:
@@ -143,5 +190,6 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         connection.__dict__.pop(PINNED_ATTR, None)
         REGISTRY.pinned.discard(connection)
         REGISTRY.changed()
+        forget_sweeps()
         if REGISTRY.instrumentation is None and not REGISTRY.pinned:
             _remove()

@@ -5,14 +5,18 @@ span names (:mod:`~otel_messaging_core.attributes`), header propagation tolerant
 content (:mod:`~otel_messaging_core.propagation`), the consumer-context policy
 (:mod:`~otel_messaging_core.consumer`), the hook :class:`~otel_messaging_core.envelope.Envelope`,
 the four semconv instruments (:mod:`~otel_messaging_core.metrics`), the validated options
-(:mod:`~otel_messaging_core.options`), and the per-message operations
-(:mod:`~otel_messaging_core.telemetry`).
+(:mod:`~otel_messaging_core.options`), the per-message operations
+(:mod:`~otel_messaging_core.telemetry`), and the one guard idiom that keeps our own failures out of
+the user's calls (:mod:`~otel_messaging_core.guard`). Plugins import only what this module
+exports. ``_private_api`` holds every use of OpenTelemetry's private API, each with a public
+fallback.
 """
 
 from otel_messaging_core.attributes import Destination, DestinationCache
 from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
 from otel_messaging_core.envelope import Envelope
-from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
+from otel_messaging_core.options import InstrumentationOptions, PluginOption
 from otel_messaging_core.propagation import extract_context, headers_getter, inject_into_copy
 from otel_messaging_core.telemetry import (
     Consume,
@@ -34,12 +38,16 @@ __all__ = [
     "InstrumentationOptions",
     "MessageContext",
     "MessagingTelemetry",
+    "PluginOption",
     "Publish",
     "Settle",
     "__version__",
+    "call_hook",
+    "capture_internal_exceptions",
     "extract_context",
     "handling_parent",
     "headers_getter",
     "inject_into_copy",
     "is_suppressed",
+    "log_internal_error",
 ]

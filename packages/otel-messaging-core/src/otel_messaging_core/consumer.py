@@ -23,8 +23,11 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Link, SpanContext
 
+from otel_messaging_core._private_api import attach, detach
+
 __all__ = [
     "CONSUMER_CONTEXT_MODES",
+    "attach",
     "ConsumerContextMode",
     "ContextActivation",
     "MessageContext",
@@ -36,14 +39,6 @@ _logger = logging.getLogger(__name__)
 
 ConsumerContextMode = Literal["parent", "link"]
 CONSUMER_CONTEXT_MODES: Final = ("parent", "link")
-
-# opentelemetry.context.detach() logs an ERROR with a traceback when a token is reset from a
-# different contextvars.Context (an asyncio task other than the one that attached, a generator
-# closed by the garbage collector). That is expected here and not worth a traceback, so the
-# runtime context is called directly when it is available.
-_RUNTIME_CONTEXT = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-# otel_context.attach() only forwards to the runtime context: called directly, once per message
-attach: Final = otel_context.attach if _RUNTIME_CONTEXT is None else _RUNTIME_CONTEXT.attach
 
 
 def creation_span_context(creation: Context) -> SpanContext | None:
@@ -119,10 +114,9 @@ class ContextActivation:
 def restore(token: Token[Context]) -> None:
     """Undo ``otel_context.attach()``; quiet when run in another execution context. Never raises."""
     try:
-        if _RUNTIME_CONTEXT is not None:
-            _RUNTIME_CONTEXT.detach(token)
-        else:  # pragma: no cover - every opentelemetry-api release so far has it
-            otel_context.detach(token)
+        # the runtime context's own detach: otel_context.detach() would log a traceback for the
+        # ValueError of a token reset from another execution context, which is expected here
+        detach(token)
     except ValueError:
         _logger.debug("handling context ended in another execution context; nothing to restore")
     except Exception:  # pragma: no cover - defensive: never raise into user code

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Mapping
+from typing import Final, Mapping
 
 from opentelemetry.metrics import Histogram, Meter, MeterProvider, get_meter
 from opentelemetry.semconv._incubating.metrics import messaging_metrics as _mm
 from opentelemetry.util.types import AttributeValue
 
+from otel_messaging_core._private_api import REAL_INSTRUMENT, proxy_instrument
 from otel_messaging_core.attributes import ERROR_TYPE
 
 __all__ = ["DURATION_BUCKETS", "MessagingMetrics"]
@@ -83,13 +84,13 @@ class MessagingMetrics:
         # Instruments of the API's proxy meter provider (no global provider set yet) forward to a
         # real instrument once one is set; until then every call would be thrown away, so the
         # recording methods return early (one attribute check instead of two calls).
-        self._proxy: Any = self._sent if hasattr(self._sent, "_real_instrument") else None
+        self._proxy = proxy_instrument(self._sent)
 
     def published(
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One publish attempt and how long the client call took."""
-        if self._proxy is not None and self._proxy._real_instrument is None:
+        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
             return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._sent.add(1, attrs)
@@ -99,7 +100,7 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One message pulled (``receive``) and how long the pull or its handling took."""
-        if self._proxy is not None and self._proxy._real_instrument is None:
+        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
             return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._consumed.add(1, attrs)
@@ -109,7 +110,7 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One pushed message handed to the application and how long its handler ran."""
-        if self._proxy is not None and self._proxy._real_instrument is None:
+        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
             return  # no MeterProvider set (yet): nothing would be recorded
         attrs = _with_error(attributes, error_type)
         self._consumed.add(1, attrs)
@@ -119,6 +120,6 @@ class MessagingMetrics:
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:
         """One ack, nack or reject call."""
-        if self._proxy is not None and self._proxy._real_instrument is None:
+        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
             return  # no MeterProvider set (yet): nothing would be recorded
         self._operation_duration.record(duration, _with_error(attributes, error_type))

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Final, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
@@ -27,8 +26,14 @@ from opentelemetry.trace import (
     SpanContext,
     TraceFlags,
 )
-from opentelemetry.trace import propagation as _span_propagation
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from otel_messaging_core._private_api import (
+    BAGGAGE_KEY,
+    SPAN_KEY,
+    SPAN_KEY_FOUND,
+    composite_members,
+)
 
 __all__ = [
     "HeadersGetter",
@@ -177,7 +182,7 @@ def inject_span(carrier: dict[Any, Any], span: Span, context: Context | None = N
         context = otel_context.get_current()
     # The baggage entries live in the context (a dict) under the baggage module's key; reading it
     # directly spares building a read-only view per message just to see that there is none.
-    if context.get(_BAGGAGE_KEY) if _BAGGAGE_KEY is not None else baggage.get_all(context):
+    if context.get(BAGGAGE_KEY) if BAGGAGE_KEY is not None else baggage.get_all(context):
         _BAGGAGE_PROPAGATOR.inject(carrier, context=context)
 
 
@@ -215,9 +220,6 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _default_textmap: TextMapPropagator | None = None
 _BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
-_BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)
-# Where the API keeps the current span in a Context (a dict); read directly on per-message paths.
-_SPAN_KEY: Final = _span_propagation._SPAN_KEY
 # the two flags nearly every traceparent carries, made once
 _TRACE_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 
@@ -225,10 +227,10 @@ _TRACE_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 def _is_default(textmap: TextMapPropagator) -> bool:
     """True (and remembered) when ``textmap`` is exactly tracecontext followed by baggage."""
     global _default_textmap  # a one-slot cache of the global propagator
-    inner = getattr(textmap, "_propagators", None)
+    inner = composite_members(textmap)
     if (
-        type(textmap) is CompositePropagator
-        and isinstance(inner, (list, tuple))
+        SPAN_KEY_FOUND
+        and inner is not None
         and [type(p) for p in inner] == [TraceContextTextMapPropagator, W3CBaggagePropagator]
     ):
         _default_textmap = textmap
@@ -260,7 +262,7 @@ def _fast_extract(headers: Mapping[Any, Any]) -> Context | None:
         TraceFlags(int(flags, 16)) if trace_flags is None else trace_flags,
     )
     # what set_span_in_context(span, empty context) builds, without copying the empty context
-    return Context({_SPAN_KEY: NonRecordingSpan(span_context)})
+    return Context({SPAN_KEY: NonRecordingSpan(span_context)})
 
 
 def header_texts(headers: Mapping[Any, Any] | None, names: Iterable[str]) -> dict[str, str]:

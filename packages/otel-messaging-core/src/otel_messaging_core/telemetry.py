@@ -1,19 +1,36 @@
 """The per-message operations every plugin performs: publish, consume (process/receive) and settle.
 
 A plugin's wrapper reads the library call's arguments, gets a :class:`Destination` from a
-:class:`DestinationCache`, and then::
+:class:`DestinationCache`, and then, with the guard of its place
+(:class:`~otel_messaging_core.guard.capture_internal_exceptions`, made once at import)::
 
-    op = telemetry.start_publish(destination, headers, ...)   # never raises
+    op = None
+    try:                                                        # our step before the call
+        op = telemetry.start_publish(destination, headers, ...)
+        if op.headers is not headers:
+            args = ...                                          # send op.headers instead
+    except Exception as internal:
+        _PUBLISH.report(internal)
+    if op is None:
+        return original(*args, **kwargs)
     try:
-        result = original(..., headers=op.headers)              # the user's call, unchanged
+        result = original(*args, **kwargs)                      # the user's call, unchanged
     except BaseException as exc:
-        op.end(exc)
-        raise
-    op.end()
+        try:
+            op.end(exc)                                         # our step after it
+        except Exception as internal:
+            _PUBLISH.report(internal)
+        raise                                                   # the same exception object
+    try:
+        op.end()
+    except Exception as internal:
+        _PUBLISH.report(internal)
+    return result
 
-Every ``start_*`` method and every method of the returned operation objects catches its own
-failures (logged once per place), so instrumentation can never break the user's call. Work that
-only a recording span needs (hooks, envelopes, header capture) is skipped for unsampled messages.
+Every ``start_*`` method and every method of the returned operation objects also catches its own
+failures (logged once per place); the plugin's guard is what holds if one of them is itself broken
+(the fault-injection tests replace each with one that raises). Work that only a recording span
+needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 """
 
 from __future__ import annotations
@@ -40,7 +57,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from otel_messaging_core._guard import call_hook, log_internal_error
+from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY, sampler_drops_unsampled
 from otel_messaging_core.attributes import (
     ERROR_TYPE,
     HEADER_ATTRIBUTE_PREFIX,
@@ -56,11 +73,13 @@ from otel_messaging_core.attributes import (
 )
 from otel_messaging_core.consumer import attach, creation_span_context, handling_parent, restore
 from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
+from otel_messaging_core.guard import call_hook, log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.options import InstrumentationOptions
-from otel_messaging_core.propagation import _SPAN_KEY, extract_context, header_texts, inject_span
+from otel_messaging_core.propagation import extract_context, header_texts, inject_span
 
 __all__ = [
+    "TRUNCATED_MARK",
     "Consume",
     "Delivery",
     "MessagingTelemetry",
@@ -69,18 +88,19 @@ __all__ = [
     "is_suppressed",
 ]
 
-_SUPPRESS_KEY: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 _SETTLE_REJECTED: Final = "rejected"
 _RETURNED_UNROUTABLE: Final = "unroutable"
+#: Ends a captured header value cut at ``capture_headers_max_length`` characters.
+TRUNCATED_MARK: Final = "...[truncated]"
 
 Attributes = dict[str, AttributeValue]
 
 
 def is_suppressed(context: Context | None = None) -> bool:
     """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
-    return bool(otel_context.get_value(_SUPPRESS_KEY, context))
+    return bool(otel_context.get_value(SUPPRESS_KEY, context))
 
 
 def _set_error(
@@ -120,7 +140,13 @@ def _message_attributes(
 
 
 class Publish:
-    """One publish in flight: its span, and the headers (a copy, with context) to send instead."""
+    """One publish in flight: its span, and the headers to send.
+
+    ``headers`` is a new dict (the caller's headers plus the propagation fields) when anything was
+    added, else the caller's own object, ``None`` included: ``op.headers is headers`` tells a
+    plugin to send the caller's message exactly as given (SPEC: no empty headers where there was
+    ``None``).
+    """
 
     __slots__ = ("_metrics", "_start", "_telemetry", "destination", "headers", "span")
 
@@ -129,7 +155,7 @@ class Publish:
         telemetry: MessagingTelemetry | None,
         destination: Destination | None,
         span: Span,
-        headers: dict[Any, Any],
+        headers: Mapping[Any, Any] | None,
     ) -> None:
         self._telemetry = telemetry
         self.destination = destination
@@ -343,6 +369,7 @@ class MessagingTelemetry:
         self._parent_mode = options.consumer_context
         self._settle_spans = options.settle_spans
         self._capture = tuple(options.capture_headers)
+        self._capture_max = options.capture_headers_max_length
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
         self._sampler_provider: object = None
@@ -356,8 +383,9 @@ class MessagingTelemetry:
         That is the case when ``parent`` is valid and not sampled, and the tracer provider's
         sampler is the SDK's ``ParentBased`` with not-sampled parents (local and remote) going to
         ``AlwaysOffSampler`` (the default, and what ``parentbased_traceidratio`` configures), or
-        ``AlwaysOffSampler`` itself. Read from the sampler's public ``get_description()``; any
-        other sampler is always asked.
+        ``AlwaysOffSampler`` itself, as far as its description tells
+        (:func:`~otel_messaging_core._private_api.sampler_drops_unsampled`); any other sampler
+        is always asked.
         """
         # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
         if parent.trace_flags & _SAMPLED or not parent.is_valid:
@@ -366,19 +394,7 @@ class MessagingTelemetry:
         if provider is self._sampler_provider:
             return self._drops_unsampled
         sampler = getattr(provider, "sampler", None)
-        describe = getattr(sampler, "get_description", None)
-        try:
-            description = describe() if callable(describe) else ""
-        except Exception:  # a custom sampler's bug: ask it, span by span
-            description = ""
-        drops = isinstance(description, str) and (
-            description == "AlwaysOffSampler"
-            or (
-                description.startswith("ParentBased{")
-                and "remoteParentNotSampled:AlwaysOffSampler" in description
-                and "localParentNotSampled:AlwaysOffSampler" in description
-            )
-        )
+        drops = sampler_drops_unsampled(sampler)
         if sampler is not None:  # a proxy provider may still be replaced: look again next time
             self._sampler_provider = provider
             self._drops_unsampled = drops
@@ -414,7 +430,10 @@ class MessagingTelemetry:
                     if value is not None:
                         attributes[name] = str(value)
         if self._capture and headers:
+            limit = self._capture_max
             for name, text in header_texts(headers, self._capture).items():
+                if len(text) > limit:  # a 20 kB header is not a span attribute
+                    text = text[:limit] + TRUNCATED_MARK
                 attributes[HEADER_ATTRIBUTE_PREFIX + name] = text
 
     # -- publish -----------------------------------------------------------------------------------
@@ -434,15 +453,17 @@ class MessagingTelemetry:
         try:
             current = otel_context.get_current()
             carrier = dict(headers) if headers else {}
-            if current.get(_SUPPRESS_KEY):
+            if current.get(SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
-                return Publish(None, None, INVALID_SPAN, carrier)
-            parent: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+                return Publish(None, None, INVALID_SPAN, _to_send(carrier, headers))
+            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if parent is not None and self._skips_child_of(parent.get_span_context()):
                 # Not sampled upstream, and the sampler follows the parent: the span would be a
                 # no-op, so send the parent's context on as it is (the trace id and the
                 # not-sampled flag reach the next hop all the same) and only count the message.
                 inject_span(carrier, parent, current)
+                if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
+                    return Publish(self, destination, INVALID_SPAN, _to_send(carrier, headers))
                 return Publish(self, destination, INVALID_SPAN, carrier)
             if body_size is None and body is not None:
                 body_size = len(body)
@@ -469,10 +490,12 @@ class MessagingTelemetry:
                     raw=raw,
                 )
                 call_hook(self._publish_hook, span, envelope)
+            if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
+                return Publish(self, destination, span, _to_send(carrier, headers))
             return Publish(self, destination, span, carrier)
         except Exception as internal:
             log_internal_error("publish start", internal)
-            return Publish(None, None, INVALID_SPAN, dict(headers) if headers else {})
+            return Publish(None, None, INVALID_SPAN, headers)
 
     # -- consume -----------------------------------------------------------------------------------
 
@@ -503,10 +526,10 @@ class MessagingTelemetry:
         """
         try:
             current = otel_context.get_current()
-            if current.get(_SUPPRESS_KEY):
+            if current.get(SUPPRESS_KEY):
                 return Consume(*_NOOP_CONSUME_FIELDS)
             creation = extract_context(headers)
-            active: Span | None = current.get(_SPAN_KEY)  # type: ignore[assignment]
+            active: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if active is not None and active.get_span_context().is_valid:
                 parent, links = handling_parent(creation, self._parent_mode, current)
                 parent_span_context = trace.get_current_span(parent).get_span_context()
@@ -516,7 +539,7 @@ class MessagingTelemetry:
                 # active, so the parent is the producer (parent mode) or nothing (link mode).
                 # The link is made only once a span will be.
                 links = None
-                producer: Span | None = creation.get(_SPAN_KEY)  # type: ignore[assignment]
+                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
                 creation_sc = producer.get_span_context() if producer is not None else None
                 if creation_sc is not None and creation_sc.is_valid:
                     if self._parent_mode == "parent":
@@ -726,6 +749,18 @@ class MessagingTelemetry:
             span.end()
         except Exception as internal:
             log_internal_error("returned message", internal)
+
+
+def _to_send(
+    carrier: dict[Any, Any], headers: Mapping[Any, Any] | None
+) -> Mapping[Any, Any] | None:
+    """``carrier``, or the caller's ``headers`` themselves when the propagators added nothing (no
+    SDK, an invalid context, a suppressed publish with nothing current)."""
+    if len(carrier) != (len(headers) if headers else 0):  # the usual case: a field was added
+        return carrier
+    if not carrier or carrier == headers:
+        return headers
+    return carrier
 
 
 def _opt_str(value: object) -> str | None:

@@ -29,7 +29,9 @@ Or with no code change: ``opentelemetry-instrument python service.py`` (entry po
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_pika`` turns it off).
 
 ``instrument()`` patches pika's classes, so channels that already exist are covered too, and
-so are consumers registered before it. ``instrument()`` twice is a no-op; ``uninstrument()``
+so are consumers registered before it. Called again with options while instrumented (as when your
+code runs under ``opentelemetry-instrument``), ``instrument()`` applies them to the live
+instrumentation and logs what changed at INFO; it never patches twice. ``uninstrument()``
 restores every patched attribute and existing channels stop producing telemetry.
 
 To instrument a single channel without touching pika's classes:
@@ -43,29 +45,18 @@ To instrument a single channel without touching pika's classes:
 Options
 -------
 
-``instrument()`` and ``instrument_channel()`` take the same keywords; an unknown keyword or a
-wrong value is a ``TypeError``/``ValueError`` at once.
+``instrument()`` and ``instrument_channel()`` take the keywords every plugin takes (see
+:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
+``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
+``capture_headers_max_length`` and ``baggage_attributes``; under ``opentelemetry-instrument``
+the ``OTEL_PYTHON_RABBITMQ_*`` variables give them. A wrong keyword or value in code is a
+``TypeError``/``ValueError`` at once; a bad variable is logged once at ERROR and its default used,
+so tracing goes on.
 
-``tracer_provider``, ``meter_provider``
-    Default: the global providers.
-``publish_hook``, ``consume_hook``
-    ``hook(span, envelope)``, called for recording spans only, right after the span starts.
-    ``envelope`` is the shared ``otel_messaging_core.Envelope`` (exchange, routing_key, queue,
-    body, headers (read-only; on publish the headers actually sent), message_id, correlation_id,
-    delivery_tag, redelivered, and ``raw``: the message's ``pika.spec.BasicProperties``). A hook
-    that raises is logged once and never breaks the publish or the handler.
-``consumer_context`` (``OTEL_PYTHON_RABBITMQ_CONSUMER_CONTEXT``)
-    ``"parent"`` (default): a process/receive span is a child of the producer's span when no span
-    is active (and links to it); when one is active, that span is the parent and the producer is
-    a link. ``"link"``: every hop starts its own trace, linked to the producer.
-``settle_spans`` (``OTEL_PYTHON_RABBITMQ_SETTLE_SPANS``)
-    ``True``: a span for every ack/nack/reject. Default ``False``: only a nack/reject without
-    requeue gets one (always, as ERROR: the message is dropped or dead-lettered).
-``capture_headers`` (``OTEL_PYTHON_RABBITMQ_CAPTURE_HEADERS``, comma-separated)
-    Header names copied to ``messaging.header.<name>`` attributes.
-``baggage_attributes`` (``OTEL_PYTHON_RABBITMQ_BAGGAGE_ATTRIBUTES``, comma-separated)
-    Baggage entries copied onto every messaging span as attributes of the same name, e.g.
-    ``("order.id",)``.
+A hook is called as ``hook(span, envelope)`` for recording spans only, right after the span
+starts; for pika, ``envelope.raw`` is the message's ``pika.spec.BasicProperties`` and, on publish,
+``envelope.headers`` the headers actually sent. A hook that raises is logged once and never breaks
+the publish or the handler.
 
 Spans
 -----
@@ -93,7 +84,8 @@ Spans
      - ``receive {queue}``
      - CLIENT
      - as process; covers the get, the caller's context is left as it was (async
-       ``Channel.basic_get``: the callback runs in the span's context)
+       ``Channel.basic_get``: the callback runs in the span's context; pika keeps your own
+       callback, untouched)
    * - ``basic_ack`` / ``basic_nack`` / ``basic_reject`` (see ``settle_spans``)
      - ``ack {queue}`` / ``nack {queue}`` / ``reject {queue}``
      - CLIENT
@@ -116,7 +108,9 @@ never credentials), ``server.port``; ``messaging.destination.anonymous=true`` an
 ``amq.gen`` for server-named queues.
 
 Failures set status ERROR, record the exception and set ``error.type``; the original exception
-reaches the caller unchanged (same object). With ``confirm_delivery()``, ``UnroutableError``
+reaches the caller unchanged (same object). Where the instrumentation adds nothing to a message
+(inside ``suppress_instrumentation()`` with no span current, or with tracing switched off), pika
+gets your arguments exactly as given: no ``BasicProperties(headers={})`` where you passed none. With ``confirm_delivery()``, ``UnroutableError``
 gives ``error.type=unroutable`` and ``NackError`` ``broker_nack``. An exception raised by a
 consumer callback marks its process span and reaches ``start_consuming()`` (or the I/O loop) as
 the same object.

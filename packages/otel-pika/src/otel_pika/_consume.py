@@ -10,25 +10,27 @@ Where pika hands a message to user code, per channel kind:
   :class:`_TracedCallback` (once per consumer), again whenever the consumer was registered.
 * ``BlockingChannel.consume()`` returns :class:`_TracedConsume`, which keeps each message's
   receive span open and current while the loop body runs.
-* ``basic_get`` on both kinds: a receive span covering the get.
+* ``basic_get``: on a ``BlockingChannel`` a receive span covering the get; on the async adapters
+  the span runs from the get to the end of its callback, made in ``Channel._on_getok`` (the
+  callback itself is left to pika as the caller gave it).
 """
 
 from __future__ import annotations
 
 import weakref
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
 
-from otel_messaging_core import Consume
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Consume, capture_internal_exceptions
 from otel_pika._state import ChannelState, active_state, remember, state_of
 
 __all__ = [
     "blocking_get",
     "cancel",
     "channel_get",
+    "getok",
     "consume",
     "consumer_queue",
     "deliver",
@@ -37,6 +39,11 @@ __all__ = [
 
 Resolver = Callable[[Any], "ChannelState | None"]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_PROCESS: Final = capture_internal_exceptions("pika process")
+_RECEIVE: Final = capture_internal_exceptions("pika receive")
+_CONSUMER: Final = capture_internal_exceptions("pika basic_consume")
+_DISPATCH: Final = capture_internal_exceptions("pika consumer dispatch")
 
 
 def _begin(
@@ -49,36 +56,63 @@ def _begin(
     manual_ack: bool,
     started: float | None = None,
 ) -> Consume | None:
-    """Start the process/receive span of one delivery and track it for its ack. Never raises."""
-    try:
-        telemetry = state.telemetry
-        if telemetry is None:
-            return None
-        exchange = method.exchange
-        routing_key = method.routing_key
-        if not queue:
-            consumer_tag = getattr(method, "consumer_tag", None)  # Basic.GetOk has none
-            queue = state.queue_of(consumer_tag, exchange, routing_key)
-        destination = state.destinations.get(operation, exchange, routing_key, queue)
-        delivery_tag = method.delivery_tag
-        op = telemetry.start_consume(
-            destination,
-            properties.headers,
-            delivery_tag=delivery_tag,
-            message_id=properties.message_id,
-            correlation_id=properties.correlation_id,
-            body=body if type(body) is bytes else None,
-            redelivered=method.redelivered,
-            raw=properties,
-            track_delivery=manual_ack,
-            started=started,
-        )
-        if manual_ack and op.delivery is not None:
-            state.track(delivery_tag, op.delivery)
-        return op
-    except Exception as exc:
-        log_internal_error(operation, exc)
+    """Start the process/receive span of one delivery and track it for its ack (callers guard)."""
+    telemetry = state.telemetry
+    if telemetry is None:
         return None
+    exchange = method.exchange
+    routing_key = method.routing_key
+    if not queue:
+        consumer_tag = getattr(method, "consumer_tag", None)  # Basic.GetOk has none
+        queue = state.queue_of(consumer_tag, exchange, routing_key)
+    destination = state.destinations.get(operation, exchange, routing_key, queue)
+    delivery_tag = method.delivery_tag
+    op = telemetry.start_consume(
+        destination,
+        properties.headers,
+        delivery_tag=delivery_tag,
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        body=body if type(body) is bytes else None,
+        redelivered=method.redelivered,
+        raw=properties,
+        track_delivery=manual_ack,
+        started=started,
+    )
+    if manual_ack and op.delivery is not None:
+        state.track(delivery_tag, op.delivery)
+    return op
+
+
+def _call(
+    guard: capture_internal_exceptions,
+    op: Consume,
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run the user's handler inside ``op``'s context; end ``op`` with its outcome."""
+    try:
+        op.activate()
+    except Exception as internal:
+        guard.report(internal)
+    try:
+        result = handler(*args, **kwargs)
+    except BaseException as exc:
+        try:
+            op.end(exc)
+        except Exception as internal:
+            guard.report(internal)
+            with guard:
+                op.deactivate()  # whatever failed, the caller's context comes back
+        raise
+    try:
+        op.end()
+    except Exception as internal:
+        guard.report(internal)
+        with guard:
+            op.deactivate()
+    return result
 
 
 # -- basic_consume: remember which queue each consumer reads -------------------------------------
@@ -91,9 +125,10 @@ def consumer_queue(resolve: Resolver) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         consumer_tag = wrapped(*args, **kwargs)
-        state = resolve(instance)
-        if state is not None:
-            state.remember_queue(consumer_tag, args[0] if args else kwargs.get("queue"))
+        with _CONSUMER:
+            state = resolve(instance)
+            if state is not None:
+                state.remember_queue(consumer_tag, args[0] if args else kwargs.get("queue"))
         return consumer_tag
 
     return wrapper
@@ -108,35 +143,27 @@ def deliver(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance)
-        if state is None or state.blocking:  # a BlockingChannel only queues it here
-            return wrapped(*args, **kwargs)
         op = None
         try:
-            method = args[0].method
-            consumer_tag = method.consumer_tag
-            if consumer_tag in instance._consumers and consumer_tag not in instance._cancelled:
-                op = _begin(
-                    state,
-                    "process",
-                    method,
-                    args[1].properties,
-                    args[2],
-                    "",
-                    consumer_tag not in instance._consumers_with_noack,
-                )
-        except Exception as exc:
-            log_internal_error("process", exc)
+            state = resolve(instance)
+            if state is not None and not state.blocking:  # a BlockingChannel only queues it here
+                method = args[0].method
+                consumer_tag = method.consumer_tag
+                if consumer_tag in instance._consumers and consumer_tag not in instance._cancelled:
+                    op = _begin(
+                        state,
+                        "process",
+                        method,
+                        args[1].properties,
+                        args[2],
+                        "",
+                        consumer_tag not in instance._consumers_with_noack,
+                    )
+        except Exception as internal:
+            _PROCESS.report(internal)
         if op is None:
             return wrapped(*args, **kwargs)
-        op.activate()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            op.end(exc)
-            raise
-        op.end()
-        return result
+        return _call(_PROCESS, op, wrapped, args, kwargs)
 
     return wrapper
 
@@ -154,24 +181,24 @@ class _TracedCallback:
         self.manual_ack = manual_ack
 
     def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        state = active_state(channel._impl)
-        if state is None:  # uninstrumented since: a plain call
-            return self.callback(channel, method, properties, body)
-        op = _begin(state, "process", method, properties, body, "", self.manual_ack)
+        op = None
+        try:
+            state = active_state(channel._impl)
+            if state is not None:  # else uninstrumented since: a plain call
+                op = _begin(state, "process", method, properties, body, "", self.manual_ack)
+        except Exception as internal:
+            _PROCESS.report(internal)
         if op is None:
             return self.callback(channel, method, properties, body)
-        op.activate()
-        try:
-            result = self.callback(channel, method, properties, body)
-        except BaseException as exc:
-            op.end(exc)
-            raise
-        op.end()
-        return result
+        return _call(_PROCESS, op, self.callback, (channel, method, properties, body), {})
 
 
 def dispatch_events(resolve: Resolver) -> Wrapper:
-    """``BlockingChannel._dispatch_events``: trace the callback of every consumer before dispatch."""
+    """``BlockingChannel._dispatch_events``: trace the callback of every consumer before dispatch.
+
+    Consumers registered before ``instrument()`` are covered too: their callbacks are swapped at
+    the next dispatch.
+    """
 
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -183,8 +210,8 @@ def dispatch_events(resolve: Resolver) -> Wrapper:
                     callback = info.on_message_callback
                     if callback is not None and type(callback) is not _TracedCallback:
                         info.on_message_callback = _TracedCallback(callback, not info.auto_ack)
-        except Exception as exc:
-            log_internal_error("consumer dispatch", exc)
+        except Exception as internal:
+            _DISPATCH.report(internal)
         return wrapped(*args, **kwargs)
 
     return wrapper
@@ -256,18 +283,22 @@ class _TracedConsume:
             op = _begin(state, "receive", method, properties, body, self._queue, self._manual_ack)
             if op is None:
                 return
+            self._op = op
             remember(properties, op)
-        except Exception as exc:
-            log_internal_error("receive", exc)
-            return
-        op.activate()
-        self._op = op
+            op.activate()
+        except Exception as internal:
+            _RECEIVE.report(internal)
 
     def _finish(self) -> None:
         op = self._op
         self._op = None
         if op is not None:
-            op.end()
+            try:
+                op.end()
+            except Exception as internal:
+                _RECEIVE.report(internal)
+                with _RECEIVE:
+                    op.deactivate()  # whatever failed, the caller's context comes back
 
     def finish_if_current(self) -> None:
         """End the open receive span if its context is the current one (cancel() after a loop).
@@ -276,8 +307,10 @@ class _TracedConsume:
         iterator: detaching there would pull the context out from under the caller's own.
         """
         op = self._op
-        if op is not None and op.context is not None and otel_context.get_current() is op.context:
-            self._finish()
+        with _RECEIVE:
+            current = otel_context.get_current()
+            if op is not None and op.context is not None and current is op.context:
+                self._finish()
 
 
 def consume(resolve: Resolver) -> Wrapper:
@@ -287,20 +320,17 @@ def consume(resolve: Resolver) -> Wrapper:
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         gen = wrapped(*args, **kwargs)
-        state = resolve(instance._impl)
-        if state is None:
-            return gen
-        try:
-            queue = args[0] if args else kwargs.get("queue", "")
-            auto_ack = args[1] if len(args) > 1 else kwargs.get("auto_ack", False)
-            traced = _TracedConsume(
-                gen, instance, queue if type(queue) is str else "", not auto_ack
-            )
-            state.pull = weakref.ref(traced)
-        except Exception as exc:
-            log_internal_error("consume", exc)
-            return gen
-        return traced
+        traced = None
+        with _RECEIVE:
+            state = resolve(instance._impl)
+            if state is not None:
+                queue = args[0] if args else kwargs.get("queue", "")
+                auto_ack = args[1] if len(args) > 1 else kwargs.get("auto_ack", False)
+                traced = _TracedConsume(
+                    gen, instance, queue if type(queue) is str else "", not auto_ack
+                )
+                state.pull = weakref.ref(traced)
+        return gen if traced is None else traced
 
     return wrapper
 
@@ -311,14 +341,12 @@ def cancel(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        try:
+        with _RECEIVE:
             state = state_of(instance._impl)
             pull = state.pull if state is not None else None
             traced = pull() if pull is not None else None
             if traced is not None:
                 traced.finish_if_current()
-        except Exception as exc:
-            log_internal_error("cancel", exc)
         return wrapped(*args, **kwargs)
 
     return wrapper
@@ -339,11 +367,16 @@ def blocking_get(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance._impl)
+        state = None
+        started = perf_counter()
+        try:
+            state = resolve(instance._impl)
+            if state is not None:
+                state.blocking = True
+        except Exception as internal:
+            _RECEIVE.report(internal)
         if state is None:
             return wrapped(*args, **kwargs)
-        state.blocking = True
-        started = perf_counter()
         result = wrapped(*args, **kwargs)
         try:
             method, properties, body = result
@@ -353,74 +386,71 @@ def blocking_get(resolve: Resolver) -> Wrapper:
                 if op is not None:
                     remember(properties, op)
                     op.end()
-        except Exception as exc:
-            log_internal_error("basic_get", exc)
+        except Exception as internal:
+            _RECEIVE.report(internal)
         return result
 
     return wrapper
 
 
-class _TracedGetCallback:
-    """The callback of an async ``Channel.basic_get``: a receive span from the get to the
-    callback's end; the callback runs in the message's context."""
-
-    __slots__ = ("callback", "manual_ack", "queue", "started")
-
-    def __init__(
-        self, callback: Callable[..., Any], queue: str, manual_ack: bool, started: float
-    ) -> None:
-        self.callback = callback
-        self.queue = queue
-        self.manual_ack = manual_ack
-        self.started = started
-
-    def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        state = active_state(channel)
-        op = None
-        if state is not None:
-            op = _begin(
-                state,
-                "receive",
-                method,
-                properties,
-                body,
-                self.queue,
-                self.manual_ack,
-                self.started,
-            )
-        if op is None:
-            return self.callback(channel, method, properties, body)
-        remember(properties, op)
-        op.activate()
-        try:
-            result = self.callback(channel, method, properties, body)
-        except BaseException as exc:
-            op.end(exc)
-            raise
-        op.end()
-        return result
-
-
 def channel_get(resolve: Resolver) -> Wrapper:
-    """``Channel.basic_get`` (async adapters): trace the get's callback."""
+    """``Channel.basic_get`` (async adapters): note what the get asked for, for ``_on_getok``.
+
+    The caller's callback is handed to pika as it is (pika keeps it in ``_on_getok_callback``,
+    where the caller may look for it); the receive span is made around pika's own call of it.
+    """
 
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance)
-        if state is None or state.blocking:  # BlockingChannel.basic_get makes the span
-            return wrapped(*args, **kwargs)
-        try:
-            callback = args[1] if len(args) > 1 else kwargs.get("callback")
-            if callable(callback):  # else pika raises its own error for it
+        started = perf_counter()
+        result = wrapped(*args, **kwargs)  # raises (and notes nothing) for a get already pending
+        with _RECEIVE:
+            state = resolve(instance)
+            if state is not None and not state.blocking:  # BlockingChannel.basic_get traces
                 queue, manual_ack = _get_args(args, kwargs, 2)
-                traced = _TracedGetCallback(callback, queue, manual_ack, perf_counter())
-                if len(args) > 1:
-                    args = (args[0], traced, *args[2:])
-                else:
-                    kwargs["callback"] = traced
-        except Exception as exc:
-            log_internal_error("basic_get", exc)
-        return wrapped(*args, **kwargs)
+                state.get_pending = (queue, manual_ack, started)
+        return result
+
+    return wrapper
+
+
+def getok(resolve: Resolver) -> Wrapper:
+    """``Channel._on_getok`` (async adapters): a receive span from the get to the end of the
+    get's callback, which runs in the message's context."""
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        op = None
+        try:
+            state = resolve(instance)
+            if (
+                state is not None
+                and not state.blocking
+                and instance._on_getok_callback is not None  # else pika only logs an error
+            ):
+                # a get sent before instrument() has no note: queue unknown, not tracked
+                pending, state.get_pending = state.get_pending, None
+                queue, manual_ack, started = pending or ("", False, None)
+                method_frame, header_frame, body = args[:3]
+                properties = header_frame.properties
+                op = _begin(
+                    state,
+                    "receive",
+                    method_frame.method,
+                    properties,
+                    body,
+                    queue,
+                    manual_ack,
+                    started,
+                )
+                if op is not None:
+                    remember(properties, op)
+        except Exception as internal:
+            _RECEIVE.report(internal)
+        if op is None:
+            return wrapped(*args, **kwargs)
+        return _call(_RECEIVE, op, wrapped, args, kwargs)
 
     return wrapper

@@ -8,13 +8,12 @@ exactly one span per user call on every adapter.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import Publish
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Publish, capture_internal_exceptions
 from otel_pika._state import ChannelState
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]
@@ -25,53 +24,65 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], A
 _UNROUTABLE = "unroutable"
 _BROKER_NACK = "broker_nack"
 
+_PUBLISH: Final = capture_internal_exceptions("pika publish")
+_RETURNED: Final = capture_internal_exceptions("pika returned message")
+
 
 def _start(
     state: ChannelState, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Publish, tuple[Any, ...], dict[str, Any]] | None:
-    """The publish span, and the call's arguments with a copy of the properties carrying context."""
-    try:
-        telemetry = state.telemetry
-        if telemetry is None:
-            return None
-        count = len(args)
-        exchange = args[0] if count > 0 else kwargs.get("exchange", "")
-        routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
-        body = args[2] if count > 2 else kwargs.get("body")
-        properties = args[3] if count > 3 else kwargs.get("properties")
-        if type(exchange) is not str or type(routing_key) is not str:
-            return None  # pika rejects it; let it say so
-        if type(body) is not bytes:
-            # pika accepts str (sent as UTF-8); anything else it rejects itself
-            body = body.encode("utf-8") if type(body) is str else None
-        destination = state.destinations.get("publish", exchange, routing_key)
-        if properties is None:
-            op = telemetry.start_publish(destination, None, body=body, raw=None)
-            sent = BasicProperties(headers=op.headers)
-        else:
-            op = telemetry.start_publish(
-                destination,
-                properties.headers,
-                message_id=properties.message_id,
-                correlation_id=properties.correlation_id,
-                body=body,
-                raw=properties,
-            )
-            # A shallow copy with the new headers dict: the caller's object and headers stay as
-            # they were (they are often reused for many publishes).
-            cls: Any = type(properties)
-            sent = cls.__new__(cls)
-            fields = properties.__dict__.copy()
-            fields["headers"] = op.headers
-            sent.__dict__ = fields
-        if count > 3:
-            args = (*args[:3], sent, *args[4:])
-        else:
-            kwargs["properties"] = sent
-        return op, args, kwargs
-    except Exception as exc:
-        log_internal_error("publish", exc)
+    """The publish span, and the call's arguments with a copy of the properties carrying context
+    (the caller's own arguments when nothing was added to the message)."""
+    telemetry = state.telemetry
+    if telemetry is None:
         return None
+    count = len(args)
+    exchange = args[0] if count > 0 else kwargs.get("exchange", "")
+    routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
+    body = args[2] if count > 2 else kwargs.get("body")
+    properties = args[3] if count > 3 else kwargs.get("properties")
+    if type(exchange) is not str or type(routing_key) is not str:
+        return None  # pika rejects it; let it say so
+    if type(body) is not bytes:
+        # pika accepts str (sent as UTF-8); anything else it rejects itself
+        body = body.encode("utf-8") if type(body) is str else None
+    destination = state.destinations.get("publish", exchange, routing_key)
+    if properties is None:
+        op = telemetry.start_publish(destination, None, body=body, raw=None)
+    else:
+        op = telemetry.start_publish(
+            destination,
+            properties.headers,
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            body=body,
+            raw=properties,
+        )
+    if op.headers is (None if properties is None else properties.headers):
+        return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
+    try:
+        sent = _with_headers(properties, op.headers)
+    except Exception as internal:  # the caller's message goes out as it is, without context
+        _PUBLISH.report(internal)
+        return op, args, kwargs
+    if count > 3:
+        args = (*args[:3], sent, *args[4:])
+    else:
+        kwargs["properties"] = sent  # wrapt hands each call a dict of its own
+    return op, args, kwargs
+
+
+def _with_headers(properties: Any, headers: Any) -> Any:
+    """Properties to send: ``properties`` with ``headers``, as a shallow copy; the caller's
+    object and headers stay as they were (they are often reused for many publishes)."""
+    if properties is None:
+        return BasicProperties(headers=headers)
+    cls: Any = type(properties)
+    sent = cls.__new__(cls)
+    fields = properties.__dict__.copy()
+    fields["headers"] = headers
+    sent.__dict__ = fields
+    return sent
 
 
 def channel_publish(resolve: Resolver) -> Wrapper:
@@ -80,22 +91,39 @@ def channel_publish(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance)
-        if state is None or state.blocking:  # a BlockingChannel's publish made the span
-            return wrapped(*args, **kwargs)
-        started = _start(state, args, kwargs)
+        started = None
+        try:
+            state = resolve(instance)
+            # a BlockingChannel's publish made the span
+            if state is not None and not state.blocking:
+                started = _start(state, args, kwargs)
+        except Exception as internal:
+            _PUBLISH.report(internal)
         if started is None:
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            op.end(exc)
+            with _PUBLISH:
+                op.end(exc)
             raise
-        op.end()
+        try:
+            op.end()
+        except Exception as internal:
+            _PUBLISH.report(internal)
         return result
 
     return wrapper
+
+
+def _failure(exc: BaseException) -> str | None:
+    """``error.type`` of a blocking publish that raised: the broker's answer when it is one."""
+    if isinstance(exc, UnroutableError):
+        return _UNROUTABLE
+    if isinstance(exc, NackError):
+        return _BROKER_NACK
+    return None
 
 
 def blocking_publish(resolve: Resolver) -> Wrapper:
@@ -104,53 +132,51 @@ def blocking_publish(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance._impl)
-        if state is None:
-            return wrapped(*args, **kwargs)
-        state.blocking = True  # pika drops the link to us when the channel closes: keep it
-        started = _start(state, args, kwargs)
+        started = None
+        try:
+            state = resolve(instance._impl)
+            if state is not None:
+                state.blocking = True  # pika drops the link to us when the channel closes: keep it
+                started = _start(state, args, kwargs)
+        except Exception as internal:
+            _PUBLISH.report(internal)
         if started is None:
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
         try:
             result = wrapped(*args, **kwargs)
-        except UnroutableError as exc:
-            op.end(exc, error_type=_UNROUTABLE)
-            raise
-        except NackError as exc:
-            op.end(exc, error_type=_BROKER_NACK)
-            raise
         except BaseException as exc:
-            op.end(exc)
+            with _PUBLISH:
+                op.end(exc, error_type=_failure(exc))
             raise
-        op.end()
+        try:
+            op.end()
+        except Exception as internal:
+            _PUBLISH.report(internal)
         return result
 
     return wrapper
 
 
 def _record_return(state: ChannelState, instance: Any, args: tuple[Any, ...]) -> None:
-    try:
-        telemetry = state.telemetry
-        if telemetry is None:
-            return
-        if state.blocking and getattr(instance._get_cookie(), "_delivery_confirmation", False):
-            return  # confirm mode: the blocking publish raises UnroutableError on its own span
-        method_frame, header_frame, body = args[:3]
-        method = method_frame.method
-        properties = header_frame.properties
-        destination = state.destinations.get("publish", method.exchange, method.routing_key)
-        telemetry.record_returned(
-            destination,
-            properties.headers,
-            reply_code=method.reply_code,
-            reply_text=method.reply_text,
-            message_id=properties.message_id,
-            correlation_id=properties.correlation_id,
-            body=body if type(body) is bytes else None,
-        )
-    except Exception as exc:
-        log_internal_error("returned message", exc)
+    telemetry = state.telemetry
+    if telemetry is None:
+        return
+    if state.blocking and getattr(instance._get_cookie(), "_delivery_confirmation", False):
+        return  # confirm mode: the blocking publish raises UnroutableError on its own span
+    method_frame, header_frame, body = args[:3]
+    method = method_frame.method
+    properties = header_frame.properties
+    destination = state.destinations.get("publish", method.exchange, method.routing_key)
+    telemetry.record_returned(
+        destination,
+        properties.headers,
+        reply_code=method.reply_code,
+        reply_text=method.reply_text,
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        body=body if type(body) is bytes else None,
+    )
 
 
 def returned(resolve: Resolver) -> Wrapper:
@@ -160,9 +186,10 @@ def returned(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        state = resolve(instance)
-        if state is not None:
-            _record_return(state, instance, args)
+        with _RETURNED:
+            state = resolve(instance)
+            if state is not None:
+                _record_return(state, instance, args)
         return wrapped(*args, **kwargs)
 
     return wrapper

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import Settle, capture_internal_exceptions
 from otel_pika._state import ChannelState
 
 __all__ = ["settle"]
@@ -23,44 +22,41 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], A
 def _start(
     state: ChannelState, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Settle | None:
-    try:
-        telemetry = state.telemetry
-        if telemetry is None:
-            return None
-        count = len(args)
-        tag = args[0] if count > 0 else kwargs.get("delivery_tag")
-        if operation == "reject":
-            multiple = False
-            requeue = args[1] if count > 1 else kwargs.get("requeue", True)
-        else:
-            multiple = args[1] if count > 1 else kwargs.get("multiple", False)
-            if operation == "nack":
-                requeue = args[2] if count > 2 else kwargs.get("requeue", True)
-            else:
-                requeue = True
-        if type(tag) is not int:
-            tag = 0  # pika's default (None in older releases) means "the last / every message"
-        requeue = bool(requeue)
-        deliveries = state.take(tag, bool(multiple))
-        fallback = None
-        if not requeue and not any(deliveries):
-            # A message we did not see delivered (consumed before instrumentation) is still
-            # dropped or dead-lettered here: that must not be silent.
-            fallback = state.destinations.get("process", "", "", "")
-        return telemetry.start_settle(
-            operation,
-            deliveries,
-            requeue=requeue,
-            delivery_tag=tag or None,
-            fallback=fallback,
-        )
-    except Exception as exc:
-        log_internal_error(operation, exc)
+    telemetry = state.telemetry
+    if telemetry is None:
         return None
+    count = len(args)
+    tag = args[0] if count > 0 else kwargs.get("delivery_tag")
+    if operation == "reject":
+        multiple = False
+        requeue = args[1] if count > 1 else kwargs.get("requeue", True)
+    else:
+        multiple = args[1] if count > 1 else kwargs.get("multiple", False)
+        if operation == "nack":
+            requeue = args[2] if count > 2 else kwargs.get("requeue", True)
+        else:
+            requeue = True
+    if type(tag) is not int:
+        tag = 0  # pika's default (None in older releases) means "the last / every message"
+    requeue = bool(requeue)
+    deliveries = state.take(tag, bool(multiple))
+    fallback = None
+    if not requeue and not any(deliveries):
+        # A message we did not see delivered (consumed before instrumentation) is still
+        # dropped or dead-lettered here: that must not be silent.
+        fallback = state.destinations.get("process", "", "", "")
+    return telemetry.start_settle(
+        operation,
+        deliveries,
+        requeue=requeue,
+        delivery_tag=tag or None,
+        fallback=fallback,
+    )
 
 
 def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
     """A wrapper factory for ``basic_{operation}`` of ``BlockingChannel`` or ``Channel``."""
+    guard = capture_internal_exceptions(f"pika {operation}")
 
     def factory(resolve: Resolver) -> Wrapper:
         def wrapper(
@@ -69,22 +65,28 @@ def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            state = resolve(instance._impl if blocking else instance)
-            if state is None:
-                return wrapped(*args, **kwargs)
-            if blocking:
-                state.blocking = True
-            elif state.blocking:
-                return wrapped(*args, **kwargs)
-            op = _start(state, operation, args, kwargs)
+            op = None
+            try:
+                state = resolve(instance._impl if blocking else instance)
+                if state is not None:
+                    if blocking:
+                        state.blocking = True
+                    if blocking or not state.blocking:  # a BlockingChannel's settle traces
+                        op = _start(state, operation, args, kwargs)
+            except Exception as internal:
+                guard.report(internal)
             if op is None:
                 return wrapped(*args, **kwargs)
             try:
                 result = wrapped(*args, **kwargs)
             except BaseException as exc:
-                op.end(exc)
+                with guard:
+                    op.end(exc)
                 raise
-            op.end()
+            try:
+                op.end()
+            except Exception as internal:
+                guard.report(internal)
             return result
 
         return wrapper

@@ -18,8 +18,13 @@ from typing import Any, Final
 
 from opentelemetry.context import Context
 
-from otel_messaging_core import Consume, Delivery, DestinationCache, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    Consume,
+    Delivery,
+    DestinationCache,
+    MessagingTelemetry,
+    capture_internal_exceptions,
+)
 
 __all__ = [
     "ChannelState",
@@ -33,6 +38,7 @@ __all__ = [
 ]
 
 STATE_ATTRIBUTE: Final = "_otel_pika_state"
+_CLOSE_CALLBACK: Final = capture_internal_exceptions("pika channel close callback")
 # A consumer that never acks would otherwise grow the map without bound; the oldest record is
 # dropped instead (its ack then has no settle span, the message is unaffected).
 MAX_TRACKED_DELIVERIES: Final = 65536
@@ -58,6 +64,7 @@ class ChannelState:
         "blocking",
         "deliveries",
         "destinations",
+        "get_pending",
         "own",
         "pull",
         "queues",
@@ -73,6 +80,9 @@ class ChannelState:
         self.queues: dict[str, str] = {}
         # the consume() iterator whose receive span may be open (a BlockingChannel has one at most)
         self.pull: weakref.ref[Any] | None = None
+        # the async basic_get awaiting its Basic.GetOk (pika allows one at a time): queue, whether
+        # it must be acked, when it was sent
+        self.get_pending: tuple[str, bool, float] | None = None
 
     def bind(self, impl: Any, telemetry: MessagingTelemetry | None) -> None:
         """Serve ``telemetry`` from now on; what the previous one tracked is dropped."""
@@ -127,6 +137,7 @@ class ChannelState:
         """Channel closed (by the user, the broker or connection loss): free what it held."""
         self.deliveries.clear()
         self.queues.clear()
+        self.get_pending = None
 
 
 def _server_of(impl: Any) -> tuple[str | None, int | None]:
@@ -154,11 +165,9 @@ def ensure_state(impl: Any) -> ChannelState:
 
     state = ChannelState(blocking=isinstance(impl._get_cookie(), BlockingChannel))
     setattr(impl, STATE_ATTRIBUTE, state)
-    try:
+    with _CLOSE_CALLBACK:  # a channel already torn down: nothing will be tracked for long
         if not impl.is_closed:  # a closed channel's callbacks are never called nor cleaned up
             impl.add_on_close_callback(state.closed)
-    except Exception as exc:  # a channel already torn down: nothing will be tracked for long
-        log_internal_error("channel close callback", exc)
     return state
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection
+import logging
+from typing import Any, Callable, Collection, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -10,11 +11,16 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.instrumentation.utils import unwrap
 
-from otel_messaging_core import InstrumentationOptions, MessageContext, MessagingTelemetry
-from otel_messaging_core._guard import log_internal_error
+from otel_messaging_core import (
+    InstrumentationOptions,
+    MessageContext,
+    MessagingTelemetry,
+    capture_internal_exceptions,
+    extract_context,
+    handling_parent,
+)
 from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.consumer import handling_parent
-from otel_messaging_core.propagation import extract_context
+from otel_messaging_core.options import has_options, log_reconfigured
 from otel_pika._package import _instruments
 from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
 from otel_pika.version import __version__
@@ -22,6 +28,10 @@ from otel_pika.version import __version__
 __all__ = ["PikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_pika"
+_logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
+
+_INSTRUMENT: Final = capture_internal_exceptions("otel_pika instrument()")
+_MESSAGE_CONTEXT: Final = capture_internal_exceptions("pika message_context()")
 
 Resolver = Callable[[Any], Any]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -55,6 +65,7 @@ def _targets() -> tuple[list[Target], list[Target], list[Target]]:
         (Channel, "basic_consume", _consume.consumer_queue),
         (Channel, "_on_deliver", _consume.deliver),
         (Channel, "basic_get", _consume.channel_get),
+        (Channel, "_on_getok", _consume.getok),
         (Channel, "basic_ack", _settle.settle("ack", blocking=False)),
         (Channel, "basic_nack", _settle.settle("nack", blocking=False)),
         (Channel, "basic_reject", _settle.settle("reject", blocking=False)),
@@ -74,8 +85,7 @@ def _targets() -> tuple[list[Target], list[Target], list[Target]]:
     return channel, blocking, blocking_impl
 
 
-def _telemetry(kwargs: dict[str, Any]) -> MessagingTelemetry:
-    options = InstrumentationOptions.from_kwargs(kwargs)
+def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
     return MessagingTelemetry(
         options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
     )
@@ -101,15 +111,37 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
-    def _instrument(self, **kwargs: Any) -> None:
-        telemetry = _telemetry(kwargs)  # validates before anything is patched
-        import wrapt
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument pika; see :mod:`otel_pika`. Called again with options while instrumented
+        (as under ``opentelemetry-instrument``), it applies them and says what changed (INFO)."""
+        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
+            options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
+            with _INSTRUMENT:
+                old = runtime.telemetry
+                runtime.telemetry = _telemetry(options)
+                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
+            return None
+        return super().instrument(**kwargs)
 
-        _CONTRIB.engage()
-        channel, blocking, _ = _targets()
-        for owner, name, factory in (*channel, *blocking):
-            wrapt.wrap_function_wrapper(owner, name, factory(global_state))
-        runtime.telemetry = telemetry
+    def _instrument(self, **kwargs: Any) -> None:
+        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
+        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
+        # loading every other instrumentor.
+        options = InstrumentationOptions.from_kwargs(kwargs)
+        with _INSTRUMENT:
+            telemetry = _telemetry(options)
+            import wrapt
+
+            _CONTRIB.engage()
+            channel, blocking, _ = _targets()
+            for owner, name, factory in (*channel, *blocking):
+                wrapt.wrap_function_wrapper(owner, name, factory(global_state))
+            runtime.telemetry = telemetry
+            return
+        # reached only when the block above failed (logged): leave pika as it was
+        with _INSTRUMENT:
+            self._uninstrument()
+        _logger.error("otel_pika: pika is not traced: instrument() failed (see the warning above)")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         runtime.telemetry = None
@@ -127,20 +159,23 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """
         from pika.adapters.blocking_connection import BlockingChannel
 
-        telemetry = _telemetry(dict(kwargs))
-        channel_targets, blocking_targets, blocking_impl = _targets()
-        if isinstance(channel, BlockingChannel):
-            impl = channel._impl
-            patches = [(channel, t) for t in blocking_targets] + [(impl, t) for t in blocking_impl]
-        else:
-            impl = channel
-            patches = [(impl, t) for t in channel_targets]
-        state = ensure_state(impl)
-        state.own = True
-        state.bind(impl, telemetry)
-        for obj, (_owner, name, factory) in patches:
-            if not isinstance(obj.__dict__.get(name), _Bound):
-                setattr(obj, name, _Bound(factory(own_state), getattr(obj, name), obj))
+        options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
+        with _INSTRUMENT:
+            telemetry = _telemetry(options)
+            channel_targets, blocking_targets, blocking_impl = _targets()
+            if isinstance(channel, BlockingChannel):
+                impl = channel._impl
+                patches = [(channel, t) for t in blocking_targets]
+                patches += [(impl, t) for t in blocking_impl]
+            else:
+                impl = channel
+                patches = [(impl, t) for t in channel_targets]
+            state = ensure_state(impl)
+            state.own = True
+            state.bind(impl, telemetry)
+            for obj, (_owner, name, factory) in patches:
+                if not isinstance(obj.__dict__.get(name), _Bound):
+                    setattr(obj, name, _Bound(factory(own_state), getattr(obj, name), obj))
 
     @staticmethod
     def uninstrument_channel(channel: Any) -> None:
@@ -173,7 +208,7 @@ def message_context(properties: Any) -> MessageContext:
     current in the block either way.
     """
     context = None
-    try:
+    with _MESSAGE_CONTEXT:
         context = recall(properties)
         if context is None:
             headers = getattr(properties, "headers", None)
@@ -182,6 +217,4 @@ def message_context(properties: Any) -> MessageContext:
                 context = telemetry.handling_context(headers)
             else:
                 context, _links = handling_parent(extract_context(headers), "parent")
-    except Exception as exc:
-        log_internal_error("message_context", exc)
     return MessageContext(context if context is not None else otel_context.get_current())

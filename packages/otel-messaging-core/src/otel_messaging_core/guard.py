@@ -1,9 +1,26 @@
-"""Our own failures are logged, never raised into the user's publish or handler.
+"""The one guard idiom: our own failures are logged, never raised into the user's call.
 
-Inspired by sentry-python's ``capture_internal_exceptions()``: every piece of instrumentation code
-that runs inside a user's call is wrapped so that a bug in it costs a log line, not a lost message.
-The user's own exceptions are never caught here: wrappers call the original outside of a guard and
-re-raise what it raised, unchanged.
+After sentry-python's ``capture_internal_exceptions()``. Every piece of instrumentation code that
+runs around a user's call (before it, after it, or in a callback the client library calls) is a
+*place*, and each place has one guard, made once when its module is imported::
+
+    _PUBLISH = capture_internal_exceptions("pika publish")
+
+    with _PUBLISH:                        # any path
+        op = telemetry.start_publish(...)
+
+    try:                                  # a per-message path: a try costs nothing until it raises
+        op = telemetry.start_publish(...)
+    except Exception as exc:
+        _PUBLISH.report(exc)
+
+Both forms log the same way: the first failure of a place once, at WARNING with its traceback,
+later ones at DEBUG, so a bug on the per-message path costs one log line and our own span, never
+the message. The guard is stateless, so one object serves every thread and task. Only
+``Exception`` is caught: ``KeyboardInterrupt``, ``SystemExit`` and ``CancelledError`` go on.
+
+The user's own exceptions are never caught here: a wrapper calls the original outside of any
+guard and re-raises what it raised, unchanged (the same object).
 """
 
 from __future__ import annotations
@@ -13,7 +30,7 @@ import weakref
 from types import TracebackType
 from typing import Callable, Final
 
-__all__ = ["capture_internal_exceptions", "call_hook", "log_internal_error"]
+__all__ = ["call_hook", "capture_internal_exceptions", "log_internal_error"]
 
 logger: Final = logging.getLogger("otel_messaging_core")
 
@@ -36,16 +53,18 @@ def log_internal_error(where: str, exc: BaseException | None = None) -> None:
 
 
 class capture_internal_exceptions:  # noqa: N801 - used like a function: ``with capture_internal_exceptions(...)``
-    """Context manager: an ``Exception`` raised in its block is logged and swallowed.
+    """The guard of one place of ours: an ``Exception`` raised in its ``with`` block is logged
+    (see :func:`log_internal_error`) and swallowed; :meth:`report` logs one caught in a ``try``.
 
-    A class rather than ``@contextmanager`` because it sits on the per-message path and a
-    generator-based context manager costs several times more.
+    A class rather than ``@contextmanager`` because it sits on per-message paths, where a
+    generator-based context manager costs several times more; make it once per place (a module
+    constant) and reuse it: it holds nothing but the place's name.
     """
 
-    __slots__ = ("_where",)
+    __slots__ = ("where",)
 
     def __init__(self, where: str) -> None:
-        self._where = where
+        self.where = where
 
     def __enter__(self) -> None:
         return None
@@ -58,8 +77,15 @@ class capture_internal_exceptions:  # noqa: N801 - used like a function: ``with 
     ) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
-        log_internal_error(self._where, exc)
+        log_internal_error(self.where, exc)
         return True
+
+    def report(self, exc: BaseException) -> None:
+        """Log ``exc``, caught by an ``except Exception`` of this place (the ``try`` form)."""
+        log_internal_error(self.where, exc)
+
+    def __repr__(self) -> str:
+        return f"capture_internal_exceptions({self.where!r})"
 
 
 # Hooks that raised, held weakly: keyed by id() alone, a new hook that reuses a dead hook's
