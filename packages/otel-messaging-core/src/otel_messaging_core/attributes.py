@@ -57,6 +57,14 @@ _SERVER_NAMED_PREFIX: Final = "amq.gen-"
 # aio-pika's robust channels name a queue declared without a name on the client side, so the
 # name survives a reconnect: "amq_" + 128 random bits in hex ("amq_0x…" in aio-pika 8).
 _CLIENT_GENERATED = re.compile(r"amq_(?:0x)?[0-9a-f]{16,32}")
+# Names made per process or per call hold a UUID: Celery's event receivers ("celeryev.<uuid>"),
+# kombu's pidbox reply queues ("<uuid>.reply.celery.pidbox"), Celery's rpc:// result queues
+# ("<uuid>"). The UUID becomes "{uuid}", as in semconv's destination templates. A pidbox node
+# queue ("celery@host.celery.pidbox", one per worker host) keeps its namespace only.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_PIDBOX_NODE = re.compile(r"[^@]*@.*(?=\.[^.]+\.pidbox$)")
+GENERATED_PART: Final = "{uuid}"
+PIDBOX_NODE: Final = "{node}"
 
 # operation name -> semconv operation type
 OPERATION_TYPES: Final[Mapping[str, str]] = MappingProxyType(
@@ -84,14 +92,27 @@ def exchange_label(exchange: str) -> str:
     return exchange or DEFAULT_EXCHANGE
 
 
+def _per_process(name: str) -> str:
+    """``name`` with a UUID in it as ``{uuid}``, a pidbox node queue as ``{node}.<ns>.pidbox``."""
+    if "-" in name:
+        name = _UUID.sub(GENERATED_PART, name)
+    if "@" in name and name.endswith(".pidbox"):
+        name = _PIDBOX_NODE.sub(PIDBOX_NODE, name, count=1)
+    return name
+
+
 def queue_label(queue: str) -> str:
-    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``."""
-    return ANONYMOUS_QUEUE if is_server_named(queue) else queue
+    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``,
+    per-process names (a UUID in them) to a stable form (see :func:`low_cardinality`)."""
+    return ANONYMOUS_QUEUE if is_server_named(queue) else _per_process(queue)
 
 
 def low_cardinality(part: str) -> str:
-    """One name part with server-generated names collapsed, for metric attributes."""
-    return ANONYMOUS_QUEUE if is_server_named(part) else part
+    """One name part with generated names collapsed, for span names and metric attributes:
+    ``amq.gen-…`` (and aio-pika's ``amq_…``) as ``amq.gen``, a UUID as ``{uuid}``
+    (``celeryev.{uuid}``, ``{uuid}.reply.celery.pidbox``), a pidbox node queue as
+    ``{node}.celery.pidbox``."""
+    return ANONYMOUS_QUEUE if is_server_named(part) else _per_process(part)
 
 
 def publish_destination_name(exchange: str, routing_key: str) -> str:
