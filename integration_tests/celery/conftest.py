@@ -64,9 +64,13 @@ class Worker:
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if self.process.poll() is not None:
-                pytest.fail(f"worker {self.name} exited {self.process.returncode}:\n{self.log_text()}")
+                pytest.fail(
+                    f"worker {self.name} exited {self.process.returncode}:\n{self.log_text()}"
+                )
             if time.monotonic() > deadline:
-                pytest.fail(f"worker {self.name} not ready in {START_TIMEOUT} s:\n{self.log_text()}")
+                pytest.fail(
+                    f"worker {self.name} not ready in {START_TIMEOUT} s:\n{self.log_text()}"
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -137,7 +141,7 @@ class Fleet:
         if quiet:
             command += ["--without-mingle", "--without-gossip"]
         with log.open("wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own command line
+            process = subprocess.Popen(
                 command,
                 cwd=ROOT,
                 env=environ,
@@ -177,14 +181,26 @@ def app(rabbitmq: Broker, queue: str) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def sender(otel: Recorder, instrumentation: Callable[..., Any]) -> Iterator[Recorder]:
-    """This process traced as the worker is (both instrumentations, default options); the
-    recorder of its spans."""
-    instrumentation(KombuInstrumentor)()
+def celery_traced(otel: Recorder) -> Iterator[Recorder]:
+    """opentelemetry-instrumentation-celery in this process, recording into ``otel``."""
     celery = CeleryInstrumentor()
     celery.instrument(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     yield otel
     celery.uninstrument()
+
+
+@pytest.fixture
+def kombu_traced(instrumentation: Callable[..., Any]) -> Callable[..., Any]:
+    """``kombu_traced(**options)``: our instrumentation in this process, undone after the test."""
+    return instrumentation(KombuInstrumentor)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def sender(celery_traced: Recorder, kombu_traced: Callable[..., Any]) -> Recorder:
+    """This process traced as the worker is (both instrumentations, default options); the
+    recorder of its spans."""
+    kombu_traced()
+    return celery_traced
 
 
 def wait_until(
@@ -194,7 +210,9 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while not check():
         if worker.process.poll() is not None:
-            pytest.fail(f"worker {worker.name} exited while waiting for {what}:\n{worker.log_text()}")
+            pytest.fail(
+                f"worker {worker.name} exited while waiting for {what}:\n{worker.log_text()}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout} s:\n{worker.log_text()}")
         time.sleep(0.1)

@@ -109,11 +109,12 @@ def _ready(**_: Any) -> None:
 
 @signals.worker_shutdown.connect(weak=False)
 def _dump_metrics(**_: Any) -> None:
-    points = []
     data = metrics.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    points.append({"metric": metric.name, "attributes": dict(point.attributes)})
+    points = [
+        {"metric": metric.name, "attributes": dict(point.attributes or {})}
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
     Path(f"{SPANS}.metrics").write_text("".join(json.dumps(p) + "\n" for p in points))
