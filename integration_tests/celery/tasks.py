@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, shared_task
 from celery.exceptions import Reject
 from kombu import Queue
 
@@ -22,7 +22,8 @@ REJECT = "otel_tests.reject"
 
 
 def make_app(broker: str, queue: str) -> Celery:
-    """A Celery app whose tasks go to ``queue`` (auto-deleted); no result backend."""
+    """A Celery app whose tasks (the shared tasks below) go to ``queue`` (auto-deleted); no
+    result backend."""
     app = Celery("otel_tests", broker=broker, set_as_current=False)
     app.conf.update(
         task_queues=[Queue(queue, routing_key=queue, durable=False, auto_delete=True)],
@@ -34,31 +35,40 @@ def make_app(broker: str, queue: str) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name=ADD)
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task(name=SLOW_ADD)
-    def slow_add(x: int, y: int) -> int:
-        # long enough that handing the task to a thread or a child cannot outlast it
-        time.sleep(0.5)
-        return x + y
-
-    @app.task(name=RETRY_ONCE, bind=True, max_retries=1)
-    def retry_once(self: Task) -> str:
-        if not self.request.retries:
-            raise self.retry(exc=ValueError("not yet"), countdown=1)
-        return "done"
-
-    @app.task(name=FAIL)
-    def fail() -> None:
-        raise ValueError("order 17 cannot be planned")
-
-    @app.task(name=REJECT, acks_late=True)
-    def reject() -> None:
-        raise Reject("order 17 is malformed", requeue=False)
-
     return app
+
+
+# Shared tasks, defined once per process: every app has them (opentelemetry-instrumentation-celery
+# looks a task up in the current app), and no app registers a second callable under a name.
+
+
+@shared_task(name=ADD)
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@shared_task(name=SLOW_ADD)
+def slow_add(x: int, y: int) -> int:
+    # long enough that handing the task to a thread or a child cannot outlast it
+    time.sleep(0.5)
+    return x + y
+
+
+@shared_task(name=RETRY_ONCE, bind=True, max_retries=1)
+def retry_once(self: Task) -> str:
+    if not self.request.retries:
+        raise self.retry(exc=ValueError("not yet"), countdown=1)
+    return "done"
+
+
+@shared_task(name=FAIL)
+def fail() -> None:
+    raise ValueError("order 17 cannot be planned")
+
+
+@shared_task(name=REJECT, acks_late=True)
+def reject() -> None:
+    raise Reject("order 17 is malformed", requeue=False)
 
 
 def send(app: Celery, name: str, *args: Any) -> str:
