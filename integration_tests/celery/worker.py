@@ -1,6 +1,6 @@
 """The app a test's Celery worker runs: ``celery -A integration_tests.celery.worker worker ...``.
 
-It sets up an SDK whose spans are written, as they end, to the JSON-lines file named by
+It sets up an SDK whose spans go through a ``BatchSpanProcessor`` to the JSON-lines file named by
 ``OTEL_TEST_SPANS`` (appended with one ``write`` per batch, so the worker's children, after a
 fork, write to it too), and whose metric points are written to ``<file>.metrics`` when the worker
 shuts down. ``OTEL_TEST_INSTRUMENT`` says where ``instrument()`` is called:
@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from integration_tests.celery.tasks import make_app
 from otel_kombu import KombuInstrumentor
@@ -84,7 +84,11 @@ metrics = InMemoryMetricReader()
 
 def instrument() -> None:
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(FileSpanExporter(SPANS)))
+    # as users set it up: a batch processor, made in the parent, which the SDK restarts in each
+    # forked child (os.register_at_fork); a short delay so that tests wait little
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(FileSpanExporter(SPANS), schedule_delay_millis=50)
+    )
     meter_provider = MeterProvider(metric_readers=[metrics])
     CeleryInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     KombuInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
