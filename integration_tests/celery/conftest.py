@@ -125,7 +125,13 @@ class Fleet:
             "OTEL_TEST_QUEUE": self.queue,
             **(env or {}),
         }
+        prefix = (
+            [str(Path(sys.executable).parent / "opentelemetry-instrument")]
+            if instrument == "opentelemetry-instrument"
+            else []
+        )
         command = [
+            *prefix,
             sys.executable,
             "-m",
             "celery",

@@ -119,6 +119,8 @@ def test_retries_failures_and_rejects_in_a_solo_worker(
     assert second_run["start"] >= second_process["end"], "a countdown retry runs later, outside"
     assert attribute(first_run, "celery.retry.reason"), "Celery's run span says why it retried"
     assert first_process["status"] == second_process["status"] == "UNSET"
+    retry_spans = (first_run, second_run, first_process, second_process, republish)
+    assert len({s["trace_id"] for s in retry_spans}) == 1, "the retry stays in the task's trace"
 
     # failure: Celery's span shows it, ours do not (the exception never reaches kombu)
     (failed_run,) = of_task(spans, failed, f"run/{FAIL}")
@@ -132,6 +134,8 @@ def test_retries_failures_and_rejects_in_a_solo_worker(
     assert attribute(reject, "error.type") == "rejected"
     (rejected_process,) = of_task(spans, rejected, f"process {queue}")
     assert reject["parent_id"] == rejected_process["span_id"]
+    (rejected_run,) = of_task(spans, rejected, f"run/{REJECT}")
+    assert rejected_run["status"] == "UNSET", "Celery's spans do not show the reject"
 
 
 def test_threads_pool_runs_the_task_after_handing_it_over(
@@ -152,14 +156,14 @@ def test_threads_pool_runs_the_task_after_handing_it_over(
     assert run["parent_id"] == process["parent_id"], "both continue from the publish span"
 
 
-@pytest.mark.parametrize("pool", ["prefork"])
+@pytest.mark.parametrize("instrument", ["parent", "opentelemetry-instrument"])
 def test_prefork_instrumented_in_the_parent(
-    fleet: Fleet, app: Celery, sender: Recorder, queue: str, pool: str
+    fleet: Fleet, app: Celery, sender: Recorder, queue: str, instrument: str
 ) -> None:
-    """Prefork, instrument() in the worker's parent process (before it forks): the parent's
-    process span ends before the child starts the task, and a rejected task ends in our
-    `reject` ERROR (the parent settles the message)."""
-    worker = fleet.start("prefork", pool=pool)
+    """Prefork, instrument() in the worker's parent process before it forks (at import of the
+    app module, or by opentelemetry-instrument): the parent's process span ends before the child
+    starts the task, and a rejected task ends in our `reject` ERROR (the parent settles it)."""
+    worker = fleet.start("prefork", pool="prefork", instrument=instrument)
     worker.wait_ready()
     task_id = send(app, SLOW_ADD, 2, 3)
     rejected = send(app, REJECT)

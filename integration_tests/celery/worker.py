@@ -10,7 +10,10 @@ shuts down. ``OTEL_TEST_INSTRUMENT`` says where ``instrument()`` is called:
     tells users to follow;
 ``worker_process_init``
     in each pool child, from Celery's ``worker_process_init`` signal: the pattern
-    opentelemetry-instrumentation-celery's README shows for prefork.
+    opentelemetry-instrumentation-celery's README shows for prefork;
+``opentelemetry-instrument``
+    nowhere here: the worker runs under ``opentelemetry-instrument``, which instrumented every
+    installed instrumentor (both of these) with the global providers; this module sets them.
 
 Both instrument Celery (opentelemetry-instrumentation-celery) and kombu (ours); our options come
 from the usual variables (``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``, ...). The worker writes
@@ -82,20 +85,33 @@ class FileSpanExporter(SpanExporter):
 metrics = InMemoryMetricReader()
 
 
-def instrument() -> None:
+def providers() -> tuple[TracerProvider, MeterProvider]:
     tracer_provider = TracerProvider()
     # as users set it up: a batch processor, made in the parent, which the SDK restarts in each
     # forked child (os.register_at_fork); a short delay so that tests wait little
     tracer_provider.add_span_processor(
         BatchSpanProcessor(FileSpanExporter(SPANS), schedule_delay_millis=50)
     )
-    meter_provider = MeterProvider(metric_readers=[metrics])
+    return tracer_provider, MeterProvider(metric_readers=[metrics])
+
+
+def instrument() -> None:
+    tracer_provider, meter_provider = providers()
     CeleryInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     KombuInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
 
 if MODE == "parent":
     instrument()
+elif MODE == "opentelemetry-instrument":
+    # the instrumentors were instrumented by opentelemetry-instrument before this module was
+    # imported, with the global (proxy) providers: these become the real ones
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+
+    tracer_provider, meter_provider = providers()
+    trace.set_tracer_provider(tracer_provider)
+    otel_metrics.set_meter_provider(meter_provider)
 elif MODE == "worker_process_init":
 
     @signals.worker_process_init.connect(weak=False)
