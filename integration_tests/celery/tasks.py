@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery.exceptions import Reject
-from kombu import Queue
+from kombu import Exchange, Queue
 
 ADD = "otel_tests.add"
 SLOW_ADD = "otel_tests.slow_add"
@@ -22,12 +22,22 @@ REJECT = "otel_tests.reject"
 
 
 def make_app(broker: str, queue: str) -> Celery:
-    """A Celery app whose tasks (the shared tasks below) go to ``queue`` (auto-deleted); no
-    result backend."""
+    """A Celery app whose tasks (the shared tasks below) go to ``queue`` (it and its exchange
+    auto-deleted); no result backend."""
     app = Celery("otel_tests", broker=broker, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(queue, routing_key=queue, durable=False, auto_delete=True)],
+        # Celery would declare a durable exchange named after the queue: this one goes with it
+        task_queues=[
+            Queue(
+                queue,
+                Exchange(queue, type="direct", durable=False, auto_delete=True),
+                routing_key=queue,
+                durable=False,
+                auto_delete=True,
+            )
+        ],
         task_default_queue=queue,
+        task_default_exchange=queue,
         task_default_routing_key=queue,
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
