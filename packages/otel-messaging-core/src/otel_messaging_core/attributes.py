@@ -102,9 +102,8 @@ def _per_process(name: str) -> str:
 
 
 def queue_label(queue: str) -> str:
-    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``,
-    per-process names (a UUID in them) to a stable form (see :func:`low_cardinality`)."""
-    return ANONYMOUS_QUEUE if is_server_named(queue) else _per_process(queue)
+    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``."""
+    return ANONYMOUS_QUEUE if is_server_named(queue) else queue
 
 
 def low_cardinality(part: str) -> str:
@@ -175,7 +174,7 @@ def build_destination(
     else:
         # Consumers read from a queue; with none known (a settle of an untracked delivery) the
         # exchange names it, and with neither the operation alone does, as semconv allows.
-        label = queue_label(queue) if queue else exchange
+        label = low_cardinality(queue) if queue else exchange
         span_name = f"{operation} {label}" if label else operation
         destination = consume_destination_name(exchange, routing_key, queue)
         metric_destination = consume_destination_name(
