@@ -87,11 +87,6 @@ def is_server_named(name: str) -> bool:
     return name.startswith("amq_") and _CLIENT_GENERATED.fullmatch(name) is not None
 
 
-def exchange_label(exchange: str) -> str:
-    """The exchange as it appears in span names: the default exchange is ``amq.default``."""
-    return exchange or DEFAULT_EXCHANGE
-
-
 def _per_process(name: str) -> str:
     """``name`` with a UUID in it as ``{uuid}``, a pidbox node queue as ``{node}.<ns>.pidbox``."""
     if "-" in name:
@@ -101,16 +96,20 @@ def _per_process(name: str) -> str:
     return name
 
 
+def exchange_label(exchange: str) -> str:
+    """The exchange as it appears in span names: the default exchange is ``amq.default``."""
+    return exchange or DEFAULT_EXCHANGE
+
+
 def queue_label(queue: str) -> str:
     """The queue as it appears in span names: server-named queues collapse to ``amq.gen``."""
     return ANONYMOUS_QUEUE if is_server_named(queue) else queue
 
 
 def low_cardinality(part: str) -> str:
-    """One name part with generated names collapsed, for span names and metric attributes:
-    ``amq.gen-…`` (and aio-pika's ``amq_…``) as ``amq.gen``, a UUID as ``{uuid}``
-    (``celeryev.{uuid}``, ``{uuid}.reply.celery.pidbox``), a pidbox node queue as
-    ``{node}.celery.pidbox``."""
+    """One name part with server-generated names collapsed to ``amq.gen``: span names and
+    metric attributes must not grow with every server-named queue."""
+    # nor with every worker start: a UUID becomes {uuid}, a pidbox node {node} (_per_process)
     return ANONYMOUS_QUEUE if is_server_named(part) else _per_process(part)
 
 
