@@ -58,8 +58,9 @@ def short(name: str, result: FlowResult) -> str:
 
 
 def short_error(error_type: str | None) -> str:
-    """An error type to fit a table cell: an exception's class name without its module."""
-    return (error_type or "error").rsplit(".", 1)[-1]
+    """An error type to fit a table cell: an exception's class name without its module, a dead
+    letter's reason (``dead_letter:expired`` -> ``expired``; the span name says where)."""
+    return (error_type or "error").rsplit(".", 1)[-1].removeprefix("dead_letter:")
 
 
 def orders_table(result: FlowResult, fates: Mapping[str, Fate]) -> Table:
@@ -69,7 +70,9 @@ def orders_table(result: FlowResult, fates: Mapping[str, Fate]) -> Table:
     the reason) is in :func:`losses`.
     """
     orders = group_orders(result.spans)
-    table = Table(title="Orders", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(
+        title="Orders", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+    )
     table.add_column("order", justify="right", no_wrap=True)
     table.add_column("fate", no_wrap=True)
     table.add_column("where", no_wrap=True)

@@ -47,7 +47,7 @@ from examples.order_flow.domain import (
     Order,
 )
 from examples.order_flow.receiver import Receiver
-from examples.order_flow.report import choose_examples, render, short
+from examples.order_flow.report import choose_examples, render, short, short_error
 from examples.order_flow.runner import FlowResult, run_flow
 from examples.order_flow.topology import Topology
 
@@ -420,7 +420,7 @@ def test_report_fits_the_terminal_without_cutting_or_splitting_words(
         oid = str(order.order_id)
         fate, spans = fates[oid], orders[oid]
         status = "LOST" if fate.status == LOST else fate.status
-        error = (fate.error_type or "").rsplit(".", 1)[-1]
+        error = short_error(fate.error_type) if fate.error_type else ""
         _one_line(
             lines,
             rf"\s*{oid}\s+{status}\s+{fate.service}\s+{re.escape(short(fate.span or '', flow))}"
