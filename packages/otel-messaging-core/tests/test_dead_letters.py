@@ -310,3 +310,12 @@ def test_an_ordinary_message_gets_no_dead_letter_attributes(otel: Recorder) -> N
     telemetry.start_consume(destination, {"traceparent": TRACEPARENT}, redelivered=False).end()
     (span,) = otel.spans()
     assert not [k for k in span.attributes or {} if k.startswith("rabbitmq.")]
+
+
+def test_kombu_on_another_transport_gets_no_rabbitmq_attributes(otel: Recorder) -> None:
+    """A redelivered message on a non-AMQP transport (kombu on Redis, say) gets no rabbitmq.* attribute."""
+    telemetry = make(otel)
+    destination = telemetry.destinations(system="redis").get("receive", "", "q", "q")
+    telemetry.start_consume(destination, headers(), redelivered=True).end()
+    (span,) = otel.spans()
+    assert not [k for k in span.attributes or {} if k.startswith("rabbitmq.")]

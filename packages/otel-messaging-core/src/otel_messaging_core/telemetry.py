@@ -570,7 +570,8 @@ class MessagingTelemetry:
             # broker-side losses (issue 16): all in dead_letters; one check for most messages
             death = (
                 dead_letters.read(headers, redelivered)
-                if redelivered or (headers and dead_letters.MARKER in headers)
+                if destination.amqp
+                and (redelivered or (headers and dead_letters.MARKER in headers))
                 else None
             )
             if death is not None:
