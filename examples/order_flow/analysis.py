@@ -11,18 +11,22 @@ through parent ids *and* links, so the same grouping works when every hop is its
 
 Why an order was lost comes from its ERROR spans too (:class:`Loss`): the status description,
 the exception event and the few attributes in :data:`REASON_ATTRIBUTES` that the services set
-on the span that failed, the same things a support engineer reads in Jaeger.
+on the span that failed, the same things a support engineer reads in Jaeger. A message the broker
+dropped and dead-lettered shows as the ERROR span the instrumentation makes when the dead letter
+is consumed (``error.type=dead_letter:<reason>``), with ``rabbitmq.dead_letter.*`` saying where
+and when it died (docs/reference.md).
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from examples.order_flow.domain import CHECKSUM_ACTUAL_KEY, CHECKSUM_EXPECTED_KEY, SKU_KEY
+from examples.order_flow.domain import BROKER, CHECKSUM_ACTUAL_KEY, CHECKSUM_EXPECTED_KEY, SKU_KEY
 
 __all__ = [
     "ORDER_KEY",
@@ -36,6 +40,7 @@ __all__ = [
     "SpanRecord",
     "SumPoint",
     "WaterfallRow",
+    "broker_loss",
     "duplicate_span_ids",
     "exact_percentile",
     "flow_fates",
@@ -54,6 +59,11 @@ __all__ = [
 
 ORDER_KEY: Final = "order.id"
 ERROR: Final = "ERROR"
+DEAD_LETTER_ERROR: Final = "dead_letter:"  # error.type prefix of the span marking a dead letter
+DEAD_LETTER_REASON: Final = "rabbitmq.dead_letter.reason"
+DEAD_LETTER_QUEUE: Final = "rabbitmq.dead_letter.queue"
+DEAD_LETTER_TIME: Final = "rabbitmq.dead_letter.time"
+DEAD_LETTER_TTL: Final = "rabbitmq.dead_letter.original_expiration_ms"
 # The attributes that explain a failure, with the label a reader sees: where an unroutable
 # publish was sent, and the facts the services record on the span that fails.
 REASON_ATTRIBUTES: Final = (
@@ -220,13 +230,15 @@ class Loss:
     ``facts`` are its :data:`REASON_ATTRIBUTES` as ``(label, value)``. ``dropped_by`` is the ERROR
     span that ended last when it is another one: the ``reject`` that dropped the message.
 
-    The report renders a loss by these fields only. A loss seen another way, a message the broker
-    expired and dead-lettered (``kind="broker"``, ``where`` naming the queue, the reason from the
-    dead-letter attributes), needs its own reader next to :func:`loss_of`, not a new layout.
+    ``kind="broker"``: the broker dropped the message and dead-lettered it (:func:`broker_loss`);
+    ``where`` is ``broker``, ``span`` the ERROR span that marks the death, ``reason`` says what
+    happened in which queue after how long, and ``facts`` name the queue and who recorded it.
+
+    The report renders a loss by these fields only.
     """
 
-    kind: str  # service (a broker kind is to come: see above)
-    where: str  # the service that lost it
+    kind: str  # service | broker
+    where: str  # the service that lost it, or "broker"
     span: str
     error_type: str | None
     exception: str | None  # the exception's qualified type, when one was recorded
@@ -249,12 +261,58 @@ def _exception_type(span: SpanRecord) -> str | None:
     return recorded
 
 
+def _iso_ns(text: object) -> int | None:
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1e9)
+
+
+def broker_loss(death: SpanRecord, spans: Sequence[SpanRecord]) -> Loss:
+    """The loss a dead-letter span tells: ``expired in srm.orders after 1.0 s``.
+
+    How long the message waited before it died: its per-message TTL when it expired by one
+    (``original_expiration_ms``: the broker drops it then, at the earliest); else the time of
+    death (whole seconds, as the broker records it) minus the start of the order's first publish.
+    """
+    attributes = death.attributes
+    reason = str(attributes.get(DEAD_LETTER_REASON, death.error_type or "dead-lettered"))
+    queue = str(attributes.get(DEAD_LETTER_QUEUE, "?"))
+    text = f"{reason} in {queue}"
+    ttl = attributes.get(DEAD_LETTER_TTL)
+    died = _iso_ns(attributes.get(DEAD_LETTER_TIME))
+    sent = min((s.start_ns for s in spans if s.operation_type == "send"), default=None)
+    if isinstance(ttl, int):
+        text += f" after {ttl / 1000:.1f} s (its per-message TTL)"
+    elif died is not None and sent is not None:
+        text += f" after about {max(0.0, (died - sent) / 1e9):.0f} s"
+    return Loss(
+        kind="broker",
+        where=BROKER,
+        span=death.name,
+        error_type=death.error_type,
+        exception=None,
+        reason=text,
+        facts=(("queue", queue), ("recorded by", death.service)),
+    )
+
+
 def loss_of(spans: Sequence[SpanRecord]) -> Loss | None:
     """Why the order of ``spans`` was lost (``None`` when none of them is an ERROR span)."""
     errors = sorted((s for s in spans if s.status == ERROR), key=lambda s: (s.end_ns, -s.start_ns))
     if not errors:
         return None
-    cause, last = errors[0], errors[-1]
+    cause = errors[0]
+    if cause.error_type and cause.error_type.startswith(DEAD_LETTER_ERROR):
+        return broker_loss(cause, spans)
+    # what dropped it: the last ERROR span, not counting the record of its dead letter (a
+    # rejected message is dead-lettered too, where a queue has a dead-letter exchange)
+    last = next(
+        s
+        for s in reversed(errors)
+        if s is cause or not (s.error_type or "").startswith(DEAD_LETTER_ERROR)
+    )
     event = cause.exception or {}
     reason = cause.status_message or str(event.get("exception.message") or "")
     facts = tuple(

@@ -2,7 +2,9 @@
 
 Nothing in the services says "lose order 17". The plan gives a few orders the data that loses
 them in real systems: a region no queue is bound to, a SKU the stock list does not know, a file
-whose checksum does not match. The services just do their jobs on that data.
+whose checksum does not match, and an express order (a per-message TTL) stuck behind a bulk
+order whose stock srm-api counts slowly, so it expires in srm-api's queue and the broker
+dead-letters it. The services just do their jobs on that data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ __all__ = [
     "SERVICES",
     "SKU_KEY",
     "STOCK",
+    "BROKER",
+    "DEAD_LETTER_EXPIRED",
+    "EXPRESS_TTL_MS",
+    "WATCHER",
     "CorruptFile",
     "Expectation",
     "Order",
@@ -32,17 +38,24 @@ __all__ = [
     "error_type_of",
     "job_for",
     "plan_orders",
+    "stock_check_seconds",
     "verify_file",
 ]
 
 SHOP, SRM, MES = "shop-api", "srm-api", "mes"
-SERVICES: Final = (SHOP, SRM, MES)
+WATCHER: Final = "watcher"  # otel_pika.dead_letters on the run's dead-letter queue
+SERVICES: Final = (SHOP, SRM, MES, WATCHER)
+BROKER: Final = "broker"  # where an order is lost when the broker dead-letters it
+DEAD_LETTER_EXPIRED: Final = "dead_letter:expired"  # error.type of the span marking the death
 COMPLETED: Final = "completed"
 LOST: Final = "lost"
 
 # What srm-api can build. Anything else is an UnknownSku.
 STOCK: Final = {"SKU-1001": 40, "SKU-1002": 25, "SKU-1003": 60, "SKU-1004": 15}
 REGIONS: Final = ("eu", "us")  # the regions srm-api's queue is bound to
+EXPRESS_TTL_MS: Final = 1000  # an express order must be picked up within a second, or it expires
+BULK_QUANTITY: Final = 500  # from this quantity on, srm-api counts the stock in the warehouse
+WAREHOUSE_COUNT_S: Final = 2.5  # ... which takes this long
 
 # Attributes a service sets on the span that failed, next to its status description, so the
 # reason shows in Jaeger (and in the report) without the logs. Listed in docs/find-a-lost-order.md.
@@ -96,6 +109,7 @@ class Order:
     checksum: str
     work_ms: int  # how long MES takes to process the file
     expected: Expectation
+    ttl_ms: int | None = None  # express orders: the shop publishes them with this expiration
 
     def payload(self) -> dict[str, Any]:
         """The order message shop-api publishes."""
@@ -124,25 +138,32 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def lost_order_ids(count: int) -> tuple[int, int, int]:
-    """The ids of the unroutable, the unknown-SKU and the corrupt-file order."""
-    if count < 4:
-        raise ValueError("the flow needs at least 4 orders (3 get lost, at least 1 completes)")
-    if count >= 17:
-        return 7, 13, 17
-    return count - 2, count - 1, count
+def lost_order_ids(count: int) -> tuple[int, int, int, int]:
+    """The ids of the unroutable, the expired (express), the unknown-SKU and the corrupt-file
+    order; the order just before the expired one is the slow bulk order (it completes)."""
+    if count < 5:
+        raise ValueError("the flow needs at least 5 orders (4 get lost, at least 1 completes)")
+    if count >= 19:
+        return 7, 19, 13, 17  # the slow order (18) holds up only the last two
+    return count - 2, count - 3, count - 1, count
 
 
 def plan_orders(count: int = 20) -> list[Order]:
     """``count`` orders, ids 1..count; three of them carry what gets them lost (see module doc)."""
-    unroutable, unknown_sku, corrupt = lost_order_ids(count)
+    unroutable, expired, unknown_sku, corrupt = lost_order_ids(count)
     skus = sorted(STOCK)
     orders = []
     for order_id in range(1, count + 1):
         region = REGIONS[order_id % len(REGIONS)]
         sku = skus[order_id % len(skus)]
         expected = Expectation(COMPLETED, MES)
-        if order_id == unroutable:
+        quantity, ttl_ms = 1 + order_id % 5, None
+        if order_id == expired - 1:
+            quantity = BULK_QUANTITY  # srm-api is slow on this one; the next order waits
+        elif order_id == expired:
+            ttl_ms = EXPRESS_TTL_MS  # it waits longer than that in srm-api's queue
+            expected = Expectation(LOST, BROKER, DEAD_LETTER_EXPIRED)
+        elif order_id == unroutable:
             region = "apac"  # no queue is bound to orders.apac: the broker returns the message
             expected = Expectation(LOST, SHOP, "unroutable")
         elif order_id == unknown_sku:
@@ -156,7 +177,7 @@ def plan_orders(count: int = 20) -> list[Order]:
         # 20-140 ms, varying with the order so p50 and p95 differ
         work_ms = 20 + (order_id * 53) % 121
         orders.append(
-            Order(order_id, region, sku, 1 + order_id % 5, file, checksum, work_ms, expected)
+            Order(order_id, region, sku, quantity, file, checksum, work_ms, expected, ttl_ms)
         )
     return orders
 
@@ -167,6 +188,12 @@ def check_stock(order: dict[str, Any]) -> int:
     if sku not in STOCK:
         raise UnknownSku(order.get("order_id"), sku)
     return STOCK[sku]
+
+
+def stock_check_seconds(order: dict[str, Any]) -> float:
+    """How long srm-api takes to check the stock: a bulk order is counted in the warehouse."""
+    quantity = order.get("quantity")
+    return WAREHOUSE_COUNT_S if isinstance(quantity, int) and quantity >= BULK_QUANTITY else 0.005
 
 
 def job_for(order: dict[str, Any]) -> bytes:

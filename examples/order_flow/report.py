@@ -36,7 +36,13 @@ from examples.order_flow.runner import FlowResult
 
 __all__ = ["choose_examples", "losses", "orders_table", "render", "self_check", "short"]
 
-SERVICE_STYLES: Final = {"shop-api": "cyan", "srm-api": "magenta", "mes": "yellow"}
+SERVICE_STYLES: Final = {
+    "shop-api": "cyan",
+    "srm-api": "magenta",
+    "mes": "yellow",
+    "watcher": "blue",
+    "broker": "red",
+}
 PROCESS_DURATION: Final = "messaging.process.duration"
 
 
@@ -52,8 +58,9 @@ def short(name: str, result: FlowResult) -> str:
 
 
 def short_error(error_type: str | None) -> str:
-    """An error type to fit a table cell: an exception's class name without its module."""
-    return (error_type or "error").rsplit(".", 1)[-1]
+    """An error type to fit a table cell: an exception's class name without its module, a dead
+    letter's reason (``dead_letter:expired`` -> ``expired``; the span name says where)."""
+    return (error_type or "error").rsplit(".", 1)[-1].removeprefix("dead_letter:")
 
 
 def orders_table(result: FlowResult, fates: Mapping[str, Fate]) -> Table:
@@ -63,7 +70,9 @@ def orders_table(result: FlowResult, fates: Mapping[str, Fate]) -> Table:
     the reason) is in :func:`losses`.
     """
     orders = group_orders(result.spans)
-    table = Table(title="Orders", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(
+        title="Orders", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+    )
     table.add_column("order", justify="right", no_wrap=True)
     table.add_column("fate", no_wrap=True)
     table.add_column("where", no_wrap=True)
@@ -138,10 +147,11 @@ def _loss_details(loss: Loss, result: FlowResult) -> Table:
         grid.add_row("exception", Text(loss.exception, style="red"))
     else:
         grid.add_row("error.type", Text(loss.error_type or "-", style="red"))
-    grid.add_row("reason", Text(loss.reason or "(the span does not say)", style="bold"))
+    reason = short(loss.reason, result)  # a broker loss names the queue: without the run prefix
+    grid.add_row("reason", Text(reason or "(the span does not say)", style="bold"))
     for label, value in loss.facts:
         if value not in loss.reason:  # say each fact once
-            grid.add_row(label, value)
+            grid.add_row(label, short(value, result))
     if loss.dropped_by:
         then = f"{short(loss.dropped_by, result)} ({loss.dropped_as or 'error'})"
         grid.add_row("then", f"{then}: {loss.dropped_why}" if loss.dropped_why else then)

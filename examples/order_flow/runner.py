@@ -1,4 +1,4 @@
-"""Run the order flow once: topology, receiver, three service processes, wait, stop, collect.
+"""Run the order flow once: topology, receiver, the service processes, wait, stop, collect.
 
 :func:`run_flow` is what both the demo (``python -m examples.order_flow``) and the cross-process
 tests call. It returns a :class:`FlowResult` holding everything the receiver got, the plan, and
@@ -28,7 +28,7 @@ from examples.order_flow.analysis import (
     flow_fates,
     flow_problems,
 )
-from examples.order_flow.domain import MES, SERVICES, SHOP, SRM, Order, plan_orders
+from examples.order_flow.domain import MES, SERVICES, SHOP, SRM, WATCHER, Order, plan_orders
 from examples.order_flow.receiver import Receiver
 from examples.order_flow.service import READY, ServiceConfig
 from examples.order_flow.topology import Topology
@@ -40,6 +40,7 @@ MODULES: Final = {
     SHOP: "examples.order_flow.shop",
     SRM: "examples.order_flow.srm",
     MES: "examples.order_flow.mes",
+    WATCHER: "examples.order_flow.watcher",
 }
 # Variables that would give the services another identity than the one they set themselves.
 _DROPPED_ENV: Final = ("OTEL_SERVICE_NAME", "OTEL_SDK_DISABLED")
@@ -195,7 +196,7 @@ def run_flow(
     idle_timeout: float = 20.0,
     on_progress: Callable[[Mapping[str, Fate]], None] | None = None,
 ) -> FlowResult:
-    """Run the three services against ``broker_url`` until every order is accounted for (or ``timeout``).
+    """Run the three services and the dead-letter watcher against ``broker_url`` until every order is accounted for (or ``timeout``).
 
     The consumers start first and say when they consume; then the shop publishes. When every
     order is completed or lost, the consumers are told to stop (stdin closed), flush and exit.
@@ -230,7 +231,7 @@ def run_flow(
                 publish_interval=publish_interval,
             )
             deadline = started + timeout
-            with _services(config, (MES, SRM)) as consumers:
+            with _services(config, (MES, SRM, WATCHER)) as consumers:
                 notes.extend(
                     f"{service.name} did not become ready"
                     for service in consumers.values()

@@ -59,6 +59,9 @@ async def publish_orders(config: ServiceConfig) -> None:
                         content_type="application/json",
                         message_id=f"order-{order.order_id}",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        # an express order: the broker drops it (dead-letters it) when nobody
+                        # takes it within its TTL; aio-pika takes the expiration in seconds
+                        expiration=order.ttl_ms / 1000 if order.ttl_ms else None,
                     )
                     await exchange.publish(message, routing_key=order.routing_key)
                     span.set_attribute("http.response.status_code", 202)

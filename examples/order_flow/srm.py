@@ -25,7 +25,14 @@ from kombu.messaging import Consumer
 from opentelemetry import trace
 
 from examples.order_flow.analysis import ORDER_KEY
-from examples.order_flow.domain import SKU_KEY, SRM, UnknownSku, check_stock, job_for
+from examples.order_flow.domain import (
+    SKU_KEY,
+    SRM,
+    UnknownSku,
+    check_stock,
+    job_for,
+    stock_check_seconds,
+)
 from examples.order_flow.service import (
     instrument_options,
     parse_config,
@@ -72,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # instrumentation, which marks the process span and the loop rejects the message
                 record_failure(span, exc, f"unknown SKU {exc.sku!r}: not in srm-api's stock list")
                 raise
-            time.sleep(0.005)
+            time.sleep(stock_check_seconds(body))  # a bulk order is counted by hand: slow
         jobs.basic_publish(
             topology.production_exchange,
             topology.job_key,

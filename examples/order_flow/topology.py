@@ -26,12 +26,19 @@ class Topology:
     * ``shop_exchange`` (topic): shop-api publishes ``orders.{region}``; ``srm_queue`` is bound to
       the regions srm-api serves (``orders.eu``, ``orders.us``), so ``orders.apac`` is unroutable.
     * ``production_exchange`` (direct): srm-api publishes jobs with ``job_key``; ``mes_queue`` gets them.
+    * ``dead_exchange`` (fanout) and ``dead_queue``: what the broker drops from ``srm_queue`` and
+      ``mes_queue`` (an expired message, say) is dead-lettered there, where the dead-letter watcher
+      records it. The run sets ``x-dead-letter-exchange`` on its own queues; a deployment does it
+      for every queue with ``deploy/rabbitmq/dead-letter-policy.sh`` (``orders.dlx`` ->
+      ``orders.dead``).
     """
 
     shop_exchange: str
     srm_queue: str
     production_exchange: str
     mes_queue: str
+    dead_exchange: str = "orders.dlx"
+    dead_queue: str = "orders.dead"
     job_key: str = "jobs"
 
     @classmethod
@@ -42,6 +49,8 @@ class Topology:
             srm_queue=name("srm.orders"),
             production_exchange=name("production"),
             mes_queue=name("mes.jobs"),
+            dead_exchange=name("orders.dlx"),
+            dead_queue=name("orders.dead"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +68,10 @@ class Topology:
         try:
             channel = connection.channel()
             arguments = {"x-expires": QUEUE_EXPIRES_MS}
+            channel.exchange_declare(self.dead_exchange, "fanout", auto_delete=True)
+            channel.queue_declare(self.dead_queue, auto_delete=True, arguments=arguments)
+            channel.queue_bind(self.dead_queue, self.dead_exchange)
+            arguments = {**arguments, "x-dead-letter-exchange": self.dead_exchange}
             channel.exchange_declare(self.shop_exchange, "topic", auto_delete=True)
             channel.exchange_declare(self.production_exchange, "direct", auto_delete=True)
             channel.queue_declare(self.srm_queue, auto_delete=True, arguments=arguments)
@@ -76,10 +89,10 @@ class Topology:
         with contextlib.suppress(Exception):
             connection = pika.BlockingConnection(pika.URLParameters(url))
             try:
-                for queue in (self.srm_queue, self.mes_queue):
+                for queue in (self.srm_queue, self.mes_queue, self.dead_queue):
                     with contextlib.suppress(Exception):
                         connection.channel().queue_delete(queue)
-                for exchange in (self.shop_exchange, self.production_exchange):
+                for exchange in (self.shop_exchange, self.production_exchange, self.dead_exchange):
                     with contextlib.suppress(Exception):
                         connection.channel().exchange_delete(exchange)
             finally:

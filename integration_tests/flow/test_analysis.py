@@ -356,8 +356,8 @@ def test_exact_percentile() -> None:
     assert math.isnan(exact_percentile([], 0.5))
 
 
-def test_plan_loses_three_orders_in_three_places() -> None:
-    """The plan loses one order at each service, each with its designed error type, and completes the rest."""
+def test_plan_loses_four_orders_in_four_places() -> None:
+    """The plan loses one order at each service and one at the broker, each with its designed error type, and completes the rest."""
     orders = plan_orders(20)
     assert [o.order_id for o in orders] == list(range(1, 21))
     lost = {
@@ -369,9 +369,12 @@ def test_plan_loses_three_orders_in_three_places() -> None:
         7: ("shop-api", "unroutable"),
         13: ("srm-api", "examples.order_flow.domain.UnknownSku"),
         17: ("mes", "examples.order_flow.domain.CorruptFile"),
+        19: ("broker", "dead_letter:expired"),
     }
-    assert sum(o.expected.status == COMPLETED for o in orders) == 17
+    assert [o.order_id for o in orders if o.ttl_ms] == [19]  # the express order
+    assert orders[17].quantity >= 500  # 18, the slow bulk order just before it
+    assert sum(o.expected.status == COMPLETED for o in orders) == 16
     assert len({o.work_ms for o in orders}) > 10  # processing times vary
-    assert lost_order_ids(5) == (3, 4, 5)
+    assert lost_order_ids(5) == (3, 2, 4, 5)
     with pytest.raises(ValueError):
-        plan_orders(3)
+        plan_orders(4)

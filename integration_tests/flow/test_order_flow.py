@@ -1,4 +1,5 @@
-"""The order flow as three real processes against the real broker, judged by the OTLP data they exported.
+"""The order flow as real processes (three services and the dead-letter watcher) against the real
+broker, judged by the OTLP data they exported.
 
 Each mode runs the flow once (module-scoped fixture, ~10-20 s) and the tests below look at that
 run from different sides: the spans, why the lost orders were lost, and the report a support
@@ -33,6 +34,7 @@ from examples.order_flow.analysis import (
     waterfall,
 )
 from examples.order_flow.domain import (
+    BROKER,
     CHECKSUM_ACTUAL_KEY,
     CHECKSUM_EXPECTED_KEY,
     COMPLETED,
@@ -41,10 +43,11 @@ from examples.order_flow.domain import (
     SHOP,
     SKU_KEY,
     SRM,
+    WATCHER,
     Order,
 )
 from examples.order_flow.receiver import Receiver
-from examples.order_flow.report import choose_examples, render, short
+from examples.order_flow.report import choose_examples, render, short, short_error
 from examples.order_flow.runner import FlowResult, run_flow
 from examples.order_flow.topology import Topology
 
@@ -96,11 +99,11 @@ def _messaging(spans: list[SpanRecord]) -> list[SpanRecord]:
 
 def test_flow_behaves_as_designed(flow: FlowResult) -> None:
     """Every order is completed or lost where the plan loses it, and every service exits cleanly."""
-    assert flow.exit_codes == {SHOP: 0, SRM: 0, MES: 0}, _explain(flow)
+    assert flow.exit_codes == {SHOP: 0, SRM: 0, MES: 0, WATCHER: 0}, _explain(flow)
     assert not flow.timed_out, _explain(flow)
     assert flow.problems() == [], _explain(flow)
     statuses = Counter(f.status for f in flow.fates().values())
-    assert statuses == {"completed": ORDERS - 3, "lost": 3}
+    assert statuses == {"completed": ORDERS - 4, "lost": 4}
 
 
 def test_completed_order_spans_in_order(flow: FlowResult) -> None:
@@ -178,25 +181,44 @@ def test_lost_orders_end_in_error_where_they_were_lost(flow: FlowResult) -> None
     orders = group_orders(flow.spans)
     t = flow.topology
     lost = {str(o.order_id): o.expected for o in flow.plan if o.expected.status == LOST}
-    assert {e.service for e in lost.values()} == {SHOP, SRM, MES}
+    assert {e.service for e in lost.values()} == {SHOP, SRM, MES, BROKER}
     for order_id, expected in lost.items():
         spans = orders[order_id]
         errors = [(s.service, s.name, s.error_type) for s in spans if s.status == "ERROR"]
         if expected.service == SHOP:
             assert errors == [(SHOP, f"publish {t.shop_exchange}", "unroutable")]
             assert {s.service for s in spans} == {SHOP}  # it never reached a queue
+        elif expected.service == BROKER:
+            # expired in srm-api's queue: the watcher consumed the dead letter, in its trace
+            assert errors == [(WATCHER, f"expired {t.srm_queue}", "dead_letter:expired")]
+            assert {s.service for s in spans} == {SHOP, WATCHER}
+            (dead,) = [s for s in spans if s.name == f"process {t.dead_queue}"]
+            (publish,) = [s for s in spans if s.name == f"publish {t.shop_exchange}"]
+            assert dead.status == "UNSET"  # the watcher handled it well
+            assert dead.attributes["rabbitmq.dead_letter.reason"] == "expired"
+            assert dead.attributes["rabbitmq.dead_letter.queue"] == t.srm_queue
+            assert dead.attributes["rabbitmq.dead_letter.original_expiration_ms"] == 1000
+            assert [sid for _tid, sid in dead.links] == [publish.span_id]
+            if flow.consumer_context == "parent":
+                assert dead.parent_span_id == publish.span_id
+                assert dead.trace_id == publish.trace_id
+            else:
+                assert dead.trace_id != publish.trace_id
         elif expected.service == SRM:
             # the handler raised (recorded by the instrumentation), then the loop rejected it
             assert (SRM, f"process {t.srm_queue}", expected.error_type) in errors
             assert (SRM, f"reject {t.srm_queue}", "rejected") in errors
             process = next(s for s in spans if s.name == f"process {t.srm_queue}")
             assert "exception" in process.event_names
-            assert {s.service for s in spans} == {SHOP, SRM}
+            # the rejected message is dead-lettered: the watcher records that in the order too
+            assert (WATCHER, f"rejected {t.srm_queue}", "dead_letter:rejected") in errors
+            assert {s.service for s in spans} == {SHOP, SRM, WATCHER}
         else:
             # MES's own span says why (a corrupt file), then the reject drops the job
             assert errors == [
                 (MES, "process file", expected.error_type),
                 (MES, f"reject {t.mes_queue}", "rejected"),
+                (WATCHER, f"rejected {t.mes_queue}", "dead_letter:rejected"),
             ]
         fate = flow.fates()[order_id]
         assert (fate.status, fate.service, fate.error_type) == (
@@ -211,17 +233,18 @@ def test_nothing_exported_twice(flow: FlowResult) -> None:
     assert duplicate_span_ids(flow.spans) == []
     publishes = Counter(s.service for s in flow.spans if s.operation_type == "send")
     processed = Counter(s.service for s in flow.spans if s.operation_type == "process")
-    # shop publishes every order; SRM gets all but the unroutable one and sends a job for all
-    # but the unknown SKU; MES processes those jobs
-    assert publishes == {SHOP: ORDERS, SRM: ORDERS - 2}
-    assert processed == {SRM: ORDERS - 1, MES: ORDERS - 2}
+    # shop publishes every order; SRM gets all but the unroutable and the expired one and sends
+    # a job for all but the unknown SKU; MES processes those jobs; the watcher the dead letters
+    # (the expired order, and the two rejected ones)
+    assert publishes == {SHOP: ORDERS, SRM: ORDERS - 3}
+    assert processed == {SRM: ORDERS - 2, MES: ORDERS - 3, WATCHER: 3}  # 3 dead letters
     for order_id, spans in group_orders(flow.spans).items():
         assert set(publishes_per_service(spans).values()) <= {1}, order_id
     sent = {
         service: sum_total(flow.sums, "messaging.client.sent.messages", service=service)
         for service in (SHOP, SRM)
     }
-    assert sent == {SHOP: ORDERS, SRM: ORDERS - 2}
+    assert sent == {SHOP: ORDERS, SRM: ORDERS - 3}
 
 
 def test_mes_processing_time_from_the_histogram(flow: FlowResult) -> None:
@@ -231,7 +254,7 @@ def test_mes_processing_time_from_the_histogram(flow: FlowResult) -> None:
     durations = [
         s.duration_s for s in flow.spans if s.service == MES and s.operation_type == "process"
     ]
-    assert histogram.count == len(durations) == ORDERS - 2
+    assert histogram.count == len(durations) == ORDERS - 3
     assert histogram.sum == pytest.approx(sum(durations), rel=0.05)
     for q in (0.5, 0.95):
         estimate = percentile(histogram, q)
@@ -244,7 +267,7 @@ def test_services_also_export_to_the_configured_endpoint(run: Run) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, every service also sends every span there."""
     assert run.result.extra_endpoint is not None
     assert sorted(s.span_id for s in run.mirrored) == sorted(s.span_id for s in run.result.spans)
-    assert {s.service for s in run.mirrored} == {SHOP, SRM, MES}
+    assert {s.service for s in run.mirrored} == {SHOP, SRM, MES, WATCHER}
 
 
 def _lost(flow: FlowResult) -> dict[str, Order]:
@@ -257,13 +280,14 @@ def _sha256(text: str) -> str:
 
 def _failing_span(flow: FlowResult, order: Order) -> SpanRecord:
     """The span where each designed loss happens (see examples/order_flow/domain.py)."""
-    name = {
-        SHOP: f"publish {flow.topology.shop_exchange}",
-        SRM: "check stock",
-        MES: "process file",
+    name, service = {
+        SHOP: (f"publish {flow.topology.shop_exchange}", SHOP),
+        SRM: ("check stock", SRM),
+        MES: ("process file", MES),
+        BROKER: (f"expired {flow.topology.srm_queue}", WATCHER),  # the dead letter, recorded
     }[order.expected.service]
     spans = group_orders(flow.spans)[str(order.order_id)]
-    return next(s for s in spans if s.name == name and s.service == order.expected.service)
+    return next(s for s in spans if s.name == name and s.service == service)
 
 
 def test_lost_orders_say_why_on_the_span_that_failed(flow: FlowResult) -> None:
@@ -275,6 +299,14 @@ def test_lost_orders_say_why_on_the_span_that_failed(flow: FlowResult) -> None:
             # the broker's answer, and the routing key no queue is bound to
             assert span.status_message == "returned by the broker: 312 NO_ROUTE"
             assert span.attributes["messaging.rabbitmq.destination.routing_key"] == "orders.apac"
+            continue
+        if order.expected.service == BROKER:
+            queue = flow.topology.srm_queue
+            assert span.status_message.startswith(
+                f"dead-lettered by the broker: expired in {queue}"
+            )
+            assert span.error_type == "dead_letter:expired"
+            assert span.attributes["rabbitmq.dead_letter.queue"] == queue
             continue
         assert span.error_type == order.expected.error_type
         assert span.exception is not None, span.events
@@ -311,6 +343,16 @@ def test_each_lost_order_has_its_reason_in_the_analysis(flow: FlowResult) -> Non
         loss = fates[order_id].loss
         assert loss is not None, fates[order_id]
         span = _failing_span(flow, order)
+        if order.expected.service == BROKER:
+            assert (loss.kind, loss.where, loss.span, loss.error_type) == (
+                "broker",
+                BROKER,
+                span.name,
+                "dead_letter:expired",
+            )
+            assert loss.reason == f"expired in {t.srm_queue} after 1.0 s (its per-message TTL)"
+            assert loss.facts == (("queue", t.srm_queue), ("recorded by", WATCHER))
+            continue
         assert (loss.kind, loss.where, loss.span, loss.reason) == (
             "service",
             order.expected.service,
@@ -341,7 +383,9 @@ def test_the_configured_endpoint_gets_the_reasons_too(run: Run) -> None:
         }
 
     received = failures(run.result.spans)
-    assert len(received) == 6  # 7: publish; 13: check stock, process, reject; 17: file, reject
+    # 7: publish; 13: check stock, process, reject, its dead letter; 17: file, reject, its dead
+    # letter; 19: expired (its dead letter)
+    assert len(received) == 9
     assert failures(run.mirrored) == received
 
 
@@ -376,7 +420,7 @@ def test_report_fits_the_terminal_without_cutting_or_splitting_words(
         oid = str(order.order_id)
         fate, spans = fates[oid], orders[oid]
         status = "LOST" if fate.status == LOST else fate.status
-        error = (fate.error_type or "").rsplit(".", 1)[-1]
+        error = short_error(fate.error_type) if fate.error_type else ""
         _one_line(
             lines,
             rf"\s*{oid}\s+{status}\s+{fate.service}\s+{re.escape(short(fate.span or '', flow))}"
@@ -393,10 +437,10 @@ def test_report_fits_the_terminal_without_cutting_or_splitting_words(
         )
         if loss.exception:
             _one_line(lines, rf"\s+exception\s+{re.escape(loss.exception)}")
-        assert f"reason {loss.reason} " in flat
+        assert f"reason {short(loss.reason, flow)} " in flat
         for label, value in loss.facts:
             if value not in loss.reason:
-                _one_line(lines, rf"\s+{re.escape(label)}\s+{re.escape(value)}")
+                _one_line(lines, rf"\s+{re.escape(label)}\s+{re.escape(short(value, flow))}")
     # the waterfalls: every span on one line, with its service, start and duration
     for order_id in choose_examples(flow, fates):
         for row in waterfall(orders[order_id]):

@@ -57,6 +57,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from otel_messaging_core import dead_letters
 from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY, sampler_drops_unsampled
 from otel_messaging_core.attributes import (
     ERROR_TYPE,
@@ -566,6 +567,15 @@ class MessagingTelemetry:
             )
             if self._capture or self._baggage_names:
                 self._add_optional_attributes(attributes, headers, parent)
+            # broker-side losses (issue 16): all in dead_letters; one check for most messages
+            death = (
+                dead_letters.read(headers, redelivered)
+                if destination.amqp
+                and (redelivered or (headers and dead_letters.MARKER in headers))
+                else None
+            )
+            if death is not None:
+                attributes.update(death.attributes)
             span = self.tracer.start_span(
                 destination.span_name,
                 context=parent,
@@ -576,6 +586,8 @@ class MessagingTelemetry:
                     None if started is None else time_ns() - int((perf_counter() - started) * 1e9)
                 ),
             )
+            if death is not None and death.reason is not None:
+                dead_letters.record(self.tracer, span, death)
             if self._consume_hook is not None and span.is_recording():
                 envelope = Envelope(
                     exchange=destination.exchange,
