@@ -430,6 +430,24 @@ def integration_kombu(session: nox.Session, kombu: str, deps: str) -> None:
     )
 
 
+# Celery as users run it: real `celery worker` processes (solo, threads, prefork) next to
+# opentelemetry-instrumentation-celery. Pinned so that a Celery release changing what its workers
+# send shows up as a deliberate bump here.
+CELERY_REQUIREMENTS = (
+    "celery==5.7.0",
+    "opentelemetry-instrumentation-celery==0.66b2",
+    "testcontainers>=4.8",
+)
+
+
+@nox.session(python=MIDDLE, tags=["ci"], allow_parallel=True)
+def integration_celery(session: nox.Session) -> None:
+    """otel-kombu under real Celery workers (solo, threads, prefork) on the real broker: idle
+    traffic, task ids, pools, retries, failures, rejects, link mode (what docs/celery.md says)."""
+    install(session, plugins=("kombu",), clients={"kombu": "5.7.0"}, extra=CELERY_REQUIREMENTS)
+    _run_pytest(session, "integration_tests/celery")
+
+
 @nox.session(python=False, allow_parallel=False)  # notify() needs the sequential runner
 def quick(session: nox.Session) -> None:
     """The fast loop: lint, the unit tests on one Python, the newest cell of each plugin (without

@@ -77,7 +77,8 @@ def test_task_is_one_connected_trace(
     otel: Recorder,
     app: Celery,
 ) -> None:
-    """A task sent and run by a real worker is one trace: Celery's spans and ours, one traceparent header."""
+    """A task sent and run by a real worker is one trace: Celery's spans and ours, one traceparent
+    header, the task id as messaging.message.id on all four."""
     task_headers: list[Any] = []
     queue = app.conf.task_default_queue
 
@@ -107,6 +108,12 @@ def test_task_is_one_connected_trace(
     assert context_headers == ["traceparent"], "exactly one context header"
     assert Traceparent.in_headers(headers) == Traceparent.of(publish)
     assert not any(s.status.status_code.name == "ERROR" for s in spans)
+    # Celery sets no message_id: the task id is messaging.message.id on Celery's spans and ours
+    ids = {
+        (s.attributes or {}).get("messaging.message.id")
+        for s in (apply_async, publish, process, run)
+    }
+    assert ids == {headers["id"]}
 
 
 def test_skip_celery_messages_leaves_them_to_celery(

@@ -71,10 +71,14 @@ def test_instrument_connection_wins_over_global_options(
 
 
 def test_a_bad_skip_celery_messages_fails_at_instrument_time() -> None:
-    """kombu's own option is checked as strictly as the shared ones: a wrong type is a TypeError, and nothing is patched."""
+    """kombu's own option is checked as strictly as the shared ones: a wrong type is a
+    TypeError, an unknown kind of Celery message a ValueError naming the kinds, and nothing is
+    patched."""
     originals = patched_attributes()
     instrumentor = KombuInstrumentor()
     with pytest.raises(TypeError, match="skip_celery_messages"):
+        instrumentor.instrument(skip_celery_messages=1)
+    with pytest.raises(ValueError, match=r"skip_celery_messages.*accepted: tasks, control, events"):
         instrumentor.instrument(skip_celery_messages="yes")
     assert not instrumentor.is_instrumented_by_opentelemetry
     assert patched_attributes() == originals

@@ -11,7 +11,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from broker_harness import Recorder, span_summary
 from otel_kombu import KombuInstrumentor
 from otel_kombu._binding import system_of
-from otel_kombu._celery import is_celery_message
+from otel_kombu._celery import CelerySkip, is_celery_message, task_id
 from otel_kombu.instrumentor import SKIP_CELERY_MESSAGES_ENV
 
 
@@ -32,6 +32,51 @@ def test_celery_messages_are_recognised(
 ) -> None:
     """Task protocol 2 headers, the event exchange and pidbox exchanges mark Celery's own messages."""
     assert is_celery_message(headers, exchange) is expected
+
+
+TASK = {"task": "app.add", "id": "6b1c", "lang": "py"}
+
+
+@pytest.mark.parametrize(
+    ("kinds", "headers", "exchange", "skipped"),
+    [
+        (("control", "events"), TASK, "", False),
+        (("control", "events"), None, "celeryev", True),
+        (("control", "events"), None, "celery.pidbox", True),
+        (("control", "events"), {}, "reply.celery.pidbox", True),
+        (("control", "events"), None, "orders", False),
+        (("tasks",), TASK, "", True),
+        (("tasks",), TASK, "tasks", True),
+        (("tasks",), None, "celeryev", False),
+        (("tasks",), {"task": "app.add"}, "", False),
+        (("events",), None, "celery.pidbox", False),
+        (("tasks", "control", "events"), {b"task": b"x", b"id": b"y"}, "orders", False),
+    ],
+)
+def test_each_kind_of_celery_message_is_skipped_on_its_own(
+    kinds: tuple[str, ...], headers: dict[Any, Any] | None, exchange: str, skipped: bool
+) -> None:
+    """Tasks are told by their headers, control by a .pidbox exchange, events by celeryev; only
+    the kinds named are skipped, asked twice (the exchange's answer is cached) the same."""
+    skip = CelerySkip(kinds)
+    assert skip.skips(headers, exchange) is skipped
+    assert skip.skips(headers, exchange) is skipped
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (TASK, "6b1c"),
+        ({"task": "app.add"}, None),
+        ({"id": "6b1c"}, None),
+        ({"task": "app.add", "id": b"6b1c"}, None),
+        ({"task": "app.add", "id": ""}, None),
+        (None, None),
+    ],
+)
+def test_task_id_is_celerys_id_header(headers: dict[str, Any] | None, expected: str | None) -> None:
+    """A task protocol 2 message's id header is its task id; anything else has none."""
+    assert task_id(headers) == expected
 
 
 @pytest.mark.parametrize(
@@ -67,7 +112,7 @@ def test_a_bad_variable_leaves_kombu_instrumented(
     otel: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bad OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES value is one ERROR naming it; instrument()
-    goes on with the default (Celery's messages traced)."""
+    goes on with the default (task messages traced)."""
     monkeypatch.setenv(SKIP_CELERY_MESSAGES_ENV, "sometimes")
     instrumentor = KombuInstrumentor()
     with caplog.at_level(logging.ERROR, logger="otel_messaging_core"):
@@ -137,6 +182,90 @@ def test_skip_celery_messages_from_the_environment(
     assert "traceparent" not in task.headers
     assert "traceparent" in plain.headers
     assert sorted(s.name for s in otel.spans()) == ["process srm", "publish orders"]
+
+
+def memory_publish_to(connection: Connection, exchange_name: str) -> Any:
+    """Publish one message to a fanout exchange named like Celery's and consume it."""
+    exchange = Exchange(exchange_name, type="fanout")
+    queue = Queue(f"{exchange_name}.3f2b8c1e-1234-4abc-9def-0123456789ab", exchange)
+    got: list[Any] = []
+
+    def callback(body: Any, message: Any) -> None:
+        got.append(message)
+        message.ack()
+
+    with Consumer(connection, [queue], callbacks=[callback]):
+        Producer(connection, exchange=exchange).publish({"hostname": "w1"})
+        connection.drain_events(timeout=5)
+    return got[0]
+
+
+def test_celery_control_and_events_are_not_traced_by_default(
+    traced: KombuInstrumentor, otel: Recorder
+) -> None:
+    """By default heartbeats and gossip (celeryev) and remote control (*.pidbox) make no span and
+    no metric point; a task message is traced, with its task id as messaging.message.id."""
+    with Connection("memory://") as connection:
+        event = memory_publish_to(connection, "celeryev")
+        control = memory_publish_to(connection, "celery.pidbox")
+        task = memory_round_trip(connection, {"task": "app.add", "id": "6b1c"})
+    assert "traceparent" not in event.headers
+    assert "traceparent" not in control.headers
+    assert "traceparent" in task.headers
+    spans = otel.spans()
+    assert sorted(s.name for s in spans) == ["process srm", "publish orders"]
+    assert {(s.attributes or {}).get("messaging.message.id") for s in spans} == {"6b1c"}
+    destinations = {
+        a["messaging.destination.name"] for a, _ in otel.points("messaging.client.sent.messages")
+    }
+    assert destinations == {"orders:order.created"}
+
+
+def test_skip_celery_messages_false_traces_control_and_events_with_stable_names(
+    otel: Recorder,
+) -> None:
+    """skip_celery_messages=False traces every Celery message; a per-worker queue name is
+    {uuid} in the span name and the metric, and real in the span attribute."""
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+        skip_celery_messages=False,
+    )
+    try:
+        with Connection("memory://") as connection:
+            memory_publish_to(connection, "celeryev")
+    finally:
+        instrumentor.uninstrument()
+    (process,) = otel.named("process celeryev.{uuid}")
+    assert (process.attributes or {})["messaging.destination.name"] == (
+        "celeryev:celeryev.3f2b8c1e-1234-4abc-9def-0123456789ab"
+    )
+    consumed = {
+        a["messaging.destination.name"]
+        for a, _ in otel.points("messaging.client.consumed.messages")
+    }
+    assert consumed == {"celeryev:celeryev.{uuid}"}
+
+
+def test_skip_celery_messages_names_kinds_in_code_and_says_which(otel: Recorder) -> None:
+    """skip_celery_messages="tasks" skips task messages only; an unknown kind is a ValueError
+    naming the accepted ones."""
+    with pytest.raises(ValueError, match="accepted: tasks, control, events"):
+        KombuInstrumentor().instrument(skip_celery_messages="heartbeats")
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+        skip_celery_messages="tasks",
+    )
+    try:
+        with Connection("memory://") as connection:
+            memory_round_trip(connection, {"task": "app.add", "id": "6b1c"})
+            memory_publish_to(connection, "celeryev")
+    finally:
+        instrumentor.uninstrument()
+    assert sorted(s.name for s in otel.spans()) == ["process celeryev.{uuid}", "publish celeryev"]
 
 
 def test_instrument_connection_on_memory(otel: Recorder) -> None:

@@ -120,6 +120,47 @@ def test_queue_names_aio_pika_generates_count_as_server_named(queue: str, genera
     assert destination.metric_destination_name == ("amq.gen" if generated else queue)
 
 
+NODE = "3f2b8c1e-1234-4abc-9def-0123456789ab"
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "queue", "span_name", "metric_destination"),
+    [
+        # a Celery worker's gossip queue: one per worker start
+        ("celeryev", "worker.heartbeat", f"celeryev.{NODE}", "process celeryev.{uuid}",
+         "celeryev:worker.heartbeat:celeryev.{uuid}"),
+        # a pidbox reply queue (celery inspect, app.control.ping) and the reply sent to it
+        ("reply.celery.pidbox", NODE, f"{NODE}.reply.celery.pidbox",
+         "process {uuid}.reply.celery.pidbox", "reply.celery.pidbox:{uuid}:{uuid}.reply.celery.pidbox"),
+        ("reply.celery.pidbox", NODE, "", "publish reply.celery.pidbox", "reply.celery.pidbox:{uuid}"),
+        # a worker's remote-control queue: one per worker host
+        ("celery.pidbox", "", "celery@worker-7d9f.example.com.celery.pidbox",
+         "process {node}.celery.pidbox", "celery.pidbox:{node}.celery.pidbox"),
+        # Celery's rpc:// result queue, named after the client
+        ("", NODE.upper(), NODE.upper(), "process {uuid}", "{uuid}"),
+        # names without a UUID stay as they are
+        ("orders", "order-17", "srm-2", "process srm-2", "orders:order-17:srm-2"),
+        ("celery.pidbox", "", "a@b.pidbox", "process a@b.pidbox", "celery.pidbox:a@b.pidbox"),
+    ],
+)  # fmt: skip
+def test_per_process_names_collapse_in_span_names_and_metrics(
+    exchange: str, routing_key: str, queue: str, span_name: str, metric_destination: str
+) -> None:
+    """A name holding a UUID (or a pidbox node queue) keeps one span name and one metric series
+    across worker restarts; the span attribute keeps the real name."""
+    operation = "process" if queue else "publish"
+    destination = build_destination(operation, exchange, routing_key, queue)
+    assert destination.span_name == span_name
+    assert destination.metric_attributes["messaging.destination.name"] == metric_destination
+    real = (
+        consume_destination_name(exchange, routing_key, queue)
+        if queue
+        else publish_destination_name(exchange, routing_key)
+    )
+    assert destination.attributes["messaging.destination.name"] == real
+    assert "messaging.destination.anonymous" not in destination.attributes
+
+
 def test_operation_types() -> None:
     """Each operation name maps to its semconv operation type."""
     types = {

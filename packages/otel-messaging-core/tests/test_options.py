@@ -184,6 +184,81 @@ def test_plugin_options_are_keywords_and_variables_too() -> None:
         )
 
 
+KINDS = PluginOption(
+    "skip_celery_messages",
+    "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES",
+    default=("control", "events"),
+    choices=("tasks", "control", "events"),
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, ("tasks", "control", "events")),
+        (False, ()),
+        ("events, TASKS", ("tasks", "events")),
+        (["control"], ("control",)),
+        ("", ()),
+        ((), ()),
+        (None, ("control", "events")),  # None: not given
+    ],
+)
+def test_a_plugin_option_with_choices_names_some(value: object, expected: tuple[str, ...]) -> None:
+    """An option with choices takes True (all), False (none) or names, kept in the choices' order."""
+    options = InstrumentationOptions.from_kwargs(
+        {"skip_celery_messages": value}, environ={}, plugin_options=(KINDS,)
+    )
+    assert options.plugin == {"skip_celery_messages": expected}
+
+
+def test_a_plugin_option_with_choices_rejects_other_names_in_code() -> None:
+    """A name not among the choices is a ValueError listing them; a wrong type is a TypeError."""
+    with pytest.raises(ValueError, match=r"'heartbeats'.*accepted: tasks, control, events"):
+        InstrumentationOptions.from_kwargs(
+            {"skip_celery_messages": "events,heartbeats"}, environ={}, plugin_options=(KINDS,)
+        )
+    with pytest.raises(TypeError, match="skip_celery_messages must be True, False or names"):
+        InstrumentationOptions.from_kwargs(
+            {"skip_celery_messages": 1}, environ={}, plugin_options=(KINDS,)
+        )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("tasks,control", ("tasks", "control")),
+        ("true", ("tasks", "control", "events")),
+        ("0", ()),
+        ("Events", ("events",)),
+    ],
+)
+def test_a_plugin_option_with_choices_from_its_variable(
+    raw: str, expected: tuple[str, ...]
+) -> None:
+    """The variable takes the same names, comma-separated, or a boolean word."""
+    options = InstrumentationOptions.from_kwargs(
+        {}, environ={KINDS.env_var: raw}, plugin_options=(KINDS,)
+    )
+    assert options.plugin == {"skip_celery_messages": expected}
+
+
+def test_a_bad_variable_for_a_plugin_option_with_choices_is_one_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unknown name in the variable is logged at ERROR with the accepted names; the default
+    is used."""
+    with caplog.at_level(logging.ERROR, logger="otel_messaging_core"):
+        options = InstrumentationOptions.from_kwargs(
+            {}, environ={KINDS.env_var: "control,gossip"}, plugin_options=(KINDS,)
+        )
+    assert options.plugin == {"skip_celery_messages": ("control", "events")}
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert KINDS.env_var in error
+    assert "'control,gossip'" in error
+    assert "tasks, control, events" in error
+
+
 def test_changes_name_each_option_that_differs() -> None:
     """What a second instrument() changes is listed option by option, old value included."""
     old = InstrumentationOptions(consumer_context="parent")

@@ -35,8 +35,10 @@ Options
 ``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
 ``capture_headers_max_length`` and ``baggage_attributes``, plus one of kombu's own:
 
-``skip_celery_messages`` (default ``False``; ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``)
-    Leave Celery's own messages to Celery's instrumentation: see `Celery`_.
+``skip_celery_messages`` (default ``("control", "events")``; ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``)
+    The kinds of Celery message left untraced: ``tasks``, ``control``, ``events``, ``True`` for
+    all, ``False`` for none. By default Celery's heartbeats, gossip and remote control are not
+    traced and its task messages are: see `Celery`_.
 
 Under ``opentelemetry-instrument`` the ``OTEL_PYTHON_RABBITMQ_*`` variables and
 ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES`` give them; a keyword wins over its variable. A wrong
@@ -156,28 +158,13 @@ Redis, memory and other virtual transports
 Celery
 ======
 
-Celery sends and receives its messages through kombu, so with this instrumentation active a
-task's trace holds Celery's spans (from ``opentelemetry-instrumentation-celery``) and ours::
-
-    apply_async/my_task (Celery, PRODUCER)
-      publish amq.default (ours, PRODUCER)   <- kombu sending the task message
-        process celery (ours, CONSUMER)      <- the worker receiving it
-        run/my_task (Celery, CONSUMER)       <- the task; its spans nest here
-
-(``amq.default``: Celery usually routes a task through the default exchange to its queue.)
-Celery's instrumentation injects its context into the task headers before kombu publishes; our
-publish span injects its own context into the copy that is sent, replacing the same header (so
-there is never a duplicate ``traceparent``), and the worker's Celery span continues from it. One
-connected trace, nothing broken. With the solo or threads pool the task runs inside the process
-span; with prefork the process span covers handing the task to a child process. The worker's
-acks are settle operations as usual.
-
-If you prefer Celery's spans alone, ``instrument(skip_celery_messages=True)`` (or
-``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES=true``) leaves Celery's own messages untraced by this
-package: task messages (task protocol 2, recognised by their ``task`` and ``id`` headers),
-events (exchange ``celeryev``) and broadcast/remote-control messages (exchanges ending in
-``.pidbox``). Celery's instrumentation then carries the context from ``apply_async`` to the
-task run by itself. Other messages your tasks publish or consume with kombu are still traced.
+Celery sends and receives its messages through kombu, so Celery's tasks are traced with no
+Celery-specific setup, next to ``opentelemetry-instrumentation-celery``'s spans and with the task
+id as ``messaging.message.id`` on both. The :doc:`celery` guide says where to call
+``instrument()`` for each worker pool (prefork: in the parent, before it forks), what each pool
+does to the spans' timing, retries, failures, rejects, link mode, and the
+``skip_celery_messages`` option, which by default leaves Celery's heartbeats, gossip and remote
+control untraced.
 """
 
 from otel_kombu._consume import message_context

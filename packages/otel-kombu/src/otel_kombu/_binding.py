@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Final
 
+from otel_kombu._celery import CelerySkip
 from otel_messaging_core import DestinationCache, MessagingTelemetry
 
 __all__ = [
@@ -34,11 +35,11 @@ _BINDING_ATTR: Final = "_otel_kombu_binding"
 class Instrumentation:
     """One ``instrument()`` or ``instrument_connection()`` call: its telemetry and plugin options."""
 
-    __slots__ = ("skip_celery_messages", "telemetry")
+    __slots__ = ("celery_skip", "telemetry")
 
-    def __init__(self, telemetry: MessagingTelemetry, *, skip_celery_messages: bool) -> None:
+    def __init__(self, telemetry: MessagingTelemetry, *, celery_skip: CelerySkip | None) -> None:
         self.telemetry = telemetry
-        self.skip_celery_messages = skip_celery_messages
+        self.celery_skip = celery_skip  # None: every Celery message is traced
 
 
 class _Registry:
@@ -61,10 +62,10 @@ class Binding:
     """What the wrappers need about one connection; ``telemetry is None`` means: pass through."""
 
     __slots__ = (
+        "celery_skip",
         "destinations",
         "generation",
         "hostname",
-        "skip_celery_messages",
         "system",
         "telemetry",
     )
@@ -78,9 +79,7 @@ class Binding:
         generation: int,
     ) -> None:
         self.telemetry = instrumentation.telemetry if instrumentation is not None else None
-        self.skip_celery_messages = (
-            instrumentation.skip_celery_messages if instrumentation is not None else False
-        )
+        self.celery_skip = instrumentation.celery_skip if instrumentation is not None else None
         self.destinations = destinations
         self.system = system
         self.hostname = hostname

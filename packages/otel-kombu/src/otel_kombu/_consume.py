@@ -26,7 +26,7 @@ from typing import Any, Callable, Final
 from opentelemetry import context as otel_context
 
 from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
-from otel_kombu._celery import is_celery_message
+from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
     Consume,
@@ -100,7 +100,8 @@ def _start(
     headers = message.headers
     info = message.delivery_info or {}
     exchange = info.get("exchange") or ""
-    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+    skip = binding.celery_skip
+    if skip is not None and skip.skips(headers, exchange):
         setattr(message, MESSAGE_ATTR, SKIPPED)
         return None
     telemetry = binding.telemetry
@@ -116,7 +117,8 @@ def _start(
         destination,
         headers,
         delivery_tag=tag if type(tag) is int else None,
-        message_id=properties.get("message_id"),
+        # a Celery task has no message_id: its task id, as Celery's own spans record it
+        message_id=properties.get("message_id") or task_id(headers),
         correlation_id=properties.get("correlation_id"),
         body=body if type(body) is bytes else None,
         body_size=body_size(body),

@@ -24,7 +24,7 @@ import threading
 from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
-from otel_kombu._celery import is_celery_message
+from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
     Publish,
@@ -192,7 +192,8 @@ def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
         return None
     headers = args[_HEADERS]
     exchange = args[_EXCHANGE] or ""
-    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+    skip = binding.celery_skip
+    if skip is not None and skip.skips(headers, exchange):
         return None
     properties = args[_PROPERTIES] or {}
     destination = binding.destinations.get(  # type: ignore[union-attr]
@@ -202,7 +203,8 @@ def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
     return telemetry.start_publish(
         destination,
         headers,
-        message_id=properties.get("message_id"),
+        # a Celery task has no message_id: its task id, as Celery's own spans record it
+        message_id=properties.get("message_id") or task_id(headers),
         correlation_id=properties.get("correlation_id"),
         body=body if type(body) is bytes else None,
         body_size=body_size(body),
@@ -320,7 +322,8 @@ def _on_return(channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         return
     headers = getattr(message, "headers", None)
     exchange = exchange or ""
-    if binding.skip_celery_messages and is_celery_message(headers, exchange):
+    skip = binding.celery_skip
+    if skip is not None and skip.skips(headers, exchange):
         return
     # returned after its publish call ended: a short ERROR span under that publish span
     properties = getattr(message, "properties", None) or {}
@@ -329,7 +332,7 @@ def _on_return(channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         headers,
         reply_code=reply_code,
         reply_text=reply_text,
-        message_id=properties.get("message_id"),
+        message_id=properties.get("message_id") or task_id(headers),
         correlation_id=properties.get("correlation_id"),
         body_size=body_size(getattr(message, "body", None)),  # amqp may decode it to str
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
-from otel_kombu._celery import is_celery_message
 from otel_kombu._consume import MESSAGE_ATTR, SKIPPED
 from otel_messaging_core import Consume, Settle, capture_internal_exceptions
 
@@ -42,7 +41,8 @@ def _start(message: Any, operation: str, requeue: bool) -> Settle | None:
     if delivery is None:
         info = message.delivery_info or {}
         exchange = info.get("exchange") or ""
-        if binding.skip_celery_messages and is_celery_message(message.headers, exchange):
+        skip = binding.celery_skip
+        if skip is not None and skip.skips(message.headers, exchange):
             return None
         fallback = binding.destinations.get(  # type: ignore[union-attr]
             "process", exchange, info.get("routing_key") or ""

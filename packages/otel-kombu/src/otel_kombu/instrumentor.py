@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_kombu import _consume, _publish, _settle
 from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
+from otel_kombu._celery import CELERY_KINDS, DEFAULT_SKIP, celery_skip
 from otel_kombu._consume import forget_sweeps
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
@@ -31,8 +32,12 @@ _logger = logging.getLogger(__name__)
 
 #: Environment variable for ``skip_celery_messages`` under ``opentelemetry-instrument``.
 SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
-#: kombu's own keyword, on top of SPEC's.
-SKIP_CELERY: Final = PluginOption("skip_celery_messages", SKIP_CELERY_MESSAGES_ENV)
+#: kombu's own keyword, on top of SPEC's: which kinds of Celery message are not traced
+#: (``tasks``, ``control``, ``events``; ``True`` all, ``False`` none), by default Celery's control
+#: and event traffic, which idle workers send all the time.
+SKIP_CELERY: Final = PluginOption(
+    "skip_celery_messages", SKIP_CELERY_MESSAGES_ENV, default=DEFAULT_SKIP, choices=CELERY_KINDS
+)
 
 _INSTRUMENT: Final = capture_internal_exceptions("otel_kombu instrument()")
 
@@ -107,7 +112,9 @@ def _remove() -> None:
 
 def _instrumentation(options: InstrumentationOptions) -> Instrumentation:
     telemetry = MessagingTelemetry(options, instrumentation_name="otel_kombu", version=__version__)
-    return Instrumentation(telemetry, skip_celery_messages=options.plugin[SKIP_CELERY.keyword])
+    kinds = options.plugin[SKIP_CELERY.keyword]
+    assert isinstance(kinds, tuple)  # an option with choices
+    return Instrumentation(telemetry, celery_skip=celery_skip(kinds))
 
 
 def _options(kwargs: dict[str, Any]) -> InstrumentationOptions:

@@ -57,6 +57,14 @@ _SERVER_NAMED_PREFIX: Final = "amq.gen-"
 # aio-pika's robust channels name a queue declared without a name on the client side, so the
 # name survives a reconnect: "amq_" + 128 random bits in hex ("amq_0x…" in aio-pika 8).
 _CLIENT_GENERATED = re.compile(r"amq_(?:0x)?[0-9a-f]{16,32}")
+# Names made per process or per call hold a UUID: Celery's event receivers ("celeryev.<uuid>"),
+# kombu's pidbox reply queues ("<uuid>.reply.celery.pidbox"), Celery's rpc:// result queues
+# ("<uuid>"). The UUID becomes "{uuid}", as in semconv's destination templates. A pidbox node
+# queue ("celery@host.celery.pidbox", one per worker host) keeps its namespace only.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_PIDBOX_NODE = re.compile(r"[^@]*@.*(?=\.[^.]+\.pidbox$)")
+GENERATED_PART: Final = "{uuid}"
+PIDBOX_NODE: Final = "{node}"
 
 # operation name -> semconv operation type
 OPERATION_TYPES: Final[Mapping[str, str]] = MappingProxyType(
@@ -79,6 +87,15 @@ def is_server_named(name: str) -> bool:
     return name.startswith("amq_") and _CLIENT_GENERATED.fullmatch(name) is not None
 
 
+def _per_process(name: str) -> str:
+    """``name`` with a UUID in it as ``{uuid}``, a pidbox node queue as ``{node}.<ns>.pidbox``."""
+    if "-" in name:
+        name = _UUID.sub(GENERATED_PART, name)
+    if "@" in name and name.endswith(".pidbox"):
+        name = _PIDBOX_NODE.sub(PIDBOX_NODE, name, count=1)
+    return name
+
+
 def exchange_label(exchange: str) -> str:
     """The exchange as it appears in span names: the default exchange is ``amq.default``."""
     return exchange or DEFAULT_EXCHANGE
@@ -90,8 +107,10 @@ def queue_label(queue: str) -> str:
 
 
 def low_cardinality(part: str) -> str:
-    """One name part with server-generated names collapsed, for metric attributes."""
-    return ANONYMOUS_QUEUE if is_server_named(part) else part
+    """One name part with server-generated names collapsed to ``amq.gen``: span names and
+    metric attributes must not grow with every server-named queue."""
+    # nor with every worker start: a UUID becomes {uuid}, a pidbox node {node} (_per_process)
+    return ANONYMOUS_QUEUE if is_server_named(part) else _per_process(part)
 
 
 def publish_destination_name(exchange: str, routing_key: str) -> str:
@@ -154,7 +173,7 @@ def build_destination(
     else:
         # Consumers read from a queue; with none known (a settle of an untracked delivery) the
         # exchange names it, and with neither the operation alone does, as semconv allows.
-        label = queue_label(queue) if queue else exchange
+        label = low_cardinality(queue) if queue else exchange
         span_name = f"{operation} {label}" if label else operation
         destination = consume_destination_name(exchange, routing_key, queue)
         metric_destination = consume_destination_name(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field, fields
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Callable, Final, Iterable, Mapping, Sequence
 
@@ -36,6 +37,7 @@ __all__ = [
     "Hook",
     "InstrumentationOptions",
     "PluginOption",
+    "PluginValue",
     "has_options",
     "log_reconfigured",
 ]
@@ -90,13 +92,23 @@ class _BadValue(ValueError):
         self.accepted = accepted
 
 
+PluginValue = bool | tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class PluginOption:
-    """A boolean keyword one plugin adds (kombu: ``skip_celery_messages``) and its variable."""
+    """A keyword one plugin adds (kombu: ``skip_celery_messages``) and its variable.
+
+    Without ``choices`` it is a boolean. With ``choices`` it names some of them: a
+    comma-separated string or a sequence of names in code, a comma-separated list in the variable,
+    ``True`` (every choice) or ``False`` (none) in either; its value is the tuple of names chosen,
+    in the order of ``choices``.
+    """
 
     keyword: str
     env_var: str
-    default: bool = False
+    default: PluginValue = False
+    choices: tuple[str, ...] = ()
 
 
 # -- parsing ----------------------------------------------------------------------------------------
@@ -142,6 +154,18 @@ def _env_length(raw: str) -> int:
     if length < 1:
         raise _BadValue("a whole number of characters, 1 or more")
     return length
+
+
+def _env_choices(choices: tuple[str, ...], raw: str) -> PluginValue:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    names = _split(lowered)
+    if not names or any(name not in choices for name in names):
+        raise _BadValue(f"a comma-separated list of {', '.join(choices)}; or {_BOOL_TEXT}")
+    return names
 
 
 def _env_mode(raw: str) -> str:
@@ -203,6 +227,27 @@ def _bool(value: object, keyword: str) -> bool:
     return value
 
 
+def _plugin_value(option: PluginOption, value: object) -> PluginValue:
+    """A plugin keyword's value given in code, checked (a default or a parsed variable passes)."""
+    if not option.choices:
+        return _bool(value, option.keyword)
+    if isinstance(value, bool):
+        return option.choices if value else ()
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, Iterable)):
+        raise TypeError(
+            f"{option.keyword} must be True, False or names out of {', '.join(option.choices)} "
+            f"(a comma-separated string or a sequence of strings), got {value!r}"
+        )
+    names = _names(value, option.keyword, lower=True)
+    unknown = [name for name in names if name not in option.choices]
+    if unknown:
+        raise ValueError(
+            f"{option.keyword}: unknown name(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(option.choices)} (or True for all, False for none)"
+        )
+    return tuple(choice for choice in option.choices if choice in names)
+
+
 def _length(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -226,7 +271,7 @@ class InstrumentationOptions:
     capture_headers: tuple[str, ...] = ()
     capture_headers_max_length: int = DEFAULT_CAPTURE_HEADERS_MAX_LENGTH
     baggage_attributes: tuple[str, ...] = ()
-    plugin: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    plugin: Mapping[str, PluginValue] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_kwargs(
@@ -273,13 +318,14 @@ class InstrumentationOptions:
         if baggage_names is None:
             baggage_names = _from_env(env, ENV_VARS["baggage_attributes"], _split, ())
 
-        plugin: dict[str, bool] = {}
+        plugin: dict[str, PluginValue] = {}
         for keyword, option in extra.items():
             if keyword in given:
-                plugin[keyword] = _bool(given[keyword], keyword)
+                plugin[keyword] = _plugin_value(option, given[keyword])
             else:
-                found = _from_env(env, option.env_var, _env_bool, option.default)
-                plugin[keyword] = option.default if found is None else bool(found)
+                parse = _env_bool if not option.choices else partial(_env_choices, option.choices)
+                found = _from_env(env, option.env_var, parse, option.default)
+                plugin[keyword] = _plugin_value(option, option.default if found is None else found)
 
         return cls(
             tracer_provider=_provider(
