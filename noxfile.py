@@ -285,7 +285,14 @@ def install(
     requirements.extend(extra)
     if floor:
         requirements.extend(floor_pins())
-    session.install(*requirements)
+    reinstall: list[str] = []
+    if session.venv_backend == "uv":
+        # uv keeps a local package's built wheel until its pyproject.toml changes, so a reused
+        # venv would test stale source; pip rebuilds a local directory on every install.
+        for path in requirements:
+            if path.startswith("./packages/"):
+                reinstall += ["--reinstall-package", Path(path).name]
+    session.install(*reinstall, *requirements)
 
 
 def _run_pytest(session: nox.Session, *paths: str) -> None:
