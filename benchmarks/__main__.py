@@ -293,9 +293,8 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
     minus one with fewer, divided by the difference, so start-up and set-up cancel out."""
     low, high = 300, 1300
     rows = []
-    cells = [("floor", "publish"), ("floor", "consume")] + [
-        (lib, path) for lib in args.libs for path in args.paths
-    ]
+    cells = [] if args.skip_floor else [("floor", "publish"), ("floor", "consume")]
+    cells += [(lib, path) for lib in args.libs for path in args.paths]
     for lib, path in cells:
         variants = (
             ["floor"]
@@ -520,6 +519,11 @@ def main() -> None:
         "--instructions",
         action="store_true",
         help="only count instructions per message with callgrind (valgrind; slow, deterministic)",
+    )
+    parser.add_argument(
+        "--skip-floor",
+        action="store_true",
+        help="with --instructions: leave out the tight-loop floor (to count a few cells only)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)"
