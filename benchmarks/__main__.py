@@ -521,6 +521,11 @@ def main() -> None:
         help="only count instructions per message with callgrind (valgrind; slow, deterministic)",
     )
     parser.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="only the per-step instruction counts of the unsampled path (benchmarks/anatomy.py)",
+    )
+    parser.add_argument(
         "--skip-floor",
         action="store_true",
         help="with --instructions: leave out the tight-loop floor (to count a few cells only)",
@@ -529,6 +534,14 @@ def main() -> None:
         "--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)"
     )
     args = parser.parse_args()
+    if args.anatomy:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.anatomy", "--callgrind"],
+            check=True,
+            cwd=HERE.parent,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        )
+        return
 
     result: dict[str, Any] = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
