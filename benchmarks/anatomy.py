@@ -45,6 +45,7 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     import pika
     import wrapt
     from opentelemetry import context as otel_context
+    from opentelemetry import trace
     from opentelemetry.context import Context
     from pika.channel import Channel
     from pika.spec import Basic, BasicProperties
@@ -89,8 +90,13 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     destination = state.destinations.get("publish", "", queue)
     tokens: list[Any] = []
 
+    current: dict[str, Any] = {}
+
     def enter_parent() -> None:
         _enter_unsampled_trace()
+        current["span"] = trace.get_current_span()
+        current["span_context"] = current["span"].get_span_context()
+        current["context"] = otel_context.get_current()
 
     def bypass_inner() -> None:
         Channel.basic_publish = inner_wrapper.__wrapped__  # type: ignore[method-assign]
@@ -132,8 +138,6 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     cached: dict[int, str] = {}
 
     def publish_minimum_cached() -> None:  # the minimum with a per-parent formatted header
-        from opentelemetry import trace
-
         span_context = trace.get_current_span().get_span_context()
         traceparent = cached.get(id(span_context))
         if traceparent is None:
@@ -153,10 +157,6 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     piece("pika.publish.minimum_with_cache", publish_minimum_cached, None, restore_both)
 
     # the parts of ours, alone (no client call)
-    from opentelemetry import trace
-
-    parent = trace.get_current_span()
-    parent_context = parent.get_span_context()
     piece(
         "core.start_publish+end(6 keywords, as pika)",
         lambda: telemetry.start_publish(
@@ -168,14 +168,24 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
         lambda: telemetry.start_publish(destination, None).end(),
     )
     piece(
-        "core.inject_span(current parent, cached)",
-        lambda: propagation.inject_span({}, parent, otel_context.get_current()),
+        "core.inject_span(current parent: cached fields)",
+        lambda: propagation.inject_span({}, current["span"], current["context"]),
     )
     piece(
-        "core.inject_span(not current: formats)",
-        lambda: propagation.inject_span({}, parent, Context()),
+        "core.inject_span(same parent, not current: formats)",
+        lambda: propagation.inject_span({}, current["span"], Context()),
     )
-    piece("core._skips_child_of", lambda: telemetry._skips_child_of(parent_context))
+
+    def format_traceparent() -> str:
+        span_context = current["span_context"]
+        return (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}"
+        )
+
+    piece("format traceparent (f-string alone)", format_traceparent)
+    piece("minimum: headers only (no client call)", lambda: minimum.publish(None))
+    piece("core._skips_child_of", lambda: telemetry._skips_child_of(current["span_context"]))
     metric_attributes = destination.metric_attributes
 
     def timing() -> None:
