@@ -59,6 +59,9 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     tracer_provider, _ = _providers("ours_unsampled")
     PikaInstrumentor().instrument(tracer_provider=tracer_provider)
     KombuInstrumentor().instrument(tracer_provider=tracer_provider)
+    from otel_aiopika import AioPikaInstrumentor
+
+    AioPikaInstrumentor().instrument(tracer_provider=tracer_provider)
     out: list[tuple[str, Callable[[], None]]] = []
 
     def piece(name: str, step: Callable[[], Any], before: Any = None, after: Any = None) -> None:
@@ -155,6 +158,89 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
         )
 
     piece("pika.publish.minimum_with_cache", publish_minimum_cached, None, restore_both)
+
+    # -- kombu publish inside the unsampled parent: Producer.publish passes through to _publish --
+    from kombu.messaging import Producer
+
+    kpub_conn = kombu.Connection(URL.replace("amqp://", "pyamqp://", 1))
+    kpub_channel = kpub_conn.channel()
+    kpub_queue = kombu.Queue(f"otel-anatomy.{uuid.uuid4().hex[:8]}", exclusive=True)
+    kpub_queue(kpub_channel).declare()
+    producer = kombu.Producer(kpub_channel)
+    outer, inner = Producer.__dict__["publish"], Producer.__dict__["_publish"]
+    kw = {
+        "routing_key": kpub_queue.name,
+        "content_type": "application/octet-stream",
+        "content_encoding": "binary",
+    }
+
+    def kombu_publish() -> None:
+        producer.publish(body, **kw)
+
+    def kombu_bypass_outer() -> None:
+        Producer.publish = outer.__wrapped__  # type: ignore[method-assign]
+
+    def kombu_bypass_both() -> None:
+        Producer._publish = inner.__wrapped__  # type: ignore[method-assign]
+
+    def kombu_restore() -> None:
+        Producer.publish, Producer._publish = outer, inner  # type: ignore[method-assign]
+
+    kminimum_publish = Minimum(Spec("kombu", "publish", "min_unsampled_parent", 0, 0, URL))
+
+    def kombu_publish_minimum() -> None:
+        _span, headers = kminimum_publish.publish()
+        producer.publish(body, headers=headers, **kw)
+
+    piece("kombu.publish.ours", kombu_publish)
+    piece("kombu.publish.ours_without_Producer.publish", kombu_publish, kombu_bypass_outer)
+    piece("kombu.publish.bare", kombu_publish, kombu_bypass_both)
+    piece("kombu.publish.minimum", kombu_publish_minimum, None, kombu_restore)
+
+    # -- aio-pika publish inside the unsampled parent (one event-loop turn per publish) --------
+    import asyncio
+
+    import aio_pika
+    from aio_pika.exchange import Exchange
+
+    from otel_aiopika import _publish as aiopika_publish
+
+    loop = asyncio.new_event_loop()
+
+    async def aiopika_setup() -> tuple[Any, Any, Any]:
+        aconn = await aio_pika.connect(URL)
+        achannel = await aconn.channel(publisher_confirms=False)
+        return aconn, achannel, await achannel.declare_queue("", exclusive=True)
+
+    _aconn, achannel, aqueue = loop.run_until_complete(aiopika_setup())
+    exchange = achannel.default_exchange
+    wrapped_publish = Exchange.__dict__["publish"]
+    amessage = aio_pika.Message(body)
+
+    def aiopika_publish_once() -> None:
+        loop.run_until_complete(exchange.publish(amessage, aqueue.name))
+
+    def aiopika_bypass() -> None:
+        Exchange.publish = wrapped_publish.__wrapped__  # type: ignore[method-assign]
+
+    def aiopika_restore() -> None:
+        Exchange.publish = wrapped_publish  # type: ignore[method-assign]
+
+    aminimum = Minimum(Spec("aiopika", "publish", "min_unsampled_parent", 0, 0, URL))
+
+    def aiopika_publish_minimum() -> None:
+        _span, headers = aminimum.publish()
+        loop.run_until_complete(
+            exchange.publish(aio_pika.Message(body, headers=headers), aqueue.name)
+        )
+
+    piece("aiopika.publish.ours", aiopika_publish_once)
+    piece("aiopika.publish.bare", aiopika_publish_once, aiopika_bypass)
+    piece("aiopika.publish.minimum", aiopika_publish_minimum, None, aiopika_restore)
+    piece(
+        "aiopika._start+end (plugin glue + core start)",
+        lambda: aiopika_publish._start(exchange, (amessage, aqueue.name), {})[0].end(),  # type: ignore[index]
+    )
 
     # the parts of ours, alone (no client call)
     piece(
