@@ -4,11 +4,15 @@ For each plugin and path (publish; push consume; pull consume) it runs, interlea
 machine drift cancels: uninstrumented, ours (several SDK configurations) and, for pika and aio-pika,
 the contrib package, each measurement in a fresh process. It also measures the floor: the bare SDK
 cost of one span with the same attributes plus inject or extract, alone in a loop, and the same
-work done by hand inside the uninstrumented loop (variant ``inline``: the least any instrumentation
-could add there). It prints messages/s, the ratio to uninstrumented (median of per-run ratios), µs
-added per message, µs beyond the floor and beyond ``inline``, the client process's CPU µs per
-message (all its threads, so the span processor's too) and what it adds, checks the goals, and
-writes JSON under benchmarks/results/.
+work done by hand inside the uninstrumented loop (the ``min_*`` variants: the least any correct
+instrumentation could add there, per scenario). It prints messages/s, the ratio to uninstrumented
+(median of per-run ratios), µs added per message, µs beyond the floor and beyond
+``min_recording``, the client process's CPU µs per message (all its threads, so the span
+processor's too) and what it adds, checks the goals, and writes JSON under benchmarks/results/.
+
+``--instructions`` counts instructions per message with callgrind instead and prints, for every
+path and scenario, ours' added instructions over the hand-written minimum's (see
+:data:`COMPARISONS`).
 
 ``--memory`` runs 100,000 messages per path with our plugin (manual acks on consume paths, so
 per-delivery settle state exists) and reports RSS and tracemalloc growth.
@@ -38,7 +42,9 @@ LIBS = ("pika", "aiopika", "kombu")
 PATHS = ("publish", "consume", "pull")
 VARIANTS = (
     "bare",
-    "inline",
+    "min_recording",
+    "min_unsampled",
+    "min_unsampled_parent",
     "ours",
     "contrib",
     "ours_metrics",
@@ -46,9 +52,33 @@ VARIANTS = (
     "ours_unsampled",
     "ours_unsampled_parent",
 )
-INLINE_PATHS = ("publish", "consume")  # the hand-written floor exists for these paths
+MINIMUM_PATHS = ("publish", "consume")  # the hand-written minimum exists for these paths
 # variants that exist for some paths only (elsewhere they would measure nothing new)
-ONLY_ON = {"inline": INLINE_PATHS, "ours_unsampled_parent": ("publish",)}
+ONLY_ON = {
+    "min_recording": MINIMUM_PATHS,
+    "min_unsampled": MINIMUM_PATHS,
+    "min_unsampled_parent": ("publish",),
+    "ours_unsampled_parent": ("publish",),
+}
+# the variants --instructions counts (the others differ from these only in the SDK's own work)
+INSTRUCTION_VARIANTS = (
+    "bare",
+    "min_recording",
+    "min_unsampled",
+    "min_unsampled_parent",
+    "ours",
+    "contrib",
+    "ours_unsampled",
+    "ours_unsampled_parent",
+)
+# (scenario, ours, the minimum it is judged against): ours' added instructions ÷ the minimum's
+COMPARISONS = (
+    ("unsampled parent", "ours_unsampled_parent", "min_unsampled_parent"),
+    ("unsampled", "ours_unsampled", "min_unsampled"),
+    ("recording", "ours", "min_recording"),
+    ("recording (contrib)", "contrib", "min_recording"),
+)
+MINIMUMS = ("min_recording", "min_unsampled", "min_unsampled_parent")
 HAS_CONTRIB = {
     "pika": "opentelemetry-instrumentation-pika",
     "aiopika": "opentelemetry-instrumentation-aio-pika",
@@ -77,6 +107,8 @@ RATIO_GOALS = {
     ("kombu", "consume"): 0.55,
 }
 UNSAMPLED_US_GOAL = 10.0
+# Goals of issue 18: ours' added instructions ÷ the hand-written minimum's, per scenario
+COMPARISON_GOALS = {"unsampled parent": 1.25, "unsampled": 1.25, "recording": 1.2}
 MEMORY_GOAL_BYTES = 5 * 1024 * 1024
 
 
@@ -225,12 +257,14 @@ def run_throughput(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     "cpu_us_added": statistics.median(cpu_added),
                 }
             )
-    inline_added = {(r["lib"], r["path"]): r["us_added"] for r in rows if r["variant"] == "inline"}
+    minimum_added = {
+        (r["lib"], r["path"]): r["us_added"] for r in rows if r["variant"] == "min_recording"
+    }
     for r in rows:
-        here = inline_added.get((r["lib"], r["path"]))
-        r["us_beyond_inline"] = (
+        here = minimum_added.get((r["lib"], r["path"]))
+        r["us_beyond_min_recording"] = (
             r["us_added"] - here
-            if here is not None and r["variant"] not in ("bare", "inline")
+            if here is not None and r["variant"] not in ("bare", *MINIMUMS)
             else None
         )
     return {"floor_us": floor_us, "rows": rows}
@@ -259,9 +293,8 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
     minus one with fewer, divided by the difference, so start-up and set-up cancel out."""
     low, high = 300, 1300
     rows = []
-    cells = [("floor", "publish"), ("floor", "consume")] + [
-        (lib, path) for lib in args.libs for path in args.paths
-    ]
+    cells = [] if args.skip_floor else [("floor", "publish"), ("floor", "consume")]
+    cells += [(lib, path) for lib in args.libs for path in args.paths]
     for lib, path in cells:
         variants = (
             ["floor"]
@@ -269,9 +302,7 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
             else [
                 v
                 for v in args.variants
-                if v
-                in ("bare", "inline", "ours", "contrib", "ours_unsampled", "ours_unsampled_parent")
-                and path in ONLY_ON.get(v, PATHS)
+                if v in INSTRUCTION_VARIANTS and path in ONLY_ON.get(v, PATHS)
             ]
         )
         for variant in variants:
@@ -288,6 +319,34 @@ def run_instructions(args: argparse.Namespace, url: str) -> list[dict[str, Any]]
                 flush=True,
             )
     return rows
+
+
+def compare_instructions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per path and scenario: bare, the minimum's and ours' added instructions, ours ÷ minimum."""
+    count = {(r["lib"], r["path"], r["variant"]): r["instructions"] for r in rows}
+    out = []
+    for lib, path in dict.fromkeys((r["lib"], r["path"]) for r in rows if r["lib"] != "floor"):
+        bare = count.get((lib, path, "bare"))
+        if bare is None:
+            continue
+        for scenario, ours, minimum in COMPARISONS:
+            got, least = count.get((lib, path, ours)), count.get((lib, path, minimum))
+            if got is None or least is None:
+                continue
+            out.append(
+                {
+                    "lib": lib,
+                    "path": path,
+                    "scenario": scenario,
+                    "ours": ours,
+                    "minimum": minimum,
+                    "bare": bare,
+                    "minimum_added": least - bare,
+                    "ours_added": got - bare,
+                    "ratio": (got - bare) / (least - bare) if least > bare else None,
+                }
+            )
+    return out
 
 
 def run_memory(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
@@ -333,10 +392,10 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     }
     for (lib, path), goal in RATIO_GOALS.items():
         ours = rows.get((lib, path, "ours"))
-        inline = rows.get((lib, path, "inline"))
+        minimum = rows.get((lib, path, "min_recording"))
         if ours:
             attainable = (
-                f" (the hand-written floor in place: {inline['ratio']:.2f})" if inline else ""
+                f" (the hand-written minimum in place: {minimum['ratio']:.2f})" if minimum else ""
             )
             checks.append(
                 (
@@ -364,6 +423,33 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f"{row['cpu_us_added']:.1f} µs (wall {row['us_added']:.1f} µs)",
                 )
             )
+    # issue 18, in instructions: ours' added instructions over the hand-written minimum's
+    for c in result.get("comparisons", []):
+        goal = COMPARISON_GOALS.get(c["scenario"])
+        if goal is not None and c["ratio"] is not None:
+            checks.append(
+                (
+                    f"{c['lib']} {c['path']} {c['scenario']}: ours ÷ minimum <= {goal}",
+                    c["ratio"] <= goal,
+                    f"{c['ratio']:.2f}x",
+                )
+            )
+    count = {
+        (r["lib"], r["path"], r["variant"]): r["instructions"]
+        for r in result.get("instructions", [])
+    }
+    ours, contrib = (
+        count.get(("pika", "publish", "ours")),
+        count.get(("pika", "publish", "contrib")),
+    )
+    if ours and contrib:
+        checks.append(
+            (
+                "pika publish contrib ÷ ours >= 1.5 (instructions)",
+                contrib / ours >= 1.5,
+                f"{contrib / ours:.2f}x",
+            )
+        )
     for mem in result.get("memory", []):
         grow = max(mem["rss_growth"], mem["traced_growth"])
         checks.append(
@@ -384,15 +470,27 @@ def print_report(result: dict[str, Any]) -> None:
             f"floor (bare SDK): publish {tp['floor_us']['publish']:.1f} µs, consume {tp['floor_us']['consume']:.1f} µs per message"
         )
         print(
-            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9} {'+µs>inline':>10} {'cpu µs':>7} {'cpu +µs':>8}"
+            f"{'lib':8} {'path':8} {'variant':15} {'msg/s':>9} {'ratio':>6} {'µs/msg':>8} {'+µs':>7} {'+µs>floor':>9} {'+µs>min':>10} {'cpu µs':>7} {'cpu +µs':>8}"
         )
         for r in tp["rows"]:
-            beyond = r.get("us_beyond_inline")
+            beyond = r.get("us_beyond_min_recording")
             print(
                 f"{r['lib']:8} {r['path']:8} {r['variant']:15} {r['rate_median']:9.0f} {r['ratio']:6.2f} "
                 f"{r['us_per_message']:8.1f} {r['us_added']:7.1f} {r['us_beyond_floor']:9.1f} "
                 f"{'' if beyond is None else f'{beyond:10.1f}':10} "
                 f"{r['cpu_us_per_message']:7.1f} {r['cpu_us_added']:8.1f}"
+            )
+    comparisons = result.get("comparisons")
+    if comparisons:
+        print()
+        print(
+            f"{'lib':8} {'path':8} {'scenario':20} {'bare':>8} {'min +':>8} {'ours +':>8} {'ours ÷ min':>10}"
+        )
+        for c in comparisons:
+            ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            print(
+                f"{c['lib']:8} {c['path']:8} {c['scenario']:20} {c['bare'] / 1000:7.1f}k "
+                f"{c['minimum_added'] / 1000:+7.1f}k {c['ours_added'] / 1000:+7.1f}k {ratio:>10}"
             )
     checks = goals(result)
     if checks:
@@ -423,9 +521,27 @@ def main() -> None:
         help="only count instructions per message with callgrind (valgrind; slow, deterministic)",
     )
     parser.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="only the per-step instruction counts of the unsampled path (benchmarks/anatomy.py)",
+    )
+    parser.add_argument(
+        "--skip-floor",
+        action="store_true",
+        help="with --instructions: leave out the tight-loop floor (to count a few cells only)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)"
     )
     args = parser.parse_args()
+    if args.anatomy:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.anatomy", "--callgrind"],
+            check=True,
+            cwd=HERE.parent,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        )
+        return
 
     result: dict[str, Any] = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -440,6 +556,7 @@ def main() -> None:
         )
         if args.instructions:
             result["instructions"] = run_instructions(args, broker.url)
+            result["comparisons"] = compare_instructions(result["instructions"])
         elif not args.memory_only:
             result["throughput"] = run_throughput(args, broker.url)
         if args.memory or args.memory_only:

@@ -18,10 +18,11 @@ Variants:
 * ``ours_unsampled_parent`` (publish only): the publishes run inside a trace that was not sampled
   upstream (the service's request span was not sampled): what an unsampled publish costs where a
   request handler publishes, the architecture's case.
-* ``inline``: the floor in place: the uninstrumented loop plus, written by hand, what any
-  instrumentation must do per message: one SDK span with the same attributes as ours, plus
-  ``propagate.inject`` into the message's headers (publish) or ``propagate.extract`` from them and a
-  link (consume). No plugin. Same SDK configuration as ``ours``.
+* ``min_recording`` (was ``inline``), ``min_unsampled``, ``min_unsampled_parent``: the
+  hand-written minimum in place, per scenario (see :class:`Minimum`): the uninstrumented loop plus,
+  written by hand with the public API, what any correct instrumentation must do per message, and
+  nothing else. No plugin. The same SDK configuration (sampler, current trace, consumed parents) as
+  ``ours`` / ``ours_unsampled`` / ``ours_unsampled_parent`` respectively.
 """
 
 from __future__ import annotations
@@ -42,24 +43,71 @@ from typing import Any, NamedTuple
 BODY = b"x" * 256
 OURS = {"ours", "ours_metrics", "ours_10pct", "ours_unsampled", "ours_unsampled_parent"}
 # the TraceIdRatioBased ratio of the sampling variants (also how often a consumed message arrives sampled)
-SAMPLING_RATIO = {"ours_10pct": 0.1, "ours_unsampled": 0.0, "ours_unsampled_parent": 0.0}
+SAMPLING_RATIO = {
+    "ours_10pct": 0.1,
+    "ours_unsampled": 0.0,
+    "ours_unsampled_parent": 0.0,
+    "min_unsampled": 0.0,
+    "min_unsampled_parent": 0.0,
+}
+# the variants that run inside a trace that was not sampled upstream
+IN_UNSAMPLED_TRACE = ("ours_unsampled_parent", "min_unsampled_parent")
 
 
-class Inline:
-    """The hand-written minimum per message (variant ``inline``); a no-op for other variants."""
+# the hand-written minimum variants (what any correct instrumentation must run, and nothing else)
+RECORDING_MINIMUM = "min_recording"
+UNSAMPLED_MINIMUMS = ("min_unsampled", "min_unsampled_parent")
+MINIMUMS = (RECORDING_MINIMUM, *UNSAMPLED_MINIMUMS)
+
+
+class Minimum:
+    """The hand-written minimum per message (variants ``min_*``); a no-op for the others.
+
+    Plain code inside the uninstrumented loop, public OpenTelemetry API only, no plugin:
+
+    * ``min_recording``: publish = one SDK span with the same attributes as ours and
+      ``propagate.inject`` of its context into a new headers dict; consume = ``propagate.extract``,
+      one span with the same attributes and the link to the producer, its context current around
+      the handler, restored and the span ended after.
+    * ``min_unsampled_parent`` (publish inside a trace not sampled upstream): read the current
+      span context, see it is not sampled, write ``traceparent`` (``tracestate`` and ``baggage``
+      when there are any) into a copy of the headers, call the client. No span.
+    * ``min_unsampled``: publish starting a trace the sampler does not sample = the SDK's
+      ``start_span`` (the sampler must decide), its context written into a copy of the headers as
+      above, ``end()``; consume of a not-sampled message = read ``traceparent`` (validated as
+      the W3C format requires), build the remote context (plus the message's baggage, if any),
+      attach it for the handler, detach after. No span.
+    """
 
     def __init__(self, spec: Spec) -> None:
-        self.enabled = spec.variant == "inline"
+        self.variant = spec.variant if spec.variant in MINIMUMS else None
+        self.enabled = self.variant is not None
         if not self.enabled:
             return
-        from opentelemetry import propagate, trace
-        from opentelemetry.trace import Link, SpanKind
+        import re
 
-        self._tracer = trace.get_tracer("inline")
+        from opentelemetry import baggage, context, propagate, trace
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+        self._tracer = trace.get_tracer("minimum")
         self._inject, self._extract = propagate.inject, propagate.extract
         self._set_span_in_context, self._get_current_span = (
             trace.set_span_in_context,
             trace.get_current_span,
+        )
+        self._get_current, self._attach, self._detach = (
+            context.get_current,
+            context.attach,
+            context.detach,
+        )
+        self._baggage_of, self._baggage = baggage.get_all, W3CBaggagePropagator()
+        self._empty = context.Context()
+        self._traceparent = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+        self._span_context, self._non_recording, self._flags = (
+            SpanContext,
+            NonRecordingSpan,
+            TraceFlags,
         )
         self._link, self._producer, self._consumer = Link, SpanKind.PRODUCER, SpanKind.CONSUMER
         common: dict[str, Any] = {
@@ -81,33 +129,87 @@ class Inline:
             "messaging.operation.type": "process",
         }
 
-    def publish(self) -> tuple[Any, dict[str, Any] | None]:
-        """Start the publish span; returns it and the headers to send (None when disabled)."""
-        if not self.enabled:
-            return None, None
+    # -- publish
+
+    def publish(self, headers: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+        """Before the client call: the span to end after it (or None) and the headers to send."""
+        if self.variant == "min_unsampled_parent":
+            ctx = self._get_current()
+            span_context = self._get_current_span(ctx).get_span_context()
+            if span_context.trace_flags & 1:  # sampled after all: the recording minimum
+                return self._publish_recording(headers)
+            return None, self._with_context(headers, span_context, ctx)
+        if self.variant == "min_unsampled":
+            ctx = self._get_current()
+            span = self._tracer.start_span(
+                "publish orders", kind=self._producer, attributes=self._publish_attributes
+            )
+            return span, self._with_context(headers, span.get_span_context(), ctx)
+        return self._publish_recording(headers)
+
+    def _publish_recording(self, headers: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
         span = self._tracer.start_span(
             "publish orders", kind=self._producer, attributes=self._publish_attributes
         )
-        headers: dict[str, Any] = {}
-        self._inject(headers, context=self._set_span_in_context(span))
-        return span, headers
+        carrier: dict[str, Any] = dict(headers) if headers else {}
+        self._inject(carrier, context=self._set_span_in_context(span))
+        return span, carrier
 
-    def consume(self, headers: Any, delivery_tag: int) -> Any:
-        """Start and return the process span of a delivery (None when disabled)."""
-        if not self.enabled:
-            return None
+    def _with_context(
+        self, headers: dict[str, Any] | None, span_context: Any, ctx: Any
+    ) -> dict[str, Any] | None:
+        if not span_context.is_valid:
+            return headers
+        carrier: dict[str, Any] = dict(headers) if headers else {}
+        carrier["traceparent"] = (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}"
+        )
+        if span_context.trace_state:
+            carrier["tracestate"] = span_context.trace_state.to_header()
+        if self._baggage_of(ctx):
+            self._baggage.inject(carrier, context=ctx)
+        return carrier
+
+    # -- consume
+
+    def consume(self, headers: Any, delivery_tag: int) -> tuple[Any, Any]:
+        """Before the handler: (span or None, token to detach after it)."""
+        if self.variant == "min_unsampled":
+            value = headers.get("traceparent") if headers else None
+            match = self._traceparent.fullmatch(value) if type(value) is str else None
+            if match is not None:
+                trace_id, span_id, flags = match.groups()
+                span_context = self._span_context(
+                    int(trace_id, 16), int(span_id, 16), True, self._flags(int(flags, 16))
+                )
+                if span_context.is_valid and not span_context.trace_flags & 1:
+                    ctx = self._set_span_in_context(self._non_recording(span_context), self._empty)
+                    if "baggage" in headers:
+                        ctx = self._baggage.extract(headers, context=ctx)
+                    return None, self._attach(ctx)
         ctx = self._extract(headers or {})
         attributes = {
             **self._consume_attributes,
             "messaging.rabbitmq.message.delivery_tag": delivery_tag,
         }
-        return self._tracer.start_span(
+        span = self._tracer.start_span(
             "process orders",
             context=ctx,
             kind=self._consumer,
             attributes=attributes,
             links=[self._link(self._get_current_span(ctx).get_span_context())],
         )
+        return span, self._attach(self._set_span_in_context(span, ctx))
+
+    def consumed(self, handle: tuple[Any, Any] | None) -> None:
+        """After the handler: restore the context, end the span."""
+        if handle is None:
+            return
+        span, token = handle
+        self._detach(token)
+        if span is not None:
+            span.end()
 
 
 @dataclass
@@ -185,7 +287,7 @@ def instrument(spec: Spec) -> Callable[[], None]:
     if spec.variant == "bare":
         return lambda: None
     tracer_provider, meter_provider = _providers(spec.variant)
-    if spec.variant == "inline":
+    if spec.variant in MINIMUMS:
         return tracer_provider.shutdown  # type: ignore[no-any-return]
     kwargs: dict[str, Any] = {"tracer_provider": tracer_provider}
     if spec.variant in OURS:
@@ -317,20 +419,21 @@ def pika_publish(spec: Spec, sample: Sampler) -> Stamp:
     channel = connection.channel()
     queue = channel.queue_declare("", exclusive=True).method.queue
     props = pika.BasicProperties(content_type="application/octet-stream")
-    inline = Inline(spec)
+    minimum = Minimum(spec)
     for _ in range(spec.warmup):
         channel.basic_publish("", queue, BODY, props)
     start = now()
-    if inline.enabled:
+    if minimum.enabled:
         for i in range(1, spec.messages + 1):
-            span, headers = inline.publish()
+            span, headers = minimum.publish(props.headers)
             channel.basic_publish(
                 "",
                 queue,
                 BODY,
                 pika.BasicProperties(content_type="application/octet-stream", headers=headers),
             )
-            span.end()
+            if span is not None:
+                span.end()
             sample(i)
     else:
         for i in range(1, spec.messages + 1):
@@ -351,10 +454,12 @@ def pika_consume(spec: Spec, sample: Sampler, queue: str) -> Stamp:
     total = spec.warmup + spec.messages
     state = {"n": 0, "start": 0.0, "end": 0.0}
     manual = spec.manual_ack
-    inline = Inline(spec)
+    minimum = Minimum(spec)
 
     def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-        span = inline.consume(properties.headers, method.delivery_tag)
+        handle = (
+            minimum.consume(properties.headers, method.delivery_tag) if minimum.enabled else None
+        )
         n = state["n"] = state["n"] + 1
         if manual:
             ch.basic_ack(method.delivery_tag)
@@ -362,8 +467,7 @@ def pika_consume(spec: Spec, sample: Sampler, queue: str) -> Stamp:
             state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
-        if span is not None:
-            span.end()
+        minimum.consumed(handle)
         if n == total:
             state["end"] = now()
             ch.stop_consuming()
@@ -411,15 +515,16 @@ async def _aiopika_publish(spec: Spec, sample: Sampler) -> Stamp:
     channel = await connection.channel(publisher_confirms=False)
     queue = await channel.declare_queue("", exclusive=True)
     exchange = channel.default_exchange
-    inline = Inline(spec)
+    minimum = Minimum(spec)
     for _ in range(spec.warmup):
         await exchange.publish(aio_pika.Message(BODY), queue.name)
     start = now()
-    if inline.enabled:
+    if minimum.enabled:
         for i in range(1, spec.messages + 1):
-            span, headers = inline.publish()
+            span, headers = minimum.publish()
             await exchange.publish(aio_pika.Message(BODY, headers=headers), queue.name)
-            span.end()
+            if span is not None:
+                span.end()
             sample(i)
     else:
         for i in range(1, spec.messages + 1):
@@ -441,21 +546,20 @@ async def _aiopika_consume(spec: Spec, sample: Sampler, queue_name: str) -> Stam
     done = asyncio.get_running_loop().create_future()
     state = {"n": 0, "start": now()}
     manual = spec.manual_ack
-    inline = Inline(spec)
+    minimum = Minimum(spec)
 
     async def on_message(message: Any) -> None:
-        span = inline.consume(message.headers, message.delivery_tag)
+        handle = minimum.consume(message.headers, message.delivery_tag) if minimum.enabled else None
         n = state["n"] = state["n"] + 1
         if manual:
             await message.ack()
-        if span is not None:
-            span.end()
         if n == spec.warmup:
             state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
         if n == total and not done.done():
             done.set_result(now())
+        minimum.consumed(handle)
 
     await queue.consume(on_message, no_ack=not manual)
     end = await asyncio.wait_for(done, 300)
@@ -509,15 +613,16 @@ def kombu_publish(spec: Spec, sample: Sampler) -> Stamp:
             "content_type": "application/octet-stream",
             "content_encoding": "binary",
         }
-        inline = Inline(spec)
+        minimum = Minimum(spec)
         for _ in range(spec.warmup):
             publish(BODY, **kw)
         start = now()
-        if inline.enabled:
+        if minimum.enabled:
             for i in range(1, spec.messages + 1):
-                span, headers = inline.publish()
+                span, headers = minimum.publish()
                 publish(BODY, headers=headers, **kw)
-                span.end()
+                if span is not None:
+                    span.end()
                 sample(i)
         else:
             for i in range(1, spec.messages + 1):
@@ -532,19 +637,18 @@ def kombu_consume(spec: Spec, sample: Sampler, queue_name: str) -> Stamp:
     total = spec.warmup + spec.messages
     state = {"n": 0, "start": now()}
     manual = spec.manual_ack
-    inline = Inline(spec)
+    minimum = Minimum(spec)
 
     def on_message(body: Any, message: Any) -> None:
-        span = inline.consume(message.headers, message.delivery_tag)
+        handle = minimum.consume(message.headers, message.delivery_tag) if minimum.enabled else None
         n = state["n"] = state["n"] + 1
         if manual:
             message.ack()
-        if span is not None:
-            span.end()
         if n == spec.warmup:
             state["start"] = now()
         elif n > spec.warmup:
             sample(n - spec.warmup)
+        minimum.consumed(handle)
 
     with _kombu_connection(spec) as connection:
         queue = kombu.Queue(queue_name, no_declare=True)
@@ -664,7 +768,7 @@ def run(spec: Spec) -> dict[str, Any]:
         queue = f"otel-bench.{spec.lib}.{spec.path}.{uuid.uuid4().hex[:10]}"
         declare_and_fill(spec, queue, spec.warmup + spec.messages)
     flush = instrument(spec)
-    if spec.variant == "ours_unsampled_parent":
+    if spec.variant in IN_UNSAMPLED_TRACE:
         _enter_unsampled_trace()
     try:
         if spec.lib == "pika":

@@ -254,3 +254,124 @@ def test_inject_span_writes_what_the_propagators_write(
     inject_span(fast, span, ctx)
     propagate.inject(slow, context=trace.set_span_in_context(span, ctx))
     assert fast == slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    span_context=span_contexts,
+    entries=st.dictionaries(
+        st.from_regex(r"[a-z][a-z.]{0,8}", fullmatch=True), st.text(max_size=10), max_size=3
+    ),
+)
+def test_injecting_the_current_span_writes_what_the_propagators_write(
+    span_context: SpanContext, entries: dict[str, str]
+) -> None:
+    """A publish inside a parent that made no span of its own sends the parent's context: the same
+    headers as propagate.inject, the first time and from the formatted-header cache after."""
+    from opentelemetry import propagate
+
+    from otel_messaging_core.propagation import inject_span
+
+    span = NonRecordingSpan(span_context)
+    ctx = trace.set_span_in_context(span, Context())
+    for name, value in entries.items():
+        ctx = baggage.set_baggage(name, value, ctx)
+    slow: dict[str, Any] = {"x": 1}
+    propagate.inject(slow, context=ctx)
+    for _ in range(2):
+        fast: dict[str, Any] = {"x": 1}
+        inject_span(fast, span, ctx)
+        assert fast == slow
+
+
+def _current(trace_id: int, span_id: int, sampled: bool, state: TraceState | None = None) -> Any:
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+            trace_state=state,
+        )
+    )
+    return span, trace.set_span_in_context(span, Context())
+
+
+def test_parent_header_cache_keeps_each_parent_apart() -> None:
+    """Publishes inside different parents carry each its own parent, sampled flag and tracestate,
+    however they interleave: a cached header never leaks into another trace."""
+    from otel_messaging_core.propagation import inject_span
+
+    unsampled, unsampled_ctx = _current(TRACE_ID, SPAN_ID, sampled=False)
+    sampled, sampled_ctx = _current(TRACE_ID, SPAN_ID, sampled=True)
+    other, other_ctx = _current(TRACE_ID + 1, SPAN_ID + 1, False, TraceState([("k", "v")]))
+    for _ in range(3):
+        for span, ctx, expected in (
+            (unsampled, unsampled_ctx, {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00"}),
+            (sampled, sampled_ctx, {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"}),
+            (
+                other,
+                other_ctx,
+                {
+                    "traceparent": f"00-{TRACE_ID + 1:032x}-{SPAN_ID + 1:016x}-00",
+                    "tracestate": "k=v",
+                },
+            ),
+        ):
+            carrier: dict[str, Any] = {}
+            inject_span(carrier, span, ctx)
+            assert carrier == expected
+
+
+def test_parent_header_cache_formats_baggage_per_context() -> None:
+    """The same parent with different baggage current: each publish carries its own baggage."""
+    from otel_messaging_core.propagation import inject_span
+
+    span, ctx = _current(TRACE_ID, SPAN_ID, sampled=False)
+    with_a = baggage.set_baggage("tenant", "a", ctx)
+    with_b = baggage.set_baggage("tenant", "b", ctx)
+    sent = []
+    for context in (with_a, ctx, with_b, with_a):
+        carrier: dict[str, Any] = {}
+        inject_span(carrier, span, context)
+        sent.append(carrier.get("baggage"))
+    assert sent == ["tenant=a", None, "tenant=b", "tenant=a"]
+
+
+def test_parent_header_cache_is_bounded() -> None:
+    """Many distinct parents (one per request) never grow the cache past its bound."""
+    from otel_messaging_core import propagation
+
+    for n in range(1, 3 * propagation._FORMATTED_MAX):
+        span, ctx = _current(n, n, sampled=False)
+        carrier: dict[str, Any] = {}
+        propagation.inject_span(carrier, span, ctx)
+        assert carrier["traceparent"] == f"00-{n:032x}-{n:016x}-00"
+        assert len(propagation._FORMATTED) <= propagation._FORMATTED_MAX
+
+
+def test_parent_header_cache_under_threads() -> None:
+    """Threads publishing inside their own parents at the same time each send their own parent."""
+    import threading
+
+    from otel_messaging_core import propagation
+
+    wrong: list[str] = []
+
+    def publish_many(thread: int) -> None:
+        for n in range(400):
+            trace_id = (thread << 32) + (n % 50) + 1
+            span, ctx = _current(trace_id, trace_id, sampled=n % 2 == 0)
+            carrier: dict[str, Any] = {}
+            propagation.inject_span(carrier, span, ctx)
+            expected = f"00-{trace_id:032x}-{trace_id:016x}-{'01' if n % 2 == 0 else '00'}"
+            if carrier["traceparent"] != expected:
+                wrong.append(carrier["traceparent"])
+
+    threads = [threading.Thread(target=publish_many, args=(t,)) for t in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert len(propagation._FORMATTED) <= propagation._FORMATTED_MAX

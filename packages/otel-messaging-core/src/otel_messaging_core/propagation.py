@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Final, Iterable, Mapping
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -169,21 +169,54 @@ def inject_span(carrier: dict[Any, Any], span: Span, context: Context | None = N
     if textmap is not _default_textmap and not (_default_textmap is None and _is_default(textmap)):
         propagate.inject(carrier, context=trace.set_span_in_context(span, context))
         return
+    if context is None:
+        context = otel_context.get_current()
     span_context = span.get_span_context()
+    if context.get(SPAN_KEY) is span:
+        # The current span itself (a publish inside a parent that was not sampled, so made no span
+        # of its own): the same parent usually sends many messages, so its formatted fields are
+        # kept (baggage is per context and formatted below, each time).
+        entry = _FORMATTED.get(id(span_context))
+        if entry is None or entry[0] is not span_context:
+            entry = _format_fields(span_context)
+            if len(_FORMATTED) >= _FORMATTED_MAX:
+                _FORMATTED.clear()  # bounded; one step, so safe under threads
+            _FORMATTED[id(span_context)] = entry
+        if entry[1] is not None:
+            carrier["traceparent"] = entry[1]
+            if entry[2] is not None:
+                carrier["tracestate"] = entry[2]
     # is_valid first: the tuple comparison the propagator makes is the slow part of the check
-    if span_context.is_valid or span_context != INVALID_SPAN_CONTEXT:
+    elif span_context.is_valid or span_context != INVALID_SPAN_CONTEXT:
         carrier["traceparent"] = (
             f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
             f"{span_context.trace_flags:02x}"
         )
         if span_context.trace_state:
             carrier["tracestate"] = span_context.trace_state.to_header()
-    if context is None:
-        context = otel_context.get_current()
     # The baggage entries live in the context (a dict) under the baggage module's key; reading it
     # directly spares building a read-only view per message just to see that there is none.
     if context.get(BAGGAGE_KEY) if BAGGAGE_KEY is not None else baggage.get_all(context):
         _BAGGAGE_PROPAGATOR.inject(carrier, context=context)
+
+
+# The formatted ``traceparent`` and ``tracestate`` (None when not written) of recently injected
+# parent span contexts, by identity: SpanContext is immutable, so its fields never change, and the
+# entry holds the object itself, so its id cannot be reused while the entry lives (TraceState is
+# not hashable, so span contexts cannot be keys). Emptied when full.
+_FORMATTED: dict[int, tuple[SpanContext, str | None, str | None]] = {}
+_FORMATTED_MAX: Final = 128
+
+
+def _format_fields(span_context: SpanContext) -> tuple[SpanContext, str | None, str | None]:
+    if not span_context.is_valid and span_context == INVALID_SPAN_CONTEXT:
+        return span_context, None, None
+    return (
+        span_context,
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}",
+        span_context.trace_state.to_header() if span_context.trace_state else None,
+    )
 
 
 def extract_context(headers: Mapping[Any, Any] | None) -> Context:
