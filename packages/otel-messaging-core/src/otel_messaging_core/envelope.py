@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["Envelope", "EMPTY_HEADERS"]
+__all__ = ["EMPTY_HEADERS", "Envelope", "opt_str", "readonly_headers"]
 
 EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
@@ -31,3 +31,17 @@ class Envelope:
     delivery_tag: int | None = None
     redelivered: bool | None = None
     raw: Any = None
+
+
+def opt_str(value: object) -> str | None:
+    """``value`` as an Envelope field: ``None`` stays ``None``, anything else a ``str``."""
+    if value is None:
+        return None
+    return value if type(value) is str else str(value)
+
+
+def readonly_headers(headers: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
+    """A read-only copy of ``headers`` for a hook (the hook cannot change what is sent)."""
+    if not headers:
+        return EMPTY_HEADERS
+    return MappingProxyType(dict(headers))
