@@ -12,12 +12,11 @@ from contextvars import ContextVar
 from typing import Any, Callable, Final
 
 from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
-from otel_messaging_core import Settle, capture_internal_exceptions
+from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions
 
 __all__ = ["process_exit", "settle"]
 
 Wrapped = Callable[..., Any]
-Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 # The exception raised inside ``async with message.process():`` while aio-pika rejects for it.
 _PROCESS_FAILURE: Final[ContextVar[BaseException | None]] = ContextVar(

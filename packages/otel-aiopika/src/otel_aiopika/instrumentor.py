@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Collection, Final
+from typing import Any, Collection, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -18,6 +18,7 @@ from otel_messaging_core import (
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
+    Wrapper,
     capture_internal_exceptions,
     extract_context,
     handling_parent,
@@ -33,7 +34,6 @@ _logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
 _INSTRUMENT: Final = capture_internal_exceptions("otel_aiopika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("aio-pika message_context()")
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[type, str, Wrapper]
 
 # opentelemetry-instrumentation-aio-pika would trace every message a second time: kept off while

@@ -27,6 +27,8 @@ from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import is_celery_message
 from otel_kombu._util import body_size
 from otel_messaging_core import (
+    BROKER_NACK,
+    UNROUTABLE,
     Publish,
     capture_internal_exceptions,
     extract_context,
@@ -51,8 +53,6 @@ _MANDATORY: Final = 7
 _EXCHANGE: Final = 9
 _REQUIRED: Final = 11
 
-UNROUTABLE: Final = "unroutable"
-BROKER_NACK: Final = "broker_nack"
 
 _PUBLISH: Final = capture_internal_exceptions("kombu publish")
 _RETURNED: Final = capture_internal_exceptions("kombu basic.return")

@@ -12,7 +12,13 @@ exports. ``_private_api`` holds every use of OpenTelemetry's private API, each w
 fallback.
 """
 
-from otel_messaging_core.attributes import Destination, DestinationCache
+from otel_messaging_core.attributes import (
+    BROKER_NACK,
+    REJECTED,
+    UNROUTABLE,
+    Destination,
+    DestinationCache,
+)
 from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
@@ -27,8 +33,12 @@ from otel_messaging_core.telemetry import (
     is_suppressed,
 )
 from otel_messaging_core.version import __version__
+from otel_messaging_core.wrappers import Wrapper
 
 __all__ = [
+    "BROKER_NACK",
+    "REJECTED",
+    "UNROUTABLE",
     "Consume",
     "ContextActivation",
     "Delivery",
@@ -41,6 +51,7 @@ __all__ = [
     "PluginOption",
     "Publish",
     "Settle",
+    "Wrapper",
     "__version__",
     "call_hook",
     "capture_internal_exceptions",

@@ -19,6 +19,9 @@ from opentelemetry.semconv.attributes import server_attributes as _srv
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
+    "BROKER_NACK",
+    "REJECTED",
+    "UNROUTABLE",
     "message_attributes",
     "ANONYMOUS_QUEUE",
     "DEFAULT_EXCHANGE",
@@ -50,6 +53,14 @@ SERVER_ADDRESS: Final = _srv.SERVER_ADDRESS
 SERVER_PORT: Final = _srv.SERVER_PORT
 ERROR_TYPE: Final = _err.ERROR_TYPE
 HEADER_ATTRIBUTE_PREFIX: Final = "messaging.header."
+
+# error.type values of RabbitMQ's own answers (SPEC), written here once for every plugin
+#: a mandatory publish the broker returned (``basic.return``): no queue is bound
+UNROUTABLE: Final = "unroutable"
+#: a publish the broker refused to confirm (``basic.nack`` in confirm mode)
+BROKER_NACK: Final = "broker_nack"
+#: a nack/reject without requeue: the message is dropped or dead-lettered
+REJECTED: Final = "rejected"
 
 SYSTEM_RABBITMQ: Final = "rabbitmq"
 DEFAULT_EXCHANGE: Final = "amq.default"

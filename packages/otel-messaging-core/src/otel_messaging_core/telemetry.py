@@ -35,7 +35,9 @@ from otel_messaging_core.attributes import (
     HEADER_ATTRIBUTE_PREFIX,
     MESSAGING_BATCH_MESSAGE_COUNT,
     MESSAGING_RABBITMQ_DELIVERY_TAG,
+    REJECTED,
     SYSTEM_RABBITMQ,
+    UNROUTABLE,
     Destination,
     DestinationCache,
     message_attributes,
@@ -67,8 +69,6 @@ __all__ = [
 ]
 
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
-_SETTLE_REJECTED: Final = "rejected"
-_RETURNED_UNROUTABLE: Final = "unroutable"
 #: Ends a captured header value cut at ``capture_headers_max_length`` characters.
 TRUNCATED_MARK: Final = "...[truncated]"
 
@@ -328,7 +328,7 @@ class MessagingTelemetry:
             known = [d for d in deliveries if d is not None]
             destination = known[-1].destination if known else fallback
             lost = operation != "ack" and not requeue
-            error_type = _SETTLE_REJECTED if lost else None
+            error_type = REJECTED if lost else None
             if destination is None:
                 return Settle(self, None, None, error_type)
             settle_destination = self.destinations_for(destination).get(
@@ -340,7 +340,7 @@ class MessagingTelemetry:
                 if lost:
                     set_error(
                         span,
-                        _SETTLE_REJECTED,
+                        REJECTED,
                         None,
                         f"{operation} without requeue: message dropped or dead-lettered",
                     )
@@ -438,7 +438,7 @@ class MessagingTelemetry:
             reason = " ".join(str(p) for p in (reply_code, reply_text) if p is not None)
             set_error(
                 span,
-                _RETURNED_UNROUTABLE,
+                UNROUTABLE,
                 None,
                 f"returned by the broker: {reason}" if reason else "returned by the broker",
             )

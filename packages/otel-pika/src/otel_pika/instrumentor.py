@@ -15,6 +15,7 @@ from otel_messaging_core import (
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
+    Wrapper,
     capture_internal_exceptions,
     extract_context,
     handling_parent,
@@ -34,7 +35,6 @@ _INSTRUMENT: Final = capture_internal_exceptions("otel_pika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("pika message_context()")
 
 Resolver = Callable[[Any], Any]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[Any, str, Callable[[Resolver], Wrapper]]
 
 # opentelemetry-instrumentation-pika would trace every message a second time: kept off while
