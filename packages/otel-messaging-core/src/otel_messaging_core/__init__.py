@@ -23,7 +23,7 @@ from otel_messaging_core.consumer import ContextActivation, MessageContext, hand
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
 from otel_messaging_core.options import InstrumentationOptions, PluginOption
-from otel_messaging_core.propagation import extract_context, headers_getter, inject_into_copy
+from otel_messaging_core.propagation import extract_context, headers_getter
 from otel_messaging_core.telemetry import (
     Consume,
     Delivery,
@@ -58,7 +58,6 @@ __all__ = [
     "extract_context",
     "handling_parent",
     "headers_getter",
-    "inject_into_copy",
     "is_suppressed",
     "log_internal_error",
 ]

@@ -33,7 +33,6 @@ __all__ = [
     "is_server_named",
     "low_cardinality",
     "publish_destination_name",
-    "queue_label",
 ]
 
 # Attribute keys, taken from the semantic-conventions package so a rename there shows up in the
@@ -96,13 +95,9 @@ def exchange_label(exchange: str) -> str:
     return exchange or DEFAULT_EXCHANGE
 
 
-def queue_label(queue: str) -> str:
-    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``."""
-    return ANONYMOUS_QUEUE if is_server_named(queue) else queue
-
-
 def low_cardinality(part: str) -> str:
-    """One name part with server-generated names collapsed, for metric attributes."""
+    """One name part with server-generated names collapsed to ``amq.gen``: span names and
+    metric attributes must not grow with every server-named queue."""
     return ANONYMOUS_QUEUE if is_server_named(part) else part
 
 
@@ -137,9 +132,6 @@ class Destination:
     routing_key: str
     queue: str
     span_name: str
-    destination_name: str
-    metric_destination_name: str
-    anonymous: bool
     attributes: Mapping[str, AttributeValue]
     metric_attributes: Mapping[str, AttributeValue]
     amqp: bool = True  # messaging.system is rabbitmq: the messaging.rabbitmq.* attributes apply
@@ -166,7 +158,7 @@ def build_destination(
     else:
         # Consumers read from a queue; with none known (a settle of an untracked delivery) the
         # exchange names it, and with neither the operation alone does, as semconv allows.
-        label = queue_label(queue) if queue else exchange
+        label = low_cardinality(queue) if queue else exchange
         span_name = f"{operation} {label}" if label else operation
         destination = consume_destination_name(exchange, routing_key, queue)
         metric_destination = consume_destination_name(
@@ -201,9 +193,6 @@ def build_destination(
         routing_key=routing_key,
         queue=queue,
         span_name=span_name,
-        destination_name=destination,
-        metric_destination_name=metric_destination,
-        anonymous=anonymous,
         attributes=MappingProxyType(attributes),
         metric_attributes=MappingProxyType(metric_attributes),
         amqp=is_amqp,
