@@ -20,8 +20,7 @@ from otel_messaging_core import (
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
-    extract_context,
-    handling_parent,
+    message_context_of,
 )
 from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.options import has_options, log_reconfigured
@@ -204,16 +203,15 @@ def message_context(message: Any) -> MessageContext:
     the receive span); otherwise the context comes from the message's headers under the
     ``consumer_context`` rule. The message's baggage is current in the block either way.
     """
-    context = None
-    with _MESSAGE_CONTEXT:
+    context = headers = telemetry = None
+    try:
         context = recall(message)
         if context is None:
             from otel_aiopika._publish import headers_of
 
             headers = headers_of(message)
             telemetry = registry.telemetry
-            if telemetry is not None:
-                context = telemetry.handling_context(headers)
-            else:
-                context, _links = handling_parent(extract_context(headers), "parent")
-    return MessageContext(context if context is not None else otel_context.get_current())
+    except Exception as internal:  # the block runs in the current context
+        _MESSAGE_CONTEXT.report(internal)
+        return MessageContext(otel_context.get_current())
+    return message_context_of(context, headers, telemetry)

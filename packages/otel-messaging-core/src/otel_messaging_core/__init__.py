@@ -19,7 +19,12 @@ from otel_messaging_core.attributes import (
     Destination,
     DestinationCache,
 )
-from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
+from otel_messaging_core.consumer import (
+    ContextActivation,
+    MessageContext,
+    handling_parent,
+    message_context_of,
+)
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
 from otel_messaging_core.options import InstrumentationOptions, PluginOption
@@ -60,4 +65,5 @@ __all__ = [
     "headers_getter",
     "is_suppressed",
     "log_internal_error",
+    "message_context_of",
 ]

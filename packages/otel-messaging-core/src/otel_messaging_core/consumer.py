@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import Token
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Mapping
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -24,6 +24,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, INVALID_SPAN_CONTEXT, Link, Span, SpanContext
 
 from otel_messaging_core._private_api import SPAN_KEY, attach, detach
+from otel_messaging_core.guard import log_internal_error
+from otel_messaging_core.propagation import extract_context
+
+if TYPE_CHECKING:
+    from otel_messaging_core.telemetry import MessagingTelemetry
 
 __all__ = [
     "CONSUMER_CONTEXT_MODES",
@@ -34,6 +39,7 @@ __all__ = [
     "consumer_parent",
     "creation_span_context",
     "handling_parent",
+    "message_context_of",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -167,3 +173,28 @@ class MessageContext:
 
     def __exit__(self, *exc_info: object) -> None:
         self._activation.deactivate()
+
+
+def message_context_of(
+    known: Context | None,
+    headers: Mapping[Any, Any] | None,
+    telemetry: MessagingTelemetry | None,
+) -> MessageContext:
+    """What every plugin's ``message_context(message)`` returns, written once.
+
+    ``known`` is the handling context of the message's receive span when the plugin recorded
+    one (the block's spans become its children). Otherwise the context comes from the message's
+    ``headers`` under the instrumentor's ``consumer_context`` rule (``"parent"`` when nothing
+    instruments the message's channel any more); the message's baggage is current either way.
+    If even that fails, the block runs in the current context. Never raises.
+    """
+    context = known
+    if context is None:
+        try:
+            if telemetry is not None:
+                context = telemetry.handling_context(headers)
+            else:
+                context, _links = handling_parent(extract_context(headers), "parent")
+        except Exception as internal:
+            log_internal_error("message_context()", internal)
+    return MessageContext(context if context is not None else otel_context.get_current())

@@ -17,8 +17,7 @@ from otel_messaging_core import (
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
-    extract_context,
-    handling_parent,
+    message_context_of,
 )
 from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.options import has_options, log_reconfigured
@@ -207,14 +206,13 @@ def message_context(properties: Any) -> MessageContext:
     from the message's headers under the ``consumer_context`` rule. The message's baggage is
     current in the block either way.
     """
-    context = None
-    with _MESSAGE_CONTEXT:
+    context = headers = telemetry = None
+    try:
         context = recall(properties)
         if context is None:
             headers = getattr(properties, "headers", None)
             telemetry = runtime.telemetry
-            if telemetry is not None:
-                context = telemetry.handling_context(headers)
-            else:
-                context, _links = handling_parent(extract_context(headers), "parent")
-    return MessageContext(context if context is not None else otel_context.get_current())
+    except Exception as internal:  # the block runs in the current context
+        _MESSAGE_CONTEXT.report(internal)
+        return MessageContext(otel_context.get_current())
+    return message_context_of(context, headers, telemetry)
