@@ -18,6 +18,7 @@ from otel_messaging_core.attributes import (
     UNROUTABLE,
     Destination,
     DestinationCache,
+    delivery_queue,
 )
 from otel_messaging_core.consumer import (
     ContextActivation,
@@ -60,6 +61,7 @@ __all__ = [
     "__version__",
     "call_hook",
     "capture_internal_exceptions",
+    "delivery_queue",
     "extract_context",
     "handling_parent",
     "headers_getter",

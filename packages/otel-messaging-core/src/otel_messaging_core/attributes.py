@@ -19,6 +19,7 @@ from opentelemetry.semconv.attributes import server_attributes as _srv
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
+    "delivery_queue",
     "BROKER_NACK",
     "REJECTED",
     "UNROUTABLE",
@@ -93,6 +94,13 @@ def is_server_named(name: str) -> bool:
 def exchange_label(exchange: str) -> str:
     """The exchange as it appears in span names: the default exchange is ``amq.default``."""
     return exchange or DEFAULT_EXCHANGE
+
+
+def delivery_queue(exchange: str, routing_key: str) -> str:
+    """The queue of a delivery whose consumer was not seen registering (it started before
+    ``instrument()``): the default exchange routes to the queue its routing key names; through
+    any other exchange the queue stays unknown (``""``) and the exchange names the span."""
+    return "" if exchange else routing_key
 
 
 def low_cardinality(part: str) -> str:

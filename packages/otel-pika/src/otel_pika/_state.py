@@ -24,6 +24,7 @@ from otel_messaging_core import (
     DestinationCache,
     MessagingTelemetry,
     capture_internal_exceptions,
+    delivery_queue,
 )
 
 __all__ = [
@@ -131,7 +132,7 @@ class ChannelState:
         queue = self.queues.get(consumer_tag) if type(consumer_tag) is str else None
         if queue:
             return queue
-        return "" if exchange else routing_key
+        return delivery_queue(exchange, routing_key)
 
     def closed(self, *_args: object) -> None:
         """Channel closed (by the user, the broker or connection loss): free what it held."""
