@@ -41,9 +41,8 @@ class _Outgoing(Message):
     """What ``Exchange.publish`` is given instead of the caller's message: a view of it that
     holds other headers.
 
-    Building a real copy costs several microseconds (``Message.__init__`` re-validates every
-    field, and even a slot-by-slot copy touches some twenty slots); the view costs one small
-    object. ``Exchange.publish`` reads ``body`` and ``properties``; any other field reads through
+    A real copy costs far more than this one small object (docs/benchmarks.md: costs).
+    ``Exchange.publish`` reads ``body`` and ``properties``; any other field reads through
     to the caller's message (``__getattr__`` runs for the view's unset slots), so the view also
     behaves as that message for subclasses and log lines. Nothing here writes to the caller's
     message or its headers.

@@ -38,7 +38,7 @@ class UnsampledShortcut:
         (:func:`~otel_messaging_core._private_api.sampler_drops_unsampled`); any other sampler
         is always asked.
         """
-        # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
+        # trace_flags is an int: bit 0 is "sampled" (docs/benchmarks.md: costs)
         if parent.trace_flags & _SAMPLED or not parent.is_valid:
             return False
         provider = self._provider or trace.get_tracer_provider()
