@@ -20,15 +20,20 @@ from opentelemetry.util.types import AttributeValue
 from otel_messaging_core.attributes import ERROR_TYPE, Destination, error_type_of
 from otel_messaging_core.consumer import attach, restore
 from otel_messaging_core.guard import log_internal_error
+from otel_messaging_core.metrics import MessagingMetrics
 
 if TYPE_CHECKING:
-    from otel_messaging_core.metrics import MessagingMetrics
     from otel_messaging_core.telemetry import MessagingTelemetry
 
 __all__ = ["Consume", "Delivery", "Publish", "Settle", "headers_to_send", "set_error"]
 
 _SETTLE_ERROR: Final = "error"
 _Op = TypeVar("_Op", bound="_Operation")
+_COUNT: Final[Mapping[str, Callable[..., None]]] = {
+    "publish": MessagingMetrics.published,
+    "process": MessagingMetrics.processed,
+    "receive": MessagingMetrics.received,
+}
 
 
 def set_error(
@@ -66,15 +71,6 @@ class _Operation:
     #: where a failure of :meth:`end` is logged
     _where: ClassVar[str] = "operation end"
 
-    def _count(
-        self,
-        metrics: MessagingMetrics,
-        destination: Destination,
-        duration: float,
-        error: str | None,
-    ) -> None:
-        raise NotImplementedError
-
     def end(
         self,
         exc: BaseException | None = None,
@@ -99,8 +95,12 @@ class _Operation:
             if error_type is not None:
                 set_error(self.span, error_type, exc, description)
             self.span.end()
-            assert self.destination is not None
-            self._count(telemetry.metrics, self.destination, duration, error_type)
+            destination = self.destination
+            assert destination is not None
+            # the instrument's method by operation (publish / process / receive), called unbound
+            _COUNT[destination.operation](
+                telemetry.metrics, destination.metric_attributes, duration, error_type
+            )
         except Exception as internal:  # pragma: no cover - defensive
             log_internal_error(self._where, internal)
 
@@ -160,15 +160,6 @@ class Publish(_Operation):
     def noop(cls, headers: Mapping[Any, Any] | None) -> Publish:
         """A publish that records nothing and sends ``headers`` (suppressed, or failed to start)."""
         return cls(None, None, INVALID_SPAN, headers)
-
-    def _count(
-        self,
-        metrics: MessagingMetrics,
-        destination: Destination,
-        duration: float,
-        error: str | None,
-    ) -> None:
-        metrics.published(destination.metric_attributes, duration, error)
 
 
 class Delivery:
@@ -249,18 +240,6 @@ class Consume(_Operation):
         except Exception as internal:
             log_internal_error("consume activate", internal)
         return self
-
-    def _count(
-        self,
-        metrics: MessagingMetrics,
-        destination: Destination,
-        duration: float,
-        error: str | None,
-    ) -> None:
-        if destination.operation == "process":
-            metrics.processed(destination.metric_attributes, duration, error)
-        else:
-            metrics.received(destination.metric_attributes, duration, error)
 
 
 class Settle:
