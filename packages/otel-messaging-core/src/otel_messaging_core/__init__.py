@@ -28,6 +28,7 @@ from otel_messaging_core.consumer import (
 )
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
+from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
 from otel_messaging_core.options import InstrumentationOptions, PluginOption
 from otel_messaging_core.propagation import extract_context, headers_getter
 from otel_messaging_core.telemetry import (
@@ -42,12 +43,14 @@ from otel_messaging_core.version import __version__
 from otel_messaging_core.wrappers import Wrapper
 
 __all__ = [
+    "MAX_UNSETTLED",
     "BROKER_NACK",
     "REJECTED",
     "UNROUTABLE",
     "Consume",
     "ContextActivation",
     "Delivery",
+    "DeliveryLedger",
     "Destination",
     "DestinationCache",
     "Envelope",

@@ -79,7 +79,7 @@ def _begin(
         started=started,
     )
     if manual_ack and op.delivery is not None:
-        state.track(delivery_tag, op.delivery)
+        state.deliveries.track(delivery_tag, op.delivery)
     return op
 
 
