@@ -15,15 +15,16 @@ from otel_aiopika._package import _instruments
 from otel_aiopika._state import PIN_ATTR, recall, registry
 from otel_aiopika.version import __version__
 from otel_messaging_core import (
+    ContribGuard,
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
+    has_options,
+    log_reconfigured,
     message_context_of,
 )
-from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["AioPikaInstrumentor", "message_context"]
 

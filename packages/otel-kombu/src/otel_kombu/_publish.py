@@ -31,9 +31,9 @@ from otel_messaging_core import (
     UNROUTABLE,
     Publish,
     capture_internal_exceptions,
+    creation_span_context,
     extract_context,
 )
-from otel_messaging_core.consumer import creation_span_context
 
 __all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
 

@@ -20,16 +20,23 @@ from otel_messaging_core.attributes import (
     DestinationCache,
     delivery_queue,
 )
+from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import (
     ContextActivation,
     MessageContext,
+    creation_span_context,
     handling_parent,
     message_context_of,
 )
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
 from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
-from otel_messaging_core.options import InstrumentationOptions, PluginOption
+from otel_messaging_core.options import (
+    InstrumentationOptions,
+    PluginOption,
+    has_options,
+    log_reconfigured,
+)
 from otel_messaging_core.propagation import extract_context, headers_getter
 from otel_messaging_core.telemetry import (
     Consume,
@@ -43,6 +50,10 @@ from otel_messaging_core.version import __version__
 from otel_messaging_core.wrappers import Wrapper
 
 __all__ = [
+    "log_reconfigured",
+    "has_options",
+    "creation_span_context",
+    "ContribGuard",
     "MAX_UNSETTLED",
     "BROKER_NACK",
     "REJECTED",

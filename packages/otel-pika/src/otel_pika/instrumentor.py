@@ -12,15 +12,16 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import (
+    ContribGuard,
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
+    has_options,
+    log_reconfigured,
     message_context_of,
 )
-from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.options import has_options, log_reconfigured
 from otel_pika._package import _instruments
 from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
 from otel_pika.version import __version__
