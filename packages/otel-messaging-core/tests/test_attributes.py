@@ -66,7 +66,6 @@ def test_span_names_stay_low_cardinality(
     """Span names use amq.default for the default exchange and amq.gen for server-named queues."""
     destination = build_destination(operation, exchange, routing_key, queue)
     assert destination.span_name == span_name
-    assert destination.anonymous is anonymous
     assert destination.attributes.get("messaging.destination.anonymous", False) is anonymous
 
 
@@ -96,8 +95,8 @@ def test_attributes_of_a_consume_destination() -> None:
 def test_metric_destination_collapses_server_named_queues() -> None:
     """Metric attributes name server-generated queues amq.gen so series do not grow per queue."""
     destination = build_destination("receive", "", "amq.gen-Q1", "amq.gen-Q1")
-    assert destination.destination_name == "amq.gen-Q1"
-    assert destination.metric_destination_name == "amq.gen"
+    assert destination.attributes["messaging.destination.name"] == "amq.gen-Q1"
+    assert destination.metric_attributes["messaging.destination.name"] == "amq.gen"
     publish = build_destination("publish", "", "amq.gen-Q1", "")
     assert publish.metric_attributes["messaging.destination.name"] == "amq.gen"
 
@@ -115,9 +114,10 @@ def test_metric_destination_collapses_server_named_queues() -> None:
 def test_queue_names_aio_pika_generates_count_as_server_named(queue: str, generated: bool) -> None:
     """A queue name aio-pika's robust channel generates is named amq.gen and marked anonymous, like a broker-named one."""
     destination = build_destination("process", "", queue, queue)
-    assert destination.anonymous is generated
+    assert destination.attributes.get("messaging.destination.anonymous", False) is generated
     assert destination.span_name == ("process amq.gen" if generated else f"process {queue}")
-    assert destination.metric_destination_name == ("amq.gen" if generated else queue)
+    metric_name = destination.metric_attributes["messaging.destination.name"]
+    assert metric_name == ("amq.gen" if generated else queue)
 
 
 NODE = "3f2b8c1e-1234-4abc-9def-0123456789ab"

@@ -32,6 +32,7 @@ from otel_messaging_core import (
     MessagingTelemetry,
     _private_api,
     propagation,
+    sampling,
     telemetry,
 )
 from otel_messaging_core.metrics import MessagingMetrics
@@ -246,7 +247,7 @@ def test_sampler_description_fast_path_is_live(sampler: Any, drops: bool) -> Non
 def test_sampler_fallback_asks_the_sampler(otel: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
     """When descriptions cannot be read, a publish under a not-sampled parent asks the sampler:
     no span is exported and the message still carries the parent's trace, not sampled."""
-    monkeypatch.setattr(telemetry, "sampler_drops_unsampled", lambda _sampler: False)
+    monkeypatch.setattr(sampling, "sampler_drops_unsampled", lambda _sampler: False)
     tel = _telemetry(otel)
     parent = NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, True, TraceFlags(0)))
     destination = DestinationCache().get("publish", "shop", "order.created")

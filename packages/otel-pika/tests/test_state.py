@@ -22,12 +22,12 @@ def test_take_single_multiple_and_all() -> None:
     """ack(tag) takes one record, multiple=True every record up to the tag in any order, tag 0 all of them."""
     state = ChannelState(blocking=True)
     for tag in (3, 1, 2, 5, 4):  # consumers dispatch at different times: not in tag order
-        state.track(tag, delivery(tag))
+        state.deliveries.track(tag, delivery(tag))
     assert [d.delivery_tag for d in state.take(2, False) if d] == [2]
-    assert state.take(2, False) == [None]
+    assert state.take(2, False) == []
     assert sorted(d.delivery_tag for d in state.take(4, True) if d) == [1, 3, 4]
     assert list(state.deliveries) == [5]
-    state.track(6, delivery(6))
+    state.deliveries.track(6, delivery(6))
     assert sorted(d.delivery_tag for d in state.take(0, True) if d) == [5, 6]
     assert state.deliveries == {}
 
@@ -36,7 +36,7 @@ def test_records_are_bounded() -> None:
     """A consumer that never acks cannot grow the records past the cap: the oldest goes first."""
     state = ChannelState(blocking=False)
     for tag in range(1, _state.MAX_TRACKED_DELIVERIES + 11):
-        state.track(tag, delivery(tag))
+        state.deliveries.track(tag, delivery(tag))
     assert len(state.deliveries) == _state.MAX_TRACKED_DELIVERIES
     assert next(iter(state.deliveries)) == 11
     state.closed(None, None)

@@ -37,7 +37,12 @@ from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
 
 from otel_aiopika._publish import headers_of
 from otel_aiopika._state import OwnerState, registry, resolve, track
-from otel_messaging_core import Consume, ContextActivation, capture_internal_exceptions
+from otel_messaging_core import (
+    Consume,
+    ContextActivation,
+    capture_internal_exceptions,
+    delivery_queue,
+)
 
 # aio-pika >= 9 turns a plain-function callback into a coroutine function (ensure_awaitable);
 # aio-pika 8.x runs a plain function as it is, in call_soon.
@@ -93,8 +98,8 @@ def _begin(
     exchange = exchange if type(exchange) is str else str(exchange or "")
     routing_key = message.routing_key
     routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
-    if not queue and not exchange:  # a consumer not seen registering: the default exchange
-        queue = routing_key  # routes to the queue its routing key names
+    if not queue:  # a consumer not seen registering
+        queue = delivery_queue(exchange, routing_key)
     destination = state.destinations.get(operation, exchange, routing_key, queue)
     op = telemetry.start_consume(
         destination,

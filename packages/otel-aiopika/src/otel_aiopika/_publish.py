@@ -18,12 +18,10 @@ import aiormq
 from aio_pika.message import Message
 
 from otel_aiopika._state import resolve
-from otel_messaging_core import Publish, capture_internal_exceptions
+from otel_messaging_core import BROKER_NACK, UNROUTABLE, Publish, capture_internal_exceptions
 
 __all__ = ["headers_of", "publish", "with_headers"]
 
-_BROKER_NACK: Final = "broker_nack"
-_UNROUTABLE: Final = "unroutable"
 
 _PUBLISH: Final = capture_internal_exceptions("aio-pika publish")
 
@@ -43,9 +41,8 @@ class _Outgoing(Message):
     """What ``Exchange.publish`` is given instead of the caller's message: a view of it that
     holds other headers.
 
-    Building a real copy costs several microseconds (``Message.__init__`` re-validates every
-    field, and even a slot-by-slot copy touches some twenty slots); the view costs one small
-    object. ``Exchange.publish`` reads ``body`` and ``properties``; any other field reads through
+    A real copy costs far more than this one small object (docs/benchmarks.md: costs).
+    ``Exchange.publish`` reads ``body`` and ``properties``; any other field reads through
     to the caller's message (``__getattr__`` runs for the view's unset slots), so the view also
     behaves as that message for subclasses and log lines. Nothing here writes to the caller's
     message or its headers.
@@ -91,9 +88,9 @@ def with_headers(message: Any, headers: Any) -> Any:
 def _failure(exc: BaseException) -> str | None:
     """``error.type`` of a publish that raised: the broker's answer when it is one."""
     if isinstance(exc, aiormq.exceptions.PublishError):
-        return _UNROUTABLE
+        return UNROUTABLE
     if isinstance(exc, aiormq.exceptions.DeliveryError):
-        return _BROKER_NACK
+        return BROKER_NACK
     return None
 
 
@@ -154,7 +151,7 @@ def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
             return
         description = _returned(result)
         if description is not None:
-            op.end(error_type=_UNROUTABLE, description=description)
+            op.end(error_type=UNROUTABLE, description=description)
         else:
             op.end()
     except Exception as internal:

@@ -12,12 +12,11 @@ from contextvars import ContextVar
 from typing import Any, Callable, Final
 
 from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
-from otel_messaging_core import Settle, capture_internal_exceptions
+from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions, delivery_queue
 
 __all__ = ["process_exit", "settle"]
 
 Wrapped = Callable[..., Any]
-Wrapper = Callable[[Wrapped, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 # The exception raised inside ``async with message.process():`` while aio-pika rejects for it.
 _PROCESS_FAILURE: Final[ContextVar[BaseException | None]] = ContextVar(
@@ -66,11 +65,7 @@ def _start(
         exchange = message.exchange if type(message.exchange) is str else ""
         routing_key = message.routing_key if type(message.routing_key) is str else ""
         fallback = telemetry.destinations(*server_of(message_channel(message))).get(
-            # the default exchange routes to the queue the routing key names
-            "process",
-            exchange,
-            routing_key,
-            "" if exchange else routing_key,
+            "process", exchange, routing_key, delivery_queue(exchange, routing_key)
         )
     return telemetry.start_settle(
         operation,

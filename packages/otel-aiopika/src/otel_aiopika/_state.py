@@ -29,7 +29,9 @@ from typing import Any, Callable, Final
 from opentelemetry.context import Context
 
 from otel_messaging_core import (
+    MAX_UNSETTLED,
     Delivery,
+    DeliveryLedger,
     DestinationCache,
     MessagingTelemetry,
     capture_internal_exceptions,
@@ -49,9 +51,7 @@ __all__ = [
 STATE_ATTR: Final = "_otel_aiopika_state"
 PIN_ATTR: Final = "_otel_aiopika_telemetry"
 DELIVERIES_ATTR: Final = "_otel_aiopika_deliveries"
-# A consumer that never settles would otherwise grow the map without bound; the oldest record is
-# dropped instead (its settle then has no record; the message is unaffected).
-MAX_TRACKED: Final = 65536
+MAX_TRACKED: Final = MAX_UNSETTLED
 # Contexts of auto-ack pulls are only for message_context(); a few recent ones are enough.
 MAX_PULLED: Final = 256
 
@@ -163,6 +163,10 @@ def server_of(owner: Any) -> tuple[str | None, int | None]:
 # -- deliveries ---------------------------------------------------------------------------------
 
 
+#: what a settle needs of one delivery: the telemetry that made it, its record, its context
+Record = tuple[MessagingTelemetry, "Delivery | None", "Context | None"]
+
+
 class Deliveries:
     """Per ``aiormq`` channel: unsettled manual-ack deliveries and recently pulled contexts."""
 
@@ -170,24 +174,13 @@ class Deliveries:
 
     def __init__(self) -> None:
         self.telemetry: MessagingTelemetry | None = None
-        self.records: dict[int, tuple[MessagingTelemetry, Delivery | None, Context | None]] = {}
-        self.pulled: dict[int, Context] = {}
+        # unsettled manual-ack deliveries: the core ledger (multiple=True, tag 0, the bound)
+        self.records: DeliveryLedger[Record] = DeliveryLedger(MAX_TRACKED)
+        self.pulled: DeliveryLedger[Context] = DeliveryLedger(MAX_PULLED)
 
-    def take(
-        self, delivery_tag: int, multiple: bool
-    ) -> list[tuple[MessagingTelemetry, Delivery | None, Context | None]]:
-        """The records one ack/nack/reject settles, removed from the map."""
-        records = self.records
-        if not multiple:
-            found = records.pop(delivery_tag, None)
-            return [found] if found is not None else []
-        if not delivery_tag:
-            settled = list(records.values())
-            records.clear()
-            return settled
-        # Tags grow per channel, but concurrent handlers record them out of order: scan.
-        tags = [tag for tag in records if tag <= delivery_tag]
-        return [records.pop(tag) for tag in tags]
+    def take(self, delivery_tag: int, multiple: bool) -> list[Record]:
+        """The records one ack/nack/reject settles, removed from the ledger."""
+        return self.records.take(delivery_tag, multiple)
 
     def clear(self, *_args: object) -> None:
         """The channel closed: nothing it delivered can be settled any more."""
@@ -238,15 +231,9 @@ def track(
         return
     deliveries.telemetry = telemetry
     if manual_ack:
-        records = deliveries.records
-        records[tag] = (telemetry, delivery, context)
-        if len(records) > MAX_TRACKED:
-            del records[next(iter(records))]
+        deliveries.records.track(tag, (telemetry, delivery, context))
     elif context is not None:
-        pulled = deliveries.pulled
-        pulled[tag] = context
-        if len(pulled) > MAX_PULLED:
-            del pulled[next(iter(pulled))]
+        deliveries.pulled.track(tag, context)
 
 
 def recall(message: Any) -> Context | None:

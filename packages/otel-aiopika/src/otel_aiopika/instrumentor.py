@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Collection, Final
+from typing import Any, Collection, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -15,15 +15,16 @@ from otel_aiopika._package import _instruments
 from otel_aiopika._state import PIN_ATTR, recall, registry
 from otel_aiopika.version import __version__
 from otel_messaging_core import (
+    ContribGuard,
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
+    Wrapper,
     capture_internal_exceptions,
-    extract_context,
-    handling_parent,
+    has_options,
+    log_reconfigured,
+    message_context_of,
 )
-from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
@@ -33,7 +34,6 @@ _logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
 _INSTRUMENT: Final = capture_internal_exceptions("otel_aiopika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("aio-pika message_context()")
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[type, str, Wrapper]
 
 # opentelemetry-instrumentation-aio-pika would trace every message a second time: kept off while
@@ -204,16 +204,15 @@ def message_context(message: Any) -> MessageContext:
     the receive span); otherwise the context comes from the message's headers under the
     ``consumer_context`` rule. The message's baggage is current in the block either way.
     """
-    context = None
-    with _MESSAGE_CONTEXT:
+    context = headers = telemetry = None
+    try:
         context = recall(message)
         if context is None:
             from otel_aiopika._publish import headers_of
 
             headers = headers_of(message)
             telemetry = registry.telemetry
-            if telemetry is not None:
-                context = telemetry.handling_context(headers)
-            else:
-                context, _links = handling_parent(extract_context(headers), "parent")
-    return MessageContext(context if context is not None else otel_context.get_current())
+    except Exception as internal:  # the block runs in the current context
+        _MESSAGE_CONTEXT.report(internal)
+        return MessageContext(otel_context.get_current())
+    return message_context_of(context, headers, telemetry)

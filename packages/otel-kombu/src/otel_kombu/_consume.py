@@ -32,8 +32,7 @@ from otel_messaging_core import (
     Consume,
     MessageContext,
     capture_internal_exceptions,
-    extract_context,
-    handling_parent,
+    message_context_of,
 )
 
 __all__ = [
@@ -403,17 +402,14 @@ def message_context(message: Any) -> MessageContext:
     ``consumer_context`` rule) and its baggage current for the block, and restores the previous
     context afterwards. A plain context manager: works the same in sync and async code.
     """
+    context = headers = telemetry = None
     try:
         op = getattr(message, MESSAGE_ATTR, None)
         context = op.context if isinstance(op, Consume) else None
         if context is None:
             headers = message.headers
-            binding = binding_for(connection_of_channel(message.channel))
-            if binding.telemetry is not None:
-                context = binding.telemetry.handling_context(headers)
-            else:
-                context, _ = handling_parent(extract_context(headers), "parent")
-    except Exception as internal:
+            telemetry = binding_for(connection_of_channel(message.channel)).telemetry
+    except Exception as internal:  # the block runs in the current context
         _MESSAGE_CONTEXT.report(internal)
-        context = otel_context.get_current()
-    return MessageContext(context)
+        return MessageContext(otel_context.get_current())
+    return message_context_of(context, headers, telemetry)

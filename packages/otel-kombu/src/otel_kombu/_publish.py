@@ -27,11 +27,13 @@ from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
+    BROKER_NACK,
+    UNROUTABLE,
     Publish,
     capture_internal_exceptions,
+    creation_span_context,
     extract_context,
 )
-from otel_messaging_core.consumer import creation_span_context
 
 __all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
 
@@ -51,8 +53,6 @@ _MANDATORY: Final = 7
 _EXCHANGE: Final = 9
 _REQUIRED: Final = 11
 
-UNROUTABLE: Final = "unroutable"
-BROKER_NACK: Final = "broker_nack"
 
 _PUBLISH: Final = capture_internal_exceptions("kombu publish")
 _RETURNED: Final = capture_internal_exceptions("kombu basic.return")

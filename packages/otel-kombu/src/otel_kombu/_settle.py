@@ -74,17 +74,8 @@ def _settle(
         _SETTLE.report(internal)
     if settle is None:
         return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        with _SETTLE:
-            settle.end(exc)
-        raise
-    try:
-        settle.end()
-    except Exception as internal:
-        _SETTLE.report(internal)
-    return result
+    with settle:
+        return wrapped(*args, **kwargs)
 
 
 def wrap_ack(

@@ -23,8 +23,9 @@ from otel_messaging_core import (
     MessagingTelemetry,
     PluginOption,
     capture_internal_exceptions,
+    has_options,
+    log_reconfigured,
 )
-from otel_messaging_core.options import has_options, log_reconfigured
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 

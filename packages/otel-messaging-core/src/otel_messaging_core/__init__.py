@@ -12,12 +12,32 @@ exports. ``_private_api`` holds every use of OpenTelemetry's private API, each w
 fallback.
 """
 
-from otel_messaging_core.attributes import Destination, DestinationCache
-from otel_messaging_core.consumer import ContextActivation, MessageContext, handling_parent
+from otel_messaging_core.attributes import (
+    BROKER_NACK,
+    REJECTED,
+    UNROUTABLE,
+    Destination,
+    DestinationCache,
+    delivery_queue,
+)
+from otel_messaging_core.conflicts import ContribGuard
+from otel_messaging_core.consumer import (
+    ContextActivation,
+    MessageContext,
+    creation_span_context,
+    handling_parent,
+    message_context_of,
+)
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
-from otel_messaging_core.options import InstrumentationOptions, PluginOption
-from otel_messaging_core.propagation import extract_context, headers_getter, inject_into_copy
+from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
+from otel_messaging_core.options import (
+    InstrumentationOptions,
+    PluginOption,
+    has_options,
+    log_reconfigured,
+)
+from otel_messaging_core.propagation import extract_context, headers_getter
 from otel_messaging_core.telemetry import (
     Consume,
     Delivery,
@@ -27,11 +47,21 @@ from otel_messaging_core.telemetry import (
     is_suppressed,
 )
 from otel_messaging_core.version import __version__
+from otel_messaging_core.wrappers import Wrapper
 
 __all__ = [
+    "log_reconfigured",
+    "has_options",
+    "creation_span_context",
+    "ContribGuard",
+    "MAX_UNSETTLED",
+    "BROKER_NACK",
+    "REJECTED",
+    "UNROUTABLE",
     "Consume",
     "ContextActivation",
     "Delivery",
+    "DeliveryLedger",
     "Destination",
     "DestinationCache",
     "Envelope",
@@ -41,13 +71,15 @@ __all__ = [
     "PluginOption",
     "Publish",
     "Settle",
+    "Wrapper",
     "__version__",
     "call_hook",
     "capture_internal_exceptions",
+    "delivery_queue",
     "extract_context",
     "handling_parent",
     "headers_getter",
-    "inject_into_copy",
     "is_suppressed",
     "log_internal_error",
+    "message_context_of",
 ]

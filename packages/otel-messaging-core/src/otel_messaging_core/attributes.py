@@ -19,6 +19,11 @@ from opentelemetry.semconv.attributes import server_attributes as _srv
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
+    "delivery_queue",
+    "BROKER_NACK",
+    "REJECTED",
+    "UNROUTABLE",
+    "message_attributes",
     "ANONYMOUS_QUEUE",
     "DEFAULT_EXCHANGE",
     "Destination",
@@ -29,7 +34,6 @@ __all__ = [
     "is_server_named",
     "low_cardinality",
     "publish_destination_name",
-    "queue_label",
 ]
 
 # Attribute keys, taken from the semantic-conventions package so a rename there shows up in the
@@ -49,6 +53,14 @@ SERVER_ADDRESS: Final = _srv.SERVER_ADDRESS
 SERVER_PORT: Final = _srv.SERVER_PORT
 ERROR_TYPE: Final = _err.ERROR_TYPE
 HEADER_ATTRIBUTE_PREFIX: Final = "messaging.header."
+
+# error.type values of RabbitMQ's own answers (SPEC), written here once for every plugin
+#: a mandatory publish the broker returned (``basic.return``): no queue is bound
+UNROUTABLE: Final = "unroutable"
+#: a publish the broker refused to confirm (``basic.nack`` in confirm mode)
+BROKER_NACK: Final = "broker_nack"
+#: a nack/reject without requeue: the message is dropped or dead-lettered
+REJECTED: Final = "rejected"
 
 SYSTEM_RABBITMQ: Final = "rabbitmq"
 DEFAULT_EXCHANGE: Final = "amq.default"
@@ -101,9 +113,11 @@ def exchange_label(exchange: str) -> str:
     return exchange or DEFAULT_EXCHANGE
 
 
-def queue_label(queue: str) -> str:
-    """The queue as it appears in span names: server-named queues collapse to ``amq.gen``."""
-    return ANONYMOUS_QUEUE if is_server_named(queue) else queue
+def delivery_queue(exchange: str, routing_key: str) -> str:
+    """The queue of a delivery whose consumer was not seen registering (it started before
+    ``instrument()``): the default exchange routes to the queue its routing key names; through
+    any other exchange the queue stays unknown (``""``) and the exchange names the span."""
+    return "" if exchange else routing_key
 
 
 def low_cardinality(part: str) -> str:
@@ -144,9 +158,6 @@ class Destination:
     routing_key: str
     queue: str
     span_name: str
-    destination_name: str
-    metric_destination_name: str
-    anonymous: bool
     attributes: Mapping[str, AttributeValue]
     metric_attributes: Mapping[str, AttributeValue]
     amqp: bool = True  # messaging.system is rabbitmq: the messaging.rabbitmq.* attributes apply
@@ -208,9 +219,6 @@ def build_destination(
         routing_key=routing_key,
         queue=queue,
         span_name=span_name,
-        destination_name=destination,
-        metric_destination_name=metric_destination,
-        anonymous=anonymous,
         attributes=MappingProxyType(attributes),
         metric_attributes=MappingProxyType(metric_attributes),
         amqp=is_amqp,
@@ -267,3 +275,28 @@ def error_type_of(exc: BaseException) -> str:
     if module == "builtins":
         return cls.__qualname__
     return f"{module}.{cls.__qualname__}"
+
+
+def message_attributes(
+    destination: Destination,
+    message_id: object,
+    correlation_id: object,
+    body_size: int | None,
+    delivery_tag: int | None,
+) -> dict[str, AttributeValue]:
+    """The span attributes of one message: the destination's constant ones plus its own."""
+    # the read-only view's copy() is the underlying dict's (docs/benchmarks.md: costs)
+    attributes: dict[str, AttributeValue] = destination.attributes.copy()  # type: ignore[attr-defined]
+    if message_id:
+        attributes[MESSAGING_MESSAGE_ID] = (
+            message_id if type(message_id) is str else str(message_id)
+        )
+    if correlation_id:
+        attributes[MESSAGING_CONVERSATION_ID] = (
+            correlation_id if type(correlation_id) is str else str(correlation_id)
+        )
+    if body_size is not None:
+        attributes[MESSAGING_BODY_SIZE] = body_size
+    if delivery_tag is not None and destination.amqp:
+        attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
+    return attributes

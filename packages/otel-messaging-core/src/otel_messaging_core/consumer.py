@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import logging
 from contextvars import Token
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Mapping
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Link, SpanContext
+from opentelemetry.trace import INVALID_SPAN, INVALID_SPAN_CONTEXT, Link, Span, SpanContext
 
-from otel_messaging_core._private_api import attach, detach
+from otel_messaging_core._private_api import SPAN_KEY, attach, detach
+from otel_messaging_core.guard import log_internal_error
+from otel_messaging_core.propagation import extract_context
+
+if TYPE_CHECKING:
+    from otel_messaging_core.telemetry import MessagingTelemetry
 
 __all__ = [
     "CONSUMER_CONTEXT_MODES",
@@ -31,8 +36,10 @@ __all__ = [
     "ConsumerContextMode",
     "ContextActivation",
     "MessageContext",
+    "consumer_parent",
     "creation_span_context",
     "handling_parent",
+    "message_context_of",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -47,29 +54,53 @@ def creation_span_context(creation: Context) -> SpanContext | None:
     return span_context if span_context.is_valid else None
 
 
+def consumer_parent(
+    creation: Context, mode: ConsumerContextMode, current: Context
+) -> tuple[Context, SpanContext, SpanContext | None]:
+    """The parent-or-link rule, in the one place it is written: where a consumer span starts.
+
+    Returns the context to start the span in (it also holds the message's baggage), that
+    context's span context (``INVALID_SPAN_CONTEXT`` for a new trace), and the producer's span
+    context to link to (``None`` when the message carried none). ``creation`` is what the message
+    carried (from :func:`~otel_messaging_core.propagation.extract_context`).
+    """
+    active: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
+    if active is not None:
+        active_sc = active.get_span_context()
+        if active_sc.is_valid:
+            # A span is active (a pull inside a request handler, a consumer loop inside a span):
+            # it stays the parent in both modes; the message's baggage joins it.
+            return _with_baggage_of(creation, current), active_sc, creation_span_context(creation)
+    # The usual case (one message per call: every instruction counts): nothing is active, so
+    # the parent is the producer (parent mode) or nothing (link mode).
+    producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
+    if producer is not None:
+        creation_sc = producer.get_span_context()
+        if creation_sc.is_valid:
+            if mode == "parent":
+                return creation, creation_sc, creation_sc
+            # A new trace: the message's context minus its span (keeps baggage, drops the parent).
+            return (
+                trace.set_span_in_context(INVALID_SPAN, creation),
+                INVALID_SPAN_CONTEXT,
+                creation_sc,
+            )
+    return creation, INVALID_SPAN_CONTEXT, None
+
+
 def handling_parent(
     creation: Context,
     mode: ConsumerContextMode,
     current: Context | None = None,
 ) -> tuple[Context, list[Link]]:
-    """The context to start a consumer span in, and its links, under the parent-or-link rule.
+    """The context to start a consumer span in, and its links (:func:`consumer_parent`).
 
-    ``creation`` is what the message carried (from :func:`~otel_messaging_core.propagation.extract_context`);
-    ``current`` defaults to the caller's current context. The returned context also holds the
-    message's baggage, so the handling context built on the new span keeps it.
+    ``current`` defaults to the caller's current context.
     """
-    creation_sc = creation_span_context(creation)
-    links = [Link(creation_sc)] if creation_sc is not None else []
-    if current is None:
-        current = otel_context.get_current()
-    if trace.get_current_span(current).get_span_context().is_valid:
-        # A span is active (a pull inside a request handler, a consumer loop inside a span):
-        # it stays the parent in both modes; the message's baggage joins it.
-        return _with_baggage_of(creation, current), links
-    if mode == "parent" and creation_sc is not None:
-        return creation, links
-    # A new trace: the message's context minus its span (keeps baggage, drops the parent).
-    return trace.set_span_in_context(INVALID_SPAN, creation), links
+    parent, _parent_sc, creation_sc = consumer_parent(
+        creation, mode, otel_context.get_current() if current is None else current
+    )
+    return parent, [Link(creation_sc)] if creation_sc is not None else []
 
 
 def _with_baggage_of(source: Context, target: Context) -> Context:
@@ -142,3 +173,28 @@ class MessageContext:
 
     def __exit__(self, *exc_info: object) -> None:
         self._activation.deactivate()
+
+
+def message_context_of(
+    known: Context | None,
+    headers: Mapping[Any, Any] | None,
+    telemetry: MessagingTelemetry | None,
+) -> MessageContext:
+    """What every plugin's ``message_context(message)`` returns, written once.
+
+    ``known`` is the handling context of the message's receive span when the plugin recorded
+    one (the block's spans become its children). Otherwise the context comes from the message's
+    ``headers`` under the instrumentor's ``consumer_context`` rule (``"parent"`` when nothing
+    instruments the message's channel any more); the message's baggage is current either way.
+    If even that fails, the block runs in the current context. Never raises.
+    """
+    context = known
+    if context is None:
+        try:
+            if telemetry is not None:
+                context = telemetry.handling_context(headers)
+            else:
+                context, _links = handling_parent(extract_context(headers), "parent")
+        except Exception as internal:
+            log_internal_error("message_context()", internal)
+    return MessageContext(context if context is not None else otel_context.get_current())

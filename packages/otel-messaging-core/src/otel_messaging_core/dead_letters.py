@@ -43,7 +43,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from otel_messaging_core.attributes import ERROR_TYPE, exchange_label, queue_label
+from otel_messaging_core.attributes import ERROR_TYPE, exchange_label, low_cardinality
 from otel_messaging_core.guard import log_internal_error
 
 __all__ = [
@@ -292,7 +292,7 @@ def _record(tracer: Tracer, consume: Span, reason: str, death: Death) -> None:
         k: v for k, v in death.attributes.items() if k.startswith("rabbitmq.dead_letter.")
     }
     attributes[ERROR_TYPE] = ERROR_TYPE_PREFIX + reason
-    where = queue_label(death.queue) if death.queue else "(unknown queue)"
+    where = low_cardinality(death.queue) if death.queue else "(unknown queue)"
     child = tracer.start_span(
         f"{reason} {where}",
         context=trace.set_span_in_context(consume),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-__all__ = ["Envelope", "EMPTY_HEADERS"]
+if TYPE_CHECKING:
+    from otel_messaging_core.attributes import Destination
+
+__all__ = ["EMPTY_HEADERS", "Envelope", "envelope_of", "opt_str", "readonly_headers"]
 
 EMPTY_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
@@ -31,3 +34,42 @@ class Envelope:
     delivery_tag: int | None = None
     redelivered: bool | None = None
     raw: Any = None
+
+
+def opt_str(value: object) -> str | None:
+    """``value`` as an Envelope field: ``None`` stays ``None``, anything else a ``str``."""
+    if value is None:
+        return None
+    return value if type(value) is str else str(value)
+
+
+def readonly_headers(headers: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
+    """A read-only copy of ``headers`` for a hook (the hook cannot change what is sent)."""
+    if not headers:
+        return EMPTY_HEADERS
+    return MappingProxyType(dict(headers))
+
+
+def envelope_of(
+    destination: Destination,
+    body: bytes | None,
+    headers: Mapping[Any, Any] | None,
+    message_id: object,
+    correlation_id: object,
+    raw: Any,
+    delivery_tag: int | None = None,
+    redelivered: bool | None = None,
+) -> Envelope:
+    """The hook's record of a message at ``destination`` (``queue`` set for a consume)."""
+    return Envelope(
+        exchange=destination.exchange,
+        routing_key=destination.routing_key,
+        queue=destination.queue if destination.operation != "publish" else None,
+        body=body,
+        headers=readonly_headers(headers),
+        message_id=opt_str(message_id),
+        correlation_id=opt_str(correlation_id),
+        delivery_tag=delivery_tag,
+        redelivered=redelivered,
+        raw=raw,
+    )

@@ -56,9 +56,9 @@ class capture_internal_exceptions:  # noqa: N801 - used like a function: ``with 
     """The guard of one place of ours: an ``Exception`` raised in its ``with`` block is logged
     (see :func:`log_internal_error`) and swallowed; :meth:`report` logs one caught in a ``try``.
 
-    A class rather than ``@contextmanager`` because it sits on per-message paths, where a
-    generator-based context manager costs several times more; make it once per place (a module
-    constant) and reuse it: it holds nothing but the place's name.
+    A class rather than ``@contextmanager`` because it sits on per-message paths (the cost is in
+    docs/benchmarks.md); make it once per place (a module constant) and reuse it: it holds
+    nothing but the place's name.
     """
 
     __slots__ = ("where",)

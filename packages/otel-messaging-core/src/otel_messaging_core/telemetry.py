@@ -1,31 +1,17 @@
-"""The per-message operations every plugin performs: publish, consume (process/receive) and settle.
+"""MessagingTelemetry: the tracer, meter and options of one instrumentor, and the ``start_*``
+methods that make every per-message operation (:mod:`~otel_messaging_core.operations`).
 
 A plugin's wrapper reads the library call's arguments, gets a :class:`Destination` from a
 :class:`DestinationCache`, and then, with the guard of its place
 (:class:`~otel_messaging_core.guard.capture_internal_exceptions`, made once at import)::
 
     op = None
-    try:                                                        # our step before the call
+    with _PUBLISH:                                  # our step before the call
         op = telemetry.start_publish(destination, headers, ...)
-        if op.headers is not headers:
-            args = ...                                          # send op.headers instead
-    except Exception as internal:
-        _PUBLISH.report(internal)
     if op is None:
         return original(*args, **kwargs)
-    try:
-        result = original(*args, **kwargs)                      # the user's call, unchanged
-    except BaseException as exc:
-        try:
-            op.end(exc)                                         # our step after it
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        raise                                                   # the same exception object
-    try:
-        op.end()
-    except Exception as internal:
-        _PUBLISH.report(internal)
-    return result
+    with op:                                        # ends the span, ERROR if the call raises
+        return original(*args, **kwargs)            # the user's call and exception, unchanged
 
 Every ``start_*`` method and every method of the returned operation objects also catches its own
 failures (logged once per place); the plugin's guard is what holds if one of them is itself broken
@@ -35,49 +21,43 @@ needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 
 from __future__ import annotations
 
-from contextvars import Token
 from time import perf_counter, time_ns
-from types import MappingProxyType
 from typing import Any, Final, Mapping, Sequence
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.trace import (
-    INVALID_SPAN,
-    INVALID_SPAN_CONTEXT,
-    Link,
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
-from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY, sampler_drops_unsampled
+from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY
 from otel_messaging_core.attributes import (
-    ERROR_TYPE,
     HEADER_ATTRIBUTE_PREFIX,
     MESSAGING_BATCH_MESSAGE_COUNT,
-    MESSAGING_BODY_SIZE,
-    MESSAGING_CONVERSATION_ID,
-    MESSAGING_MESSAGE_ID,
     MESSAGING_RABBITMQ_DELIVERY_TAG,
+    REJECTED,
     SYSTEM_RABBITMQ,
+    UNROUTABLE,
     Destination,
     DestinationCache,
-    error_type_of,
+    message_attributes,
 )
-from otel_messaging_core.consumer import attach, creation_span_context, handling_parent, restore
-from otel_messaging_core.envelope import EMPTY_HEADERS, Envelope
+from otel_messaging_core.consumer import consumer_parent, creation_span_context, handling_parent
+from otel_messaging_core.envelope import envelope_of
 from otel_messaging_core.guard import call_hook, log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
+from otel_messaging_core.operations import (
+    Consume,
+    Delivery,
+    Publish,
+    Settle,
+    headers_to_send,
+    set_error,
+)
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.propagation import extract_context, header_texts, inject_span
+from otel_messaging_core.sampling import UnsampledShortcut
 
 __all__ = [
     "TRUNCATED_MARK",
@@ -89,10 +69,7 @@ __all__ = [
     "is_suppressed",
 ]
 
-_SAMPLED: Final = int(TraceFlags.SAMPLED)
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
-_SETTLE_REJECTED: Final = "rejected"
-_RETURNED_UNROUTABLE: Final = "unroutable"
 #: Ends a captured header value cut at ``capture_headers_max_length`` characters.
 TRUNCATED_MARK: Final = "...[truncated]"
 
@@ -102,245 +79,6 @@ Attributes = dict[str, AttributeValue]
 def is_suppressed(context: Context | None = None) -> bool:
     """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
     return bool(otel_context.get_value(SUPPRESS_KEY, context))
-
-
-def _set_error(
-    span: Span, error_type: str, exc: BaseException | None, description: str | None
-) -> None:
-    if not span.is_recording():
-        return
-    if exc is not None:
-        span.record_exception(exc)
-        description = description or f"{type(exc).__name__}: {exc}"
-    span.set_attribute(ERROR_TYPE, error_type)
-    span.set_status(Status(StatusCode.ERROR, description or error_type))
-
-
-def _message_attributes(
-    destination: Destination,
-    message_id: object,
-    correlation_id: object,
-    body_size: int | None,
-    delivery_tag: int | None,
-) -> Attributes:
-    # the read-only view's copy() is the underlying dict's: several times cheaper than dict(view)
-    attributes: Attributes = destination.attributes.copy()  # type: ignore[attr-defined]
-    if message_id:
-        attributes[MESSAGING_MESSAGE_ID] = (
-            message_id if type(message_id) is str else str(message_id)
-        )
-    if correlation_id:
-        attributes[MESSAGING_CONVERSATION_ID] = (
-            correlation_id if type(correlation_id) is str else str(correlation_id)
-        )
-    if body_size is not None:
-        attributes[MESSAGING_BODY_SIZE] = body_size
-    if delivery_tag is not None and destination.amqp:
-        attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
-    return attributes
-
-
-class Publish:
-    """One publish in flight: its span, and the headers to send.
-
-    ``headers`` is a new dict (the caller's headers plus the propagation fields) when anything was
-    added, else the caller's own object, ``None`` included: ``op.headers is headers`` tells a
-    plugin to send the caller's message exactly as given (SPEC: no empty headers where there was
-    ``None``).
-    """
-
-    __slots__ = ("_metrics", "_start", "_telemetry", "destination", "headers", "span")
-
-    def __init__(
-        self,
-        telemetry: MessagingTelemetry | None,
-        destination: Destination | None,
-        span: Span,
-        headers: Mapping[Any, Any] | None,
-    ) -> None:
-        self._telemetry = telemetry
-        self.destination = destination
-        self.span = span
-        self.headers = headers
-        self._start = perf_counter()
-
-    def end(
-        self,
-        exc: BaseException | None = None,
-        *,
-        error_type: str | None = None,
-        description: str | None = None,
-    ) -> None:
-        """End the span; with ``exc`` or ``error_type`` it ends as ERROR. Never raises."""
-        telemetry = self._telemetry
-        if telemetry is None:  # suppressed or failed to start: nothing was recorded
-            return
-        self._telemetry = None
-        try:
-            duration = perf_counter() - self._start
-            if exc is not None and error_type is None:
-                error_type = error_type_of(exc)
-            if error_type is not None:
-                _set_error(self.span, error_type, exc, description)
-            self.span.end()
-            assert self.destination is not None
-            telemetry.metrics.published(self.destination.metric_attributes, duration, error_type)
-        except Exception as internal:  # pragma: no cover - defensive
-            log_internal_error("publish end", internal)
-
-
-class Delivery:
-    """What a later ack/nack/reject needs to know about one delivery; small, kept per unsettled message."""
-
-    __slots__ = ("baggage", "creation", "delivery_tag", "destination", "span_context")
-
-    def __init__(
-        self,
-        destination: Destination,
-        delivery_tag: int | None,
-        creation: SpanContext | None,
-        span_context: SpanContext | None,
-        baggage: Mapping[str, AttributeValue] | None = None,
-    ) -> None:
-        self.destination = destination
-        self.delivery_tag = delivery_tag
-        self.creation = creation
-        self.span_context = span_context
-        # the baggage_attributes of the message, for a settle span made after its handler ended
-        self.baggage = baggage
-
-
-class Consume:
-    """One delivered message: its process/receive span and the context its handler runs in."""
-
-    __slots__ = (
-        "_start",
-        "_telemetry",
-        "_token",
-        "context",
-        "delivery",
-        "destination",
-        "span",
-    )
-
-    def __init__(
-        self,
-        telemetry: MessagingTelemetry | None,
-        destination: Destination | None,
-        span: Span,
-        context: Context | None,
-        delivery: Delivery | None,
-        started: float | None = None,
-    ) -> None:
-        self._telemetry = telemetry
-        self.destination = destination
-        self.span = span
-        self.context = context
-        self.delivery = delivery
-        self._token: Token[Context] | None = None
-        self._start = perf_counter() if started is None else started
-
-    @property
-    def has_span(self) -> bool:
-        """False when no span was made: suppressed, failed to start, or the message's trace is
-        not sampled and the sampler follows it (the context then comes from the headers alone)."""
-        return self.span is not INVALID_SPAN
-
-    def activate(self) -> None:
-        """Make the handling context (span + message baggage) current."""
-        if self.context is not None:
-            if self._token is not None:
-                restore(self._token)
-            self._token = attach(self.context)
-
-    def deactivate(self) -> None:
-        """Restore the context that was current before :meth:`activate`. Never raises."""
-        token = self._token
-        if token is not None:
-            self._token = None
-            restore(token)
-
-    def end(
-        self,
-        exc: BaseException | None = None,
-        *,
-        error_type: str | None = None,
-        description: str | None = None,
-    ) -> None:
-        """Restore the previous context and end the span (ERROR with ``exc``/``error_type``)."""
-        token = self._token
-        if token is not None:
-            self._token = None
-            restore(token)
-        telemetry = self._telemetry
-        if telemetry is None:
-            return
-        self._telemetry = None
-        try:
-            duration = perf_counter() - self._start
-            if exc is not None and error_type is None:
-                error_type = error_type_of(exc)
-            if error_type is not None:
-                _set_error(self.span, error_type, exc, description)
-            self.span.end()
-            assert self.destination is not None
-            if self.destination.operation == "process":
-                telemetry.metrics.processed(
-                    self.destination.metric_attributes, duration, error_type
-                )
-            else:
-                telemetry.metrics.received(self.destination.metric_attributes, duration, error_type)
-        except Exception as internal:  # pragma: no cover - defensive
-            log_internal_error("consume end", internal)
-
-
-class Settle:
-    """One ack/nack/reject call; a span only when SPEC asks for one."""
-
-    __slots__ = ("_error_type", "_metric_attributes", "_start", "_telemetry", "span")
-
-    def __init__(
-        self,
-        telemetry: MessagingTelemetry | None,
-        span: Span | None,
-        metric_attributes: Mapping[str, AttributeValue] | None,
-        error_type: str | None,
-    ) -> None:
-        self._telemetry = telemetry
-        self.span = span
-        self._metric_attributes = metric_attributes
-        self._error_type = error_type
-        self._start = perf_counter()
-
-    def end(self, exc: BaseException | None = None, *, cause: BaseException | None = None) -> None:
-        """End the settle span; a failed settle call records its exception. Never raises.
-
-        ``cause`` is the application's exception that made it settle (aio-pika's
-        ``message.process()`` rejects when its block raises): the span records it and ends ERROR,
-        with ``error.type`` ``rejected`` when the message is dropped, else the exception's
-        qualified name. The metric keeps the settle call's own outcome.
-        """
-        telemetry = self._telemetry
-        if telemetry is None:
-            return
-        self._telemetry = None
-        try:
-            duration = perf_counter() - self._start
-            error_type = error_type_of(exc) if exc is not None else self._error_type
-            span = self.span
-            if span is not None:
-                if exc is not None:
-                    _set_error(span, error_type or "error", exc, None)
-                elif cause is not None:
-                    _set_error(span, self._error_type or error_type_of(cause), cause, None)
-                span.end()
-            if self._metric_attributes is not None:
-                telemetry.metrics.settled(self._metric_attributes, duration, error_type)
-        except Exception as internal:  # pragma: no cover - defensive
-            log_internal_error("settle end", internal)
-
-
-_NOOP_CONSUME_FIELDS: Final = (None, None, INVALID_SPAN, None, None)
 
 
 class MessagingTelemetry:
@@ -373,33 +111,8 @@ class MessagingTelemetry:
         self._capture_max = options.capture_headers_max_length
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
-        self._sampler_provider: object = None
-        self._drops_unsampled = False
-
-    # -- sampling ------------------------------------------------------------------------------
-
-    def _skips_child_of(self, parent: SpanContext) -> bool:
-        """True when a span under ``parent`` would certainly not be sampled, so need not be made.
-
-        That is the case when ``parent`` is valid and not sampled, and the tracer provider's
-        sampler is the SDK's ``ParentBased`` with not-sampled parents (local and remote) going to
-        ``AlwaysOffSampler`` (the default, and what ``parentbased_traceidratio`` configures), or
-        ``AlwaysOffSampler`` itself, as far as its description tells
-        (:func:`~otel_messaging_core._private_api.sampler_drops_unsampled`); any other sampler
-        is always asked.
-        """
-        # trace_flags is an int: bit 0 is "sampled" (cheaper than the .sampled property)
-        if parent.trace_flags & _SAMPLED or not parent.is_valid:
-            return False
-        provider = self.options.tracer_provider or trace.get_tracer_provider()
-        if provider is self._sampler_provider:
-            return self._drops_unsampled
-        sampler = getattr(provider, "sampler", None)
-        drops = sampler_drops_unsampled(sampler)
-        if sampler is not None:  # a proxy provider may still be replaced: look again next time
-            self._sampler_provider = provider
-            self._drops_unsampled = drops
-        return drops
+        # the sampler shortcut, bound once: one call per message, as when it was a method here
+        self._skips_child_of = UnsampledShortcut(options.tracer_provider).skips_child_of
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -456,7 +169,7 @@ class MessagingTelemetry:
             carrier = dict(headers) if headers else {}
             if current.get(SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
-                return Publish(None, None, INVALID_SPAN, _to_send(carrier, headers))
+                return Publish.noop(headers_to_send(carrier, headers))
             parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if parent is not None and self._skips_child_of(parent.get_span_context()):
                 # Not sampled upstream, and the sampler follows the parent: the span would be a
@@ -464,11 +177,13 @@ class MessagingTelemetry:
                 # not-sampled flag reach the next hop all the same) and only count the message.
                 inject_span(carrier, parent, current)
                 if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
-                    return Publish(self, destination, INVALID_SPAN, _to_send(carrier, headers))
+                    return Publish(
+                        self, destination, INVALID_SPAN, headers_to_send(carrier, headers)
+                    )
                 return Publish(self, destination, INVALID_SPAN, carrier)
             if body_size is None and body is not None:
                 body_size = len(body)
-            attributes = _message_attributes(
+            attributes = message_attributes(
                 destination, message_id, correlation_id, body_size, None
             )
             if self._capture or self._baggage_names:
@@ -481,22 +196,14 @@ class MessagingTelemetry:
             )
             inject_span(carrier, span, current)
             if self._publish_hook is not None and span.is_recording():
-                envelope = Envelope(
-                    exchange=destination.exchange,
-                    routing_key=destination.routing_key,
-                    body=body,
-                    headers=_readonly(carrier),
-                    message_id=_opt_str(message_id),
-                    correlation_id=_opt_str(correlation_id),
-                    raw=raw,
-                )
+                envelope = envelope_of(destination, body, carrier, message_id, correlation_id, raw)
                 call_hook(self._publish_hook, span, envelope)
             if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
-                return Publish(self, destination, span, _to_send(carrier, headers))
+                return Publish(self, destination, span, headers_to_send(carrier, headers))
             return Publish(self, destination, span, carrier)
         except Exception as internal:
             log_internal_error("publish start", internal)
-            return Publish(None, None, INVALID_SPAN, headers)
+            return Publish.noop(headers)
 
     # -- consume -----------------------------------------------------------------------------------
 
@@ -528,29 +235,11 @@ class MessagingTelemetry:
         try:
             current = otel_context.get_current()
             if current.get(SUPPRESS_KEY):
-                return Consume(*_NOOP_CONSUME_FIELDS)
+                return Consume.noop()
             creation = extract_context(headers)
-            active: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
-            if active is not None and active.get_span_context().is_valid:
-                parent, links = handling_parent(creation, self._parent_mode, current)
-                parent_span_context = trace.get_current_span(parent).get_span_context()
-                creation_sc = links[0].context if links else None
-            else:
-                # The usual case, inlined (one message per call, every call counts): nothing is
-                # active, so the parent is the producer (parent mode) or nothing (link mode).
-                # The link is made only once a span will be.
-                links = None
-                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
-                creation_sc = producer.get_span_context() if producer is not None else None
-                if creation_sc is not None and creation_sc.is_valid:
-                    if self._parent_mode == "parent":
-                        parent, parent_span_context = creation, creation_sc
-                    else:
-                        parent = trace.set_span_in_context(INVALID_SPAN, creation)
-                        parent_span_context = INVALID_SPAN_CONTEXT
-                else:
-                    creation_sc = None
-                    parent, parent_span_context = creation, INVALID_SPAN_CONTEXT
+            parent, parent_span_context, creation_sc = consumer_parent(
+                creation, self._parent_mode, current
+            )
             if self._skips_child_of(parent_span_context):
                 # The message's trace is not sampled and the sampler follows the parent: no span,
                 # the handler runs in the message's own (non-recording) context; counted only.
@@ -558,24 +247,19 @@ class MessagingTelemetry:
                 if track_delivery:
                     delivery = Delivery(destination, delivery_tag, creation_sc, parent_span_context)
                 return Consume(self, destination, INVALID_SPAN, parent, delivery, started)
-            if links is None:
-                links = [] if creation_sc is None else [Link(creation_sc)]
+            links = [] if creation_sc is None else [Link(creation_sc)]
             if body_size is None and body is not None:
                 body_size = len(body)
-            attributes = _message_attributes(
+            attributes = message_attributes(
                 destination, message_id, correlation_id, body_size, delivery_tag
             )
             if self._capture or self._baggage_names:
                 self._add_optional_attributes(attributes, headers, parent)
-            # broker-side losses (issue 16): all in dead_letters; one check for most messages
-            death = (
-                dead_letters.read(headers, redelivered)
-                if destination.amqp
-                and (redelivered or (headers and dead_letters.MARKER in headers))
-                else None
-            )
-            if death is not None:
-                attributes.update(death.attributes)
+            death = None  # broker-side losses (dead_letters): one check for most messages
+            if destination.amqp and (redelivered or (headers and dead_letters.MARKER in headers)):
+                death = dead_letters.read(headers, redelivered)
+                if death is not None:
+                    attributes.update(death.attributes)
             span = self.tracer.start_span(
                 destination.span_name,
                 context=parent,
@@ -589,18 +273,10 @@ class MessagingTelemetry:
             if death is not None and death.reason is not None:
                 dead_letters.record(self.tracer, span, death)
             if self._consume_hook is not None and span.is_recording():
-                envelope = Envelope(
-                    exchange=destination.exchange,
-                    routing_key=destination.routing_key,
-                    queue=destination.queue,
-                    body=body,
-                    headers=_readonly(headers),
-                    message_id=_opt_str(message_id),
-                    correlation_id=_opt_str(correlation_id),
-                    delivery_tag=delivery_tag,
-                    redelivered=redelivered,
-                    raw=raw,
-                )
+                envelope = envelope_of(
+                    destination, body, headers, message_id, correlation_id, raw, delivery_tag,
+                    redelivered,
+                )  # fmt: skip
                 call_hook(self._consume_hook, span, envelope)
             delivery = None
             if track_delivery:
@@ -618,7 +294,7 @@ class MessagingTelemetry:
             )
         except Exception as internal:
             log_internal_error("consume start", internal)
-            return Consume(*_NOOP_CONSUME_FIELDS)
+            return Consume.noop()
 
     # -- settle ------------------------------------------------------------------------------------
 
@@ -640,11 +316,11 @@ class MessagingTelemetry:
         """
         try:
             if is_suppressed():
-                return Settle(None, None, None, None)
+                return Settle.noop()
             known = [d for d in deliveries if d is not None]
             destination = known[-1].destination if known else fallback
             lost = operation != "ack" and not requeue
-            error_type = _SETTLE_REJECTED if lost else None
+            error_type = REJECTED if lost else None
             if destination is None:
                 return Settle(self, None, None, error_type)
             settle_destination = self.destinations_for(destination).get(
@@ -654,16 +330,16 @@ class MessagingTelemetry:
             if lost or self._settle_spans:
                 span = self._start_settle_span(settle_destination, known, delivery_tag)
                 if lost:
-                    _set_error(
+                    set_error(
                         span,
-                        _SETTLE_REJECTED,
+                        REJECTED,
                         None,
                         f"{operation} without requeue: message dropped or dead-lettered",
                     )
             return Settle(self, span, settle_destination.metric_attributes, error_type)
         except Exception as internal:
             log_internal_error("settle start", internal)
-            return Settle(None, None, None, None)
+            return Settle.noop()
 
     def destinations_for(self, destination: Destination) -> DestinationCache:
         """The cache that made ``destination`` (same system and server)."""
@@ -744,7 +420,7 @@ class MessagingTelemetry:
             parent = creation if creation_span_context(creation) is not None else None
             if body_size is None and body is not None:
                 body_size = len(body)
-            attributes = _message_attributes(
+            attributes = message_attributes(
                 destination, message_id, correlation_id, body_size, None
             )
             self._add_optional_attributes(attributes, headers, creation)
@@ -752,36 +428,12 @@ class MessagingTelemetry:
                 destination.span_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
             )
             reason = " ".join(str(p) for p in (reply_code, reply_text) if p is not None)
-            _set_error(
+            set_error(
                 span,
-                _RETURNED_UNROUTABLE,
+                UNROUTABLE,
                 None,
                 f"returned by the broker: {reason}" if reason else "returned by the broker",
             )
             span.end()
         except Exception as internal:
             log_internal_error("returned message", internal)
-
-
-def _to_send(
-    carrier: dict[Any, Any], headers: Mapping[Any, Any] | None
-) -> Mapping[Any, Any] | None:
-    """``carrier``, or the caller's ``headers`` themselves when the propagators added nothing (no
-    SDK, an invalid context, a suppressed publish with nothing current)."""
-    if len(carrier) != (len(headers) if headers else 0):  # the usual case: a field was added
-        return carrier
-    if not carrier or carrier == headers:
-        return headers
-    return carrier
-
-
-def _opt_str(value: object) -> str | None:
-    if value is None:
-        return None
-    return value if type(value) is str else str(value)
-
-
-def _readonly(headers: Mapping[Any, Any] | None) -> Mapping[Any, Any]:
-    if not headers:
-        return EMPTY_HEADERS
-    return MappingProxyType(dict(headers))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
 
-from otel_messaging_core import Consume, capture_internal_exceptions
+from otel_messaging_core import Consume, Wrapper, capture_internal_exceptions
 from otel_pika._state import ChannelState, active_state, remember, state_of
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 Resolver = Callable[[Any], "ChannelState | None"]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _PROCESS: Final = capture_internal_exceptions("pika process")
 _RECEIVE: Final = capture_internal_exceptions("pika receive")
@@ -80,39 +79,8 @@ def _begin(
         started=started,
     )
     if manual_ack and op.delivery is not None:
-        state.track(delivery_tag, op.delivery)
+        state.deliveries.track(delivery_tag, op.delivery)
     return op
-
-
-def _call(
-    guard: capture_internal_exceptions,
-    op: Consume,
-    handler: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run the user's handler inside ``op``'s context; end ``op`` with its outcome."""
-    try:
-        op.activate()
-    except Exception as internal:
-        guard.report(internal)
-    try:
-        result = handler(*args, **kwargs)
-    except BaseException as exc:
-        try:
-            op.end(exc)
-        except Exception as internal:
-            guard.report(internal)
-            with guard:
-                op.deactivate()  # whatever failed, the caller's context comes back
-        raise
-    try:
-        op.end()
-    except Exception as internal:
-        guard.report(internal)
-        with guard:
-            op.deactivate()
-    return result
 
 
 # -- basic_consume: remember which queue each consumer reads -------------------------------------
@@ -163,7 +131,8 @@ def deliver(resolve: Resolver) -> Wrapper:
             _PROCESS.report(internal)
         if op is None:
             return wrapped(*args, **kwargs)
-        return _call(_PROCESS, op, wrapped, args, kwargs)
+        with op:
+            return wrapped(*args, **kwargs)
 
     return wrapper
 
@@ -190,7 +159,8 @@ class _TracedCallback:
             _PROCESS.report(internal)
         if op is None:
             return self.callback(channel, method, properties, body)
-        return _call(_PROCESS, op, self.callback, (channel, method, properties, body), {})
+        with op:
+            return self.callback(channel, method, properties, body)
 
 
 def dispatch_events(resolve: Resolver) -> Wrapper:
@@ -451,6 +421,7 @@ def getok(resolve: Resolver) -> Wrapper:
             _RECEIVE.report(internal)
         if op is None:
             return wrapped(*args, **kwargs)
-        return _call(_RECEIVE, op, wrapped, args, kwargs)
+        with op:
+            return wrapped(*args, **kwargs)
 
     return wrapper

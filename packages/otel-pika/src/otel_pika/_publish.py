@@ -13,16 +13,18 @@ from typing import Any, Callable, Final
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import Publish, capture_internal_exceptions
+from otel_messaging_core import (
+    BROKER_NACK,
+    UNROUTABLE,
+    Publish,
+    Wrapper,
+    capture_internal_exceptions,
+)
 from otel_pika._state import ChannelState
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]
 
 Resolver = Callable[[Any], "ChannelState | None"]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
-_UNROUTABLE = "unroutable"
-_BROKER_NACK = "broker_nack"
 
 _PUBLISH: Final = capture_internal_exceptions("pika publish")
 _RETURNED: Final = capture_internal_exceptions("pika returned message")
@@ -102,17 +104,8 @@ def channel_publish(resolve: Resolver) -> Wrapper:
         if started is None:
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            with _PUBLISH:
-                op.end(exc)
-            raise
-        try:
-            op.end()
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        return result
+        with op:
+            return wrapped(*args, **kwargs)
 
     return wrapper
 
@@ -120,9 +113,9 @@ def channel_publish(resolve: Resolver) -> Wrapper:
 def _failure(exc: BaseException) -> str | None:
     """``error.type`` of a blocking publish that raised: the broker's answer when it is one."""
     if isinstance(exc, UnroutableError):
-        return _UNROUTABLE
+        return UNROUTABLE
     if isinstance(exc, NackError):
-        return _BROKER_NACK
+        return BROKER_NACK
     return None
 
 
@@ -143,17 +136,8 @@ def blocking_publish(resolve: Resolver) -> Wrapper:
         if started is None:
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            with _PUBLISH:
-                op.end(exc, error_type=_failure(exc))
-            raise
-        try:
-            op.end()
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        return result
+        with op.classified(_failure):
+            return wrapped(*args, **kwargs)
 
     return wrapper
 

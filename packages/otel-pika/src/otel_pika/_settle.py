@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle, capture_internal_exceptions
+from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions
 from otel_pika._state import ChannelState
 
 __all__ = ["settle"]
 
 Resolver = Callable[[Any], "ChannelState | None"]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 def _start(
@@ -77,17 +76,8 @@ def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
                 guard.report(internal)
             if op is None:
                 return wrapped(*args, **kwargs)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                with guard:
-                    op.end(exc)
-                raise
-            try:
-                op.end()
-            except Exception as internal:
-                guard.report(internal)
-            return result
+            with op:
+                return wrapped(*args, **kwargs)
 
         return wrapper
 

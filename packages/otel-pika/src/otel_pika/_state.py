@@ -19,11 +19,14 @@ from typing import Any, Final
 from opentelemetry.context import Context
 
 from otel_messaging_core import (
+    MAX_UNSETTLED,
     Consume,
     Delivery,
+    DeliveryLedger,
     DestinationCache,
     MessagingTelemetry,
     capture_internal_exceptions,
+    delivery_queue,
 )
 
 __all__ = [
@@ -39,9 +42,7 @@ __all__ = [
 
 STATE_ATTRIBUTE: Final = "_otel_pika_state"
 _CLOSE_CALLBACK: Final = capture_internal_exceptions("pika channel close callback")
-# A consumer that never acks would otherwise grow the map without bound; the oldest record is
-# dropped instead (its ack then has no settle span, the message is unaffected).
-MAX_TRACKED_DELIVERIES: Final = 65536
+MAX_TRACKED_DELIVERIES: Final = MAX_UNSETTLED
 MAX_CONSUMERS: Final = 4096
 
 
@@ -76,7 +77,8 @@ class ChannelState:
         self.own = False
         self.telemetry: MessagingTelemetry | None = None
         self.destinations = DestinationCache()
-        self.deliveries: dict[int, Delivery] = {}
+        # unsettled manual-ack deliveries: the core ledger (multiple=True, tag 0, the bound)
+        self.deliveries: DeliveryLedger[Delivery] = DeliveryLedger()
         self.queues: dict[str, str] = {}
         # the consume() iterator whose receive span may be open (a BlockingChannel has one at most)
         self.pull: weakref.ref[Any] | None = None
@@ -92,26 +94,9 @@ class ChannelState:
             host, port = _server_of(impl)
             self.destinations = telemetry.destinations(host, port)
 
-    def track(self, delivery_tag: int, delivery: Delivery) -> None:
-        """Keep what a later ack/nack/reject of this manual-ack delivery needs."""
-        deliveries = self.deliveries
-        deliveries[delivery_tag] = delivery
-        if len(deliveries) > MAX_TRACKED_DELIVERIES:
-            del deliveries[next(iter(deliveries))]
-
-    def take(self, delivery_tag: int, multiple: bool) -> list[Delivery | None]:
-        """The records settled by one ack/nack/reject, removed from the channel's map."""
-        deliveries = self.deliveries
-        if not multiple:
-            return [deliveries.pop(delivery_tag, None)]
-        if not delivery_tag:  # multiple with tag 0: every outstanding delivery
-            settled: list[Delivery | None] = list(deliveries.values())
-            deliveries.clear()
-            return settled
-        # Tags grow per channel, but consumers dispatch at different times, so the map is not
-        # always in tag order: scan it (multiple acks are rare next to messages).
-        tags = [tag for tag in deliveries if tag <= delivery_tag]
-        return [deliveries.pop(tag) for tag in tags]
+    def take(self, delivery_tag: int, multiple: bool) -> list[Delivery]:
+        """The records settled by one ack/nack/reject, removed from the channel's ledger."""
+        return self.deliveries.take(delivery_tag, multiple)
 
     def remember_queue(self, consumer_tag: object, queue: object) -> None:
         """The queue a consumer reads (from its basic_consume call)."""
@@ -131,7 +116,7 @@ class ChannelState:
         queue = self.queues.get(consumer_tag) if type(consumer_tag) is str else None
         if queue:
             return queue
-        return "" if exchange else routing_key
+        return delivery_queue(exchange, routing_key)
 
     def closed(self, *_args: object) -> None:
         """Channel closed (by the user, the broker or connection loss): free what it held."""

@@ -12,15 +12,16 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import (
+    ContribGuard,
     InstrumentationOptions,
     MessageContext,
     MessagingTelemetry,
+    Wrapper,
     capture_internal_exceptions,
-    extract_context,
-    handling_parent,
+    has_options,
+    log_reconfigured,
+    message_context_of,
 )
-from otel_messaging_core.conflicts import ContribGuard
-from otel_messaging_core.options import has_options, log_reconfigured
 from otel_pika._package import _instruments
 from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
 from otel_pika.version import __version__
@@ -34,7 +35,6 @@ _INSTRUMENT: Final = capture_internal_exceptions("otel_pika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("pika message_context()")
 
 Resolver = Callable[[Any], Any]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 Target = tuple[Any, str, Callable[[Resolver], Wrapper]]
 
 # opentelemetry-instrumentation-pika would trace every message a second time: kept off while
@@ -207,14 +207,13 @@ def message_context(properties: Any) -> MessageContext:
     from the message's headers under the ``consumer_context`` rule. The message's baggage is
     current in the block either way.
     """
-    context = None
-    with _MESSAGE_CONTEXT:
+    context = headers = telemetry = None
+    try:
         context = recall(properties)
         if context is None:
             headers = getattr(properties, "headers", None)
             telemetry = runtime.telemetry
-            if telemetry is not None:
-                context = telemetry.handling_context(headers)
-            else:
-                context, _links = handling_parent(extract_context(headers), "parent")
-    return MessageContext(context if context is not None else otel_context.get_current())
+    except Exception as internal:  # the block runs in the current context
+        _MESSAGE_CONTEXT.report(internal)
+        return MessageContext(otel_context.get_current())
+    return message_context_of(context, headers, telemetry)
