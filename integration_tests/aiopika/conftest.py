@@ -16,22 +16,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from yarl import URL
 
 from broker_harness import Broker, Recorder
+from broker_harness.pytest_plugin import instrument_fixtures
 from otel_aiopika import AioPikaInstrumentor
 
 Instrument = Callable[..., AioPikaInstrumentor]
 Connect = Callable[..., Awaitable[AbstractConnection]]
 
 
-@pytest.fixture
-def instrument(instrumentation: Callable[..., Instrument]) -> Instrument:
-    """``instrument(**options)`` instruments aio-pika with the test's providers; undone after the test."""
-    return instrumentation(AioPikaInstrumentor)
-
-
-@pytest.fixture
-def instrumented(instrument: Instrument) -> AioPikaInstrumentor:
-    """aio-pika instrumented with the default options."""
-    return instrument()
+instrument, instrumented = instrument_fixtures(AioPikaInstrumentor, "aio-pika")
 
 
 def connection_url(broker: Broker, name: str | None = None, **query: str) -> str:

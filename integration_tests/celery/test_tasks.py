@@ -38,6 +38,17 @@ def wait_for_run(worker: Worker, task_id: str, count: int = 1) -> None:
     )
 
 
+def stop_after_reject(worker: Worker, queue: str) -> list[Span]:
+    """Wait for the reject span of ``queue``, stop the worker; every span it exported."""
+    wait_until(
+        "reject span",
+        lambda: any(s["name"] == f"reject {queue}" for s in worker.spans()),
+        worker,
+    )
+    worker.stop()
+    return worker.spans()
+
+
 def hex_ids(span: Any) -> tuple[str, str]:
     context = span.get_span_context()
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
@@ -94,13 +105,7 @@ def test_retries_failures_and_rejects_in_a_solo_worker(
     rejected = send(app, REJECT)
     wait_for_run(worker, retried, count=2)
     wait_for_run(worker, failed)
-    wait_until(
-        "reject span",
-        lambda: any(s["name"] == f"reject {queue}" for s in worker.spans()),
-        worker,
-    )
-    worker.stop()
-    spans = worker.spans()
+    spans = stop_after_reject(worker, queue)
 
     # retry: the first run publishes the task again (same id); its message is held until the
     # countdown ends, after the process span of that message has ended
@@ -168,13 +173,7 @@ def test_prefork_instrumented_in_the_parent(
     task_id = send(app, SLOW_ADD, 2, 3)
     rejected = send(app, REJECT)
     wait_for_run(worker, task_id)
-    wait_until(
-        "reject span",
-        lambda: any(s["name"] == f"reject {queue}" for s in worker.spans()),
-        worker,
-    )
-    worker.stop()
-    spans = worker.spans()
+    spans = stop_after_reject(worker, queue)
     (process,) = of_task(spans, task_id, f"process {queue}")
     (run,) = of_task(spans, task_id, f"run/{SLOW_ADD}")
     assert run["pid"] != process["pid"], "the task runs in a child, the parent consumes"

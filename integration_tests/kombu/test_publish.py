@@ -126,6 +126,19 @@ def test_retry_after_a_lost_connection_is_one_span(
     assert sent == 2, "the first publish, and the retried one counted once"
 
 
+def _returning_producer(
+    connection: Connection, unique: Callable[[str], str]
+) -> tuple[Producer, list[Any]]:
+    """A producer on a new auto-delete exchange and the list its ``on_return`` fills."""
+    exchange = Exchange(unique("ex"), type="direct", durable=False, auto_delete=True)
+    returned: list[Any] = []
+
+    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        returned.append(message)
+
+    return Producer(connection, exchange=exchange, on_return=on_return), returned
+
+
 def test_unroutable_with_on_return_is_an_error(
     traced: KombuInstrumentor,
     otel: Recorder,
@@ -133,13 +146,7 @@ def test_unroutable_with_on_return_is_an_error(
     unique: Callable[[str], str],
 ) -> None:
     """A mandatory publish the broker returns (confirm mode) ends ERROR unroutable; on_return still gets it."""
-    exchange = Exchange(unique("ex"), type="direct", durable=False, auto_delete=True)
-    returned: list[Any] = []
-
-    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        returned.append(message)
-
-    producer = Producer(confirming, exchange=exchange, on_return=on_return)
+    producer, returned = _returning_producer(confirming, unique)
     producer.publish({"order": 1}, routing_key="nowhere", mandatory=True)
     (span,) = otel.spans()
     assert span_summary(span)["status"] == "ERROR"
@@ -159,13 +166,8 @@ def test_unroutable_without_confirms_is_recorded_when_returned(
     unique: Callable[[str], str],
 ) -> None:
     """Without confirms the return arrives after publish ended: an ERROR unroutable span under the publish records it."""
-    exchange = Exchange(unique("ex"), type="direct", durable=False, auto_delete=True)
-    returned: list[Any] = []
-
-    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        returned.append(message)
-
-    producer = Producer(connection, exchange=exchange, on_return=on_return)
+    producer, returned = _returning_producer(connection, unique)
+    exchange = producer.exchange
     producer.publish({"order": 1}, routing_key="nowhere", mandatory=True, message_id="m-1")
     (publish,) = otel.spans()
     assert publish.status.status_code.name == "UNSET", "the broker had not answered yet"

@@ -14,21 +14,13 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from broker_harness import Broker
+from broker_harness.pytest_plugin import instrument_fixtures
 from otel_pika import PikaInstrumentor
 
 Instrument = Callable[..., PikaInstrumentor]
 
 
-@pytest.fixture
-def instrument(instrumentation: Callable[..., Instrument]) -> Instrument:
-    """``instrument(**options)`` instruments pika with the test's providers; undone after the test."""
-    return instrumentation(PikaInstrumentor)
-
-
-@pytest.fixture
-def instrumented(instrument: Instrument) -> PikaInstrumentor:
-    """pika instrumented with the default options."""
-    return instrument()
+instrument, instrumented = instrument_fixtures(PikaInstrumentor, "pika")
 
 
 def parameters(broker: Broker, name: str = "otel-pika-test") -> pika.URLParameters:
@@ -153,6 +145,33 @@ class AsyncRun:
                 loop.close()
         if failure:
             raise failure[0]
+
+    def consume_one(
+        self,
+        queue: str,
+        handle: Callable[[Any, Any], None],
+        setup: Callable[[Any], None] | None = None,
+    ) -> None:
+        """``run()`` a script that declares ``queue``, consumes it and publishes one message to it:
+        ``handle(channel, method)`` runs in the consumer callback, then a ``queue.declare`` round
+        trip (everything before it has reached the broker) ends the run. ``setup(channel)`` runs
+        first."""
+
+        def script(channel: Any) -> None:
+            if setup is not None:
+                setup(channel)
+
+            def on_message(ch: Any, method: Any, *_: Any) -> None:
+                handle(ch, method)
+                ch.queue_declare(queue, exclusive=True, callback=lambda _f: self.done())
+
+            def on_declared(_frame: Any) -> None:
+                channel.basic_consume(queue, on_message)
+                channel.basic_publish("", queue, b"x")
+
+            channel.queue_declare(queue, exclusive=True, callback=on_declared)
+
+        self.run(script)
         assert not self.timed_out, "the async script did not finish in time"
 
 

@@ -85,24 +85,17 @@ def test_instrument_channel_on_an_async_channel(
     """instrument_channel() works on a pika.channel.Channel of the async adapters."""
     name = unique("q")
 
-    def script(channel: Any) -> None:
+    def setup(channel: Any) -> None:
         PikaInstrumentor.instrument_channel(
             channel, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
         )
 
-        def on_message(ch: Any, method: Any, *_: Any) -> None:
-            ch.basic_ack(method.delivery_tag)
-            PikaInstrumentor.uninstrument_channel(ch)
-            ch.basic_publish("", name, b"untraced")
-            ch.queue_declare(name, exclusive=True, callback=lambda _f: async_run.done())
+    def handle(ch: Any, method: Any) -> None:
+        ch.basic_ack(method.delivery_tag)
+        PikaInstrumentor.uninstrument_channel(ch)
+        ch.basic_publish("", name, b"untraced")
 
-        def on_declared(_frame: Any) -> None:
-            channel.basic_consume(name, on_message)
-            channel.basic_publish("", name, b"x")
-
-        channel.queue_declare(name, exclusive=True, callback=on_declared)
-
-    async_run.run(script)
+    async_run.consume_one(name, handle, setup)
     spans = otel.spans()
     assert [s.name for s in spans] == ["publish amq.default", f"process {name}"]
     assert spans[1].parent is not None

@@ -66,18 +66,7 @@ def test_async_settle_spans(
     instrument(settle_spans=True)
     name = unique("q")
 
-    def script(channel: Any) -> None:
-        def on_message(ch: Any, method: Any, *_: Any) -> None:
-            ch.basic_ack(method.delivery_tag)
-            ch.queue_declare(name, exclusive=True, callback=lambda _f: async_run.done())
-
-        def on_declared(_frame: Any) -> None:
-            channel.basic_consume(name, on_message)
-            channel.basic_publish("", name, b"x")
-
-        channel.queue_declare(name, exclusive=True, callback=on_declared)
-
-    async_run.run(script)
+    async_run.consume_one(name, lambda ch, method: ch.basic_ack(method.delivery_tag))
     spans = otel.spans()
     (ack,) = otel.named(f"ack {name}")
     assert span_summary(ack, spans)["parent"] == f"process {name}"

@@ -1,4 +1,5 @@
-"""An SDK tracer and meter provider recording in memory, and kombu instrumented with them."""
+"""An SDK tracer and meter provider recording in memory (the broker harness's ``otel``), and
+kombu instrumented with them."""
 
 from __future__ import annotations
 
@@ -7,14 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from broker_harness import Recorder
+from broker_harness.pytest_plugin import otel
 from otel_kombu import KombuInstrumentor
 
-
-@pytest.fixture
-def otel() -> Iterator[Recorder]:
-    recorder = Recorder()
-    yield recorder
-    recorder.shutdown()
+__all__ = ["otel"]
 
 
 @pytest.fixture

@@ -1,16 +1,8 @@
-"""An SDK tracer and meter provider recording in memory, for the core's pure unit tests."""
+"""An SDK tracer and meter provider recording in memory, for the core's pure unit tests: the
+``otel`` fixture of the broker harness (``broker_harness.pytest_plugin``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from broker_harness.pytest_plugin import otel
 
-import pytest
-
-from broker_harness import Recorder
-
-
-@pytest.fixture
-def otel() -> Iterator[Recorder]:
-    recorder = Recorder()
-    yield recorder
-    recorder.shutdown()
+__all__ = ["otel"]

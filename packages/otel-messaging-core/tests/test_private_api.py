@@ -26,6 +26,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace import propagation as span_propagation
 
 from broker_harness import Recorder
+from broker_harness.otel import data_points
 from otel_messaging_core import (
     DestinationCache,
     InstrumentationOptions,
@@ -302,16 +303,7 @@ def test_proxy_fallback_records_once_a_provider_is_set(monkeypatch: pytest.Monke
     reader = InMemoryMetricReader()
     provider.on_set_meter_provider(MeterProvider(metric_readers=[reader]))
     recorded.published(attributes, 0.001)
-    data = reader.get_metrics_data()
-    assert data is not None
-    sent = [
-        point.value
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == "messaging.client.sent.messages"
-        for point in m.data.data_points
-    ]
+    sent = [point.value for point in data_points(reader, "messaging.client.sent.messages")]
     assert sent == [1]
 
 

@@ -230,13 +230,17 @@ span_contexts = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
+# a span context and the baggage entries of the context it is injected from
+_spans_with_baggage = given(
     span_context=span_contexts,
     entries=st.dictionaries(
         st.from_regex(r"[a-z][a-z.]{0,8}", fullmatch=True), st.text(max_size=10), max_size=3
     ),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@_spans_with_baggage
 def test_inject_span_writes_what_the_propagators_write(
     span_context: SpanContext, entries: dict[str, str]
 ) -> None:
@@ -257,12 +261,7 @@ def test_inject_span_writes_what_the_propagators_write(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    span_context=span_contexts,
-    entries=st.dictionaries(
-        st.from_regex(r"[a-z][a-z.]{0,8}", fullmatch=True), st.text(max_size=10), max_size=3
-    ),
-)
+@_spans_with_baggage
 def test_injecting_the_current_span_writes_what_the_propagators_write(
     span_context: SpanContext, entries: dict[str, str]
 ) -> None:

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from broker_harness import Recorder
+from broker_harness.otel import data_points
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.telemetry import MessagingTelemetry
@@ -288,15 +289,9 @@ def test_receive_started_earlier_covers_the_pull(otel: Recorder) -> None:
     assert span.end_time is not None
     assert span.start_time is not None
     assert span.end_time - span.start_time >= 200_000_000
-    data = otel.reader.get_metrics_data()
-    assert data is not None
     sums = [
         point.sum
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == "messaging.client.operation.duration"
-        for point in metric.data.data_points
+        for point in data_points(otel.reader, "messaging.client.operation.duration")
         if point.attributes and point.attributes.get("messaging.operation.name") == "receive"
     ]
     assert len(sums) == 1

@@ -16,16 +16,19 @@ from opentelemetry.trace import Span, SpanContext
 
 from broker_harness.broker import Broker
 
-__all__ = ["Recorder", "Traceparent", "header_text", "messaging_attributes", "span_summary"]
+__all__ = [
+    "Recorder",
+    "Traceparent",
+    "data_points",
+    "header_text",
+    "messaging_attributes",
+    "span_summary",
+]
 
-OPERATION_TYPES = {
-    "publish": "send",
-    "process": "process",
-    "receive": "receive",
-    "ack": "settle",
-    "nack": "settle",
-    "reject": "settle",
-}
+#: the semconv operation type of each operation name
+OPERATION_TYPES = {"publish": "send", "process": "process", "receive": "receive"} | dict.fromkeys(
+    ("ack", "nack", "reject"), "settle"
+)
 
 
 @dataclass
@@ -70,25 +73,32 @@ class Recorder:
 
     def points(self, metric: str) -> list[tuple[dict[str, Any], Any]]:
         """``(attributes, value)`` of every data point of ``metric``; histograms give their count."""
-        data = self.reader.get_metrics_data()
         found: list[tuple[dict[str, Any], Any]] = []
-        if data is None:
-            return found
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name != metric:
-                        continue
-                    for point in m.data.data_points:
-                        value = getattr(point, "value", None)
-                        if value is None:
-                            value = getattr(point, "count", None)
-                        found.append((dict(point.attributes or {}), value))
+        for point in data_points(self.reader, metric):
+            value = getattr(point, "value", None)
+            if value is None:
+                value = getattr(point, "count", None)
+            found.append((dict(point.attributes or {}), value))
         return found
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def data_points(reader: InMemoryMetricReader, metric: str) -> list[Any]:
+    """Every data point of ``metric`` the reader collects now (the SDK's point objects)."""
+    data = reader.get_metrics_data()
+    if data is None:
+        return []
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == metric
+        for point in m.data.data_points
+    ]
 
 
 def span_summary(span: ReadableSpan, spans: Sequence[ReadableSpan] = ()) -> dict[str, Any]:

@@ -105,3 +105,23 @@ def instrumentation(otel: Recorder) -> Iterator[Callable[[Callable[[], Any]], In
     for instrumentor in made:
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
+
+
+def instrument_fixtures(
+    make: Callable[[], InstrumentorT], library: str
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The ``instrument`` and ``instrumented`` fixtures of one plugin's tests, for its conftest:
+    ``instrument, instrumented = instrument_fixtures(PikaInstrumentor, "pika")``."""
+
+    def instrument(instrumentation: Callable[..., Any]) -> Callable[..., InstrumentorT]:
+        return instrumentation(make)  # type: ignore[no-any-return]
+
+    def instrumented(instrument: Callable[..., InstrumentorT]) -> InstrumentorT:
+        return instrument()
+
+    instrument.__doc__ = (
+        f"``instrument(**options)`` instruments {library} with the test's providers; undone "
+        "after the test."
+    )
+    instrumented.__doc__ = f"{library} instrumented with the default options."
+    return pytest.fixture(instrument), pytest.fixture(instrumented)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Collection, Final
+from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -18,20 +17,16 @@ from otel_messaging_core import (
     ContribGuard,
     InstrumentationOptions,
     MessageContext,
+    MessagingInstrumentor,
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
-    has_options,
-    log_reconfigured,
     message_context_of,
 )
 
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_aiopika"
-_logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
-
-_INSTRUMENT: Final = capture_internal_exceptions("otel_aiopika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("aio-pika message_context()")
 
 Target = tuple[type, str, Wrapper]
@@ -84,9 +79,7 @@ def _targets() -> list[Target]:
 
 
 def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
-    return MessagingTelemetry(
-        options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
-    )
+    return AioPikaInstrumentor._make(options)  # type: ignore[no-any-return]
 
 
 class _Patches:
@@ -118,56 +111,43 @@ class _Patches:
             return
         from otel_aiopika._consume import finish_iterations
 
-        with _INSTRUMENT:
+        with AioPikaInstrumentor._guard:
             finish_iterations()  # without the patches, nothing would end an open receive span
         for owner, name, _wrapper in _targets():
             unwrap(owner, name)
         cls.installed = False
 
 
-class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """OpenTelemetry instrumentation for aio-pika (see the module documentation of :mod:`otel_aiopika`)."""
+class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentation for aio-pika (see the module documentation of :mod:`otel_aiopika`).
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return _instruments
+    ``instrument()``, ``uninstrument()`` and a second ``instrument(**options)`` follow the
+    lifecycle every plugin shares (``otel_messaging_core.MessagingInstrumentor``).
+    """
 
-    def instrument(self, **kwargs: Any) -> Any:
-        """Instrument aio-pika; see :mod:`otel_aiopika`. Called again with options while
-        instrumented (as under ``opentelemetry-instrument``), it applies them and says what
-        changed (INFO)."""
-        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
-            options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
-            with _INSTRUMENT:
-                old = registry.telemetry
-                registry.telemetry = _telemetry(options)
-                registry.changed()
-                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
-            return None
-        return super().instrument(**kwargs)
+    _instrumentation_name = _INSTRUMENTATION_NAME
+    _library = "aio-pika"
+    _version = __version__
+    _instruments = _instruments
+    _contrib = _CONTRIB
 
-    def _instrument(self, **kwargs: Any) -> None:
-        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
-        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
-        # loading every other instrumentor.
-        options = InstrumentationOptions.from_kwargs(kwargs)
-        with _INSTRUMENT:
-            telemetry = _telemetry(options)
-            _CONTRIB.engage()
-            _Patches.install()
-            registry.telemetry = telemetry
-            registry.changed()
-            return
-        # reached only when the block above failed (logged): aio-pika is left as it was
-        _logger.error(
-            "otel_aiopika: aio-pika is not traced: instrument() failed (see the warning above)"
-        )
+    @classmethod
+    def _install(cls) -> None:
+        _Patches.install()
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        registry.telemetry = None
+    @classmethod
+    def _remove(cls) -> None:
+        _Patches.remove()
+
+    @classmethod
+    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
+        old, registry.telemetry = registry.telemetry, made
         registry.changed()
-        if not registry.pinned:
-            _Patches.remove()
-        _CONTRIB.release()
+        return old.options if old is not None else None
+
+    @classmethod
+    def _needed_by_channels(cls) -> bool:
+        return bool(registry.pinned)
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
@@ -177,13 +157,14 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         use these options whether or not ``instrument()`` was called; other channels are left to
         ``instrument()`` (or alone). Calling it again replaces the channel's options.
         """
-        options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
-        with _INSTRUMENT:
-            telemetry = _telemetry(options)
+
+        def pin(telemetry: MessagingTelemetry) -> None:
             _Patches.install()
             setattr(channel, PIN_ATTR, telemetry)
             registry.pinned.add(channel)
             registry.changed()
+
+        AioPikaInstrumentor._instrument_scope(pin, kwargs)
 
     @staticmethod
     def uninstrument_channel(channel: Any) -> None:

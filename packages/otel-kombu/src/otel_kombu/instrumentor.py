@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Callable, Collection, Final, NamedTuple
+from typing import Any, Callable, Final, NamedTuple
 
 import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -20,11 +20,9 @@ from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
 from otel_messaging_core import (
     InstrumentationOptions,
+    MessagingInstrumentor,
     MessagingTelemetry,
     PluginOption,
-    capture_internal_exceptions,
-    has_options,
-    log_reconfigured,
 )
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
@@ -39,8 +37,6 @@ SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
 SKIP_CELERY: Final = PluginOption(
     "skip_celery_messages", SKIP_CELERY_MESSAGES_ENV, default=DEFAULT_SKIP, choices=CELERY_KINDS
 )
-
-_INSTRUMENT: Final = capture_internal_exceptions("otel_kombu instrument()")
 
 
 class _Patch(NamedTuple):
@@ -111,69 +107,49 @@ def _remove() -> None:
         unwrap(_owner(patch), patch.attribute)
 
 
-def _instrumentation(options: InstrumentationOptions) -> Instrumentation:
-    telemetry = MessagingTelemetry(options, instrumentation_name="otel_kombu", version=__version__)
-    kinds = options.plugin[SKIP_CELERY.keyword]
-    assert isinstance(kinds, tuple)  # an option with choices
-    return Instrumentation(telemetry, celery_skip=celery_skip(kinds))
-
-
-def _options(kwargs: dict[str, Any]) -> InstrumentationOptions:
-    """Every SPEC keyword and ``skip_celery_messages``, validated by the core (strict in code,
-    lenient in the environment)."""
-    return InstrumentationOptions.from_kwargs(kwargs, plugin_options=(SKIP_CELERY,))
-
-
-class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
     """OpenTelemetry instrumentation for kombu; see :mod:`otel_kombu` for the guide.
 
     ``instrument(**options)`` wraps kombu for every connection; ``instrument_connection(connection,
     **options)`` records one connection only, with its own options. The options are SPEC's
     (``tracer_provider``, ``meter_provider``, ``publish_hook``, ``consume_hook``,
     ``consumer_context``, ``settle_spans``, ``capture_headers``, ``capture_headers_max_length``,
-    ``baggage_attributes``) plus ``skip_celery_messages``.
+    ``baggage_attributes``) plus ``skip_celery_messages``. ``instrument()``, ``uninstrument()``
+    and a second ``instrument(**options)`` follow the lifecycle every plugin shares
+    (``otel_messaging_core.MessagingInstrumentor``).
     """
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return _instruments
+    _instrumentation_name = "otel_kombu"
+    _library = "kombu"
+    _version = __version__
+    _instruments = _instruments
+    _plugin_options = (SKIP_CELERY,)
 
-    def instrument(self, **kwargs: Any) -> Any:
-        """Instrument kombu; see :mod:`otel_kombu`. Called again with options while instrumented
-        (as under ``opentelemetry-instrument``), it applies them and says what changed (INFO)."""
-        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
-            options = _options(kwargs)  # a mistake in code raises
-            with _INSTRUMENT:
-                old = REGISTRY.instrumentation
-                REGISTRY.instrumentation = _instrumentation(options)
-                REGISTRY.changed()
-                forget_sweeps()
-                log_reconfigured("otel_kombu", old.telemetry.options if old else None, options)
-            return None
-        return super().instrument(**kwargs)
+    @classmethod
+    def _make(cls, options: InstrumentationOptions) -> Instrumentation:
+        telemetry: MessagingTelemetry = super()._make(options)
+        kinds = options.plugin[SKIP_CELERY.keyword]
+        assert isinstance(kinds, tuple)  # an option with choices
+        return Instrumentation(telemetry, celery_skip=celery_skip(kinds))
 
-    def _instrument(self, **kwargs: Any) -> None:
-        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
-        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
-        # loading every other instrumentor.
-        options = _options(kwargs)
-        with _INSTRUMENT:
-            instrumentation = _instrumentation(options)
-            _install()
-            REGISTRY.instrumentation = instrumentation
-            REGISTRY.changed()
-            forget_sweeps()
-            return
-        # reached only when the block above failed (logged): kombu is left as it was
-        _logger.error(
-            "otel_kombu: kombu is not traced: instrument() failed (see the warning above)"
-        )
+    @classmethod
+    def _install(cls) -> None:
+        _install()
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        REGISTRY.instrumentation = None
+    @classmethod
+    def _remove(cls) -> None:
+        _remove()
+
+    @classmethod
+    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
+        old, REGISTRY.instrumentation = REGISTRY.instrumentation, made
         REGISTRY.changed()
         forget_sweeps()
-        if not REGISTRY.pinned:
-            _remove()
+        return old.telemetry.options if old is not None else None
+
+    @classmethod
+    def _needed_by_channels(cls) -> bool:
+        return bool(REGISTRY.pinned)
 
     @staticmethod
     def instrument_connection(connection: Any, **kwargs: Any) -> None:
@@ -183,14 +159,15 @@ class KombuInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
         Connections made from it by ``clone()`` (pools, Celery) are separate connections.
         """
-        options = _options(kwargs)  # a mistake in code raises
-        with _INSTRUMENT:
-            instrumentation = _instrumentation(options)
+
+        def pin(instrumentation: Instrumentation) -> None:
             _install()
             connection.__dict__[PINNED_ATTR] = instrumentation
             REGISTRY.pinned.add(connection)
             REGISTRY.changed()
             forget_sweeps()
+
+        KombuInstrumentor._instrument_scope(pin, kwargs)
 
     @staticmethod
     def uninstrument_connection(connection: Any) -> None:

@@ -7,7 +7,8 @@ content (:mod:`~otel_messaging_core.propagation`), the consumer-context policy
 the four semconv instruments (:mod:`~otel_messaging_core.metrics`), the validated options
 (:mod:`~otel_messaging_core.options`), the per-message operations
 (:mod:`~otel_messaging_core.telemetry`), and the one guard idiom that keeps our own failures out of
-the user's calls (:mod:`~otel_messaging_core.guard`). Plugins import only what this module
+the user's calls (:mod:`~otel_messaging_core.guard`), and the instrumentor lifecycle every
+plugin shares (:mod:`~otel_messaging_core.instrumentor`). Plugins import only what this module
 exports. ``_private_api`` holds every use of OpenTelemetry's private API, each with a public
 fallback.
 """
@@ -30,6 +31,7 @@ from otel_messaging_core.consumer import (
 )
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
+from otel_messaging_core.instrumentor import MessagingInstrumentor
 from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
 from otel_messaging_core.options import (
     InstrumentationOptions,
@@ -67,6 +69,7 @@ __all__ = [
     "Envelope",
     "InstrumentationOptions",
     "MessageContext",
+    "MessagingInstrumentor",
     "MessagingTelemetry",
     "PluginOption",
     "Publish",

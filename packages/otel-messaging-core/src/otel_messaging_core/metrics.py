@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Mapping
+from typing import Callable, Final, Mapping
 
 from opentelemetry.metrics import Histogram, Meter, MeterProvider, get_meter
 from opentelemetry.semconv._incubating.metrics import messaging_metrics as _mm
@@ -19,12 +19,7 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 
 Attributes = Mapping[str, AttributeValue]
-
-
-def _with_error(attributes: Attributes, error_type: str | None) -> Attributes:
-    if error_type is None:
-        return attributes
-    return {**attributes, ERROR_TYPE: error_type}
+Recorder = Callable[["MessagingMetrics", Attributes, float, "str | None"], None]
 
 
 def _duration_histogram(meter: Meter, name: str, description: str) -> Histogram:
@@ -43,6 +38,33 @@ def _duration_histogram(meter: Meter, name: str, description: str) -> Histogram:
         )
     except TypeError:  # opentelemetry-api < 1.30: the keyword does not exist yet
         return meter.create_histogram(name, unit="s", description=description)
+
+
+def _recorder(counter: str | None, histogram: str, doc: str) -> Recorder:
+    """One recording method of :class:`MessagingMetrics`: count on ``counter`` (when given) and
+    time on ``histogram``, with ``error.type`` added on failure.
+
+    Instruments of the API's proxy meter provider (no global provider set yet) forward to a real
+    instrument once one is set; until then every call would be thrown away, so the method returns
+    early (one attribute check instead of two calls).
+    """
+
+    def record(
+        self: MessagingMetrics,
+        attributes: Attributes,
+        duration: float,
+        error_type: str | None = None,
+    ) -> None:
+        proxy = self._proxy
+        if proxy is not None and getattr(proxy, REAL_INSTRUMENT) is None:
+            return  # no MeterProvider set (yet): nothing would be recorded
+        attrs = attributes if error_type is None else {**attributes, ERROR_TYPE: error_type}
+        if counter is not None:
+            getattr(self, counter).add(1, attrs)
+        getattr(self, histogram).record(duration, attrs)
+
+    record.__doc__ = doc
+    return record
 
 
 class MessagingMetrics:
@@ -81,45 +103,20 @@ class MessagingMetrics:
         self._process_duration = _duration_histogram(
             meter, _mm.MESSAGING_PROCESS_DURATION, "Duration of processing operation."
         )
-        # Instruments of the API's proxy meter provider (no global provider set yet) forward to a
-        # real instrument once one is set; until then every call would be thrown away, so the
-        # recording methods return early (one attribute check instead of two calls).
+        # a proxy instrument: the recording methods return early until a provider is set
         self._proxy = proxy_instrument(self._sent)
 
-    def published(
-        self, attributes: Attributes, duration: float, error_type: str | None = None
-    ) -> None:
-        """One publish attempt and how long the client call took."""
-        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
-            return  # no MeterProvider set (yet): nothing would be recorded
-        attrs = _with_error(attributes, error_type)
-        self._sent.add(1, attrs)
-        self._operation_duration.record(duration, attrs)
-
-    def received(
-        self, attributes: Attributes, duration: float, error_type: str | None = None
-    ) -> None:
-        """One message pulled (``receive``) and how long the pull or its handling took."""
-        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
-            return  # no MeterProvider set (yet): nothing would be recorded
-        attrs = _with_error(attributes, error_type)
-        self._consumed.add(1, attrs)
-        self._operation_duration.record(duration, attrs)
-
-    def processed(
-        self, attributes: Attributes, duration: float, error_type: str | None = None
-    ) -> None:
-        """One pushed message handed to the application and how long its handler ran."""
-        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
-            return  # no MeterProvider set (yet): nothing would be recorded
-        attrs = _with_error(attributes, error_type)
-        self._consumed.add(1, attrs)
-        self._process_duration.record(duration, attrs)
-
-    def settled(
-        self, attributes: Attributes, duration: float, error_type: str | None = None
-    ) -> None:
-        """One ack, nack or reject call."""
-        if self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None:
-            return  # no MeterProvider set (yet): nothing would be recorded
-        self._operation_duration.record(duration, _with_error(attributes, error_type))
+    published = _recorder(
+        "_sent", "_operation_duration", "One publish attempt and how long the client call took."
+    )
+    received = _recorder(
+        "_consumed",
+        "_operation_duration",
+        "One message pulled (``receive``) and how long the pull or its handling took.",
+    )
+    processed = _recorder(
+        "_consumed",
+        "_process_duration",
+        "One pushed message handed to the application and how long its handler ran.",
+    )
+    settled = _recorder(None, "_operation_duration", "One ack, nack or reject call.")

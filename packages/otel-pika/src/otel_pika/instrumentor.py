@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Collection, Final
+from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -15,11 +14,10 @@ from otel_messaging_core import (
     ContribGuard,
     InstrumentationOptions,
     MessageContext,
+    MessagingInstrumentor,
     MessagingTelemetry,
     Wrapper,
     capture_internal_exceptions,
-    has_options,
-    log_reconfigured,
     message_context_of,
 )
 from otel_pika._package import _instruments
@@ -29,9 +27,6 @@ from otel_pika.version import __version__
 __all__ = ["PikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_pika"
-_logger: Final = logging.getLogger(_INSTRUMENTATION_NAME)
-
-_INSTRUMENT: Final = capture_internal_exceptions("otel_pika instrument()")
 _MESSAGE_CONTEXT: Final = capture_internal_exceptions("pika message_context()")
 
 Resolver = Callable[[Any], Any]
@@ -85,10 +80,17 @@ def _targets() -> tuple[list[Target], list[Target], list[Target]]:
     return channel, blocking, blocking_impl
 
 
-def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
-    return MessagingTelemetry(
-        options, instrumentation_name=_INSTRUMENTATION_NAME, version=__version__
-    )
+def _channel_patches(channel: Any) -> tuple[Any, list[tuple[Any, Target]]]:
+    """The ``pika.channel.Channel`` behind ``channel`` and the patches ``instrument_channel()``
+    puts on the objects of ``channel``: (object, target) pairs."""
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    channel_targets, blocking_targets, blocking_impl = _targets()
+    if isinstance(channel, BlockingChannel):
+        impl = channel._impl
+        patches = [(channel, t) for t in blocking_targets] + [(impl, t) for t in blocking_impl]
+        return impl, patches
+    return channel, [(channel, t) for t in channel_targets]
 
 
 class _Bound:
@@ -105,50 +107,37 @@ class _Bound:
         return self._wrapper(self.__wrapped__, self._instance, args, kwargs)
 
 
-class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """OpenTelemetry instrumentation for pika (see the module documentation of :mod:`otel_pika`)."""
+class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
+    """OpenTelemetry instrumentation for pika (see the module documentation of :mod:`otel_pika`).
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return _instruments
+    ``instrument()``, ``uninstrument()`` and a second ``instrument(**options)`` follow the
+    lifecycle every plugin shares (``otel_messaging_core.MessagingInstrumentor``).
+    """
 
-    def instrument(self, **kwargs: Any) -> Any:
-        """Instrument pika; see :mod:`otel_pika`. Called again with options while instrumented
-        (as under ``opentelemetry-instrument``), it applies them and says what changed (INFO)."""
-        if self.is_instrumented_by_opentelemetry and has_options(kwargs):
-            options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
-            with _INSTRUMENT:
-                old = runtime.telemetry
-                runtime.telemetry = _telemetry(options)
-                log_reconfigured(_INSTRUMENTATION_NAME, old.options if old else None, options)
-            return None
-        return super().instrument(**kwargs)
+    _instrumentation_name = _INSTRUMENTATION_NAME
+    _library = "pika"
+    _version = __version__
+    _instruments = _instruments
+    _contrib = _CONTRIB
 
-    def _instrument(self, **kwargs: Any) -> None:
-        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
-        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
-        # loading every other instrumentor.
-        options = InstrumentationOptions.from_kwargs(kwargs)
-        with _INSTRUMENT:
-            telemetry = _telemetry(options)
-            import wrapt
+    @classmethod
+    def _install(cls) -> None:
+        import wrapt
 
-            _CONTRIB.engage()
-            channel, blocking, _ = _targets()
-            for owner, name, factory in (*channel, *blocking):
-                wrapt.wrap_function_wrapper(owner, name, factory(global_state))
-            runtime.telemetry = telemetry
-            return
-        # reached only when the block above failed (logged): leave pika as it was
-        with _INSTRUMENT:
-            self._uninstrument()
-        _logger.error("otel_pika: pika is not traced: instrument() failed (see the warning above)")
+        channel, blocking, _ = _targets()
+        for owner, name, factory in (*channel, *blocking):
+            wrapt.wrap_function_wrapper(owner, name, factory(global_state))
 
-    def _uninstrument(self, **kwargs: Any) -> None:
-        runtime.telemetry = None
+    @classmethod
+    def _remove(cls) -> None:
         channel, blocking, _ = _targets()
         for owner, name, _factory in (*channel, *blocking):
             unwrap(owner, name)
-        _CONTRIB.release()
+
+    @classmethod
+    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
+        old, runtime.telemetry = runtime.telemetry, made
+        return old.options if old is not None else None
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
@@ -157,19 +146,9 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         Takes the keywords of :meth:`instrument`. Calling it again on the same channel replaces
         its options; a globally instrumented channel switches to these options.
         """
-        from pika.adapters.blocking_connection import BlockingChannel
 
-        options = InstrumentationOptions.from_kwargs(kwargs)  # a mistake in code raises
-        with _INSTRUMENT:
-            telemetry = _telemetry(options)
-            channel_targets, blocking_targets, blocking_impl = _targets()
-            if isinstance(channel, BlockingChannel):
-                impl = channel._impl
-                patches = [(channel, t) for t in blocking_targets]
-                patches += [(impl, t) for t in blocking_impl]
-            else:
-                impl = channel
-                patches = [(impl, t) for t in channel_targets]
+        def bind(telemetry: MessagingTelemetry) -> None:
+            impl, patches = _channel_patches(channel)
             state = ensure_state(impl)
             state.own = True
             state.bind(impl, telemetry)
@@ -177,18 +156,12 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 if not isinstance(obj.__dict__.get(name), _Bound):
                     setattr(obj, name, _Bound(factory(own_state), getattr(obj, name), obj))
 
+        PikaInstrumentor._instrument_scope(bind, kwargs)
+
     @staticmethod
     def uninstrument_channel(channel: Any) -> None:
         """Undo :meth:`instrument_channel`: the channel is plain again (or globally instrumented)."""
-        from pika.adapters.blocking_connection import BlockingChannel
-
-        channel_targets, blocking_targets, blocking_impl = _targets()
-        if isinstance(channel, BlockingChannel):
-            impl = channel._impl
-            patches = [(channel, t) for t in blocking_targets] + [(impl, t) for t in blocking_impl]
-        else:
-            impl = channel
-            patches = [(impl, t) for t in channel_targets]
+        impl, patches = _channel_patches(channel)
         for obj, (_owner, name, _factory) in patches:
             if isinstance(obj.__dict__.get(name), _Bound):
                 delattr(obj, name)

@@ -1,0 +1,159 @@
+"""The instrumentor lifecycle every plugin shares, as a mixin placed before ``BaseInstrumentor``.
+
+``class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor)`` gets from it:
+
+* ``instrumentation_dependencies()`` (the plugin's ``_instruments``);
+* ``instrument(**options)`` called again while instrumented (as under ``opentelemetry-instrument``
+  and then the service's own call): the new options replace the live ones, logged at INFO, and
+  nothing is patched twice;
+* ``_instrument()``: the keywords are validated first (a mistake in code raises); past that
+  nothing raises, since an entry point that raises would stop ``opentelemetry-instrument`` from
+  loading every other instrumentor: the contrib instrumentor of the same library is kept off
+  (:class:`~otel_messaging_core.conflicts.ContribGuard`), the patches are installed and the global
+  instrumentation set; a failure is logged, undone, and the library left as it was;
+* ``_uninstrument()``: the global instrumentation goes, the patches too unless per-channel
+  (or per-connection) instrumentation still needs them, and the contrib instrumentor may
+  instrument again.
+
+The plugin says what differs: how it installs and removes its patches, where it keeps the global
+instrumentation, and (kombu) what it builds from the options. The core does not depend on
+``opentelemetry-instrumentation``: ``BaseInstrumentor`` comes from the plugin's side of the
+class statement, reached through ``super()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Mapping, Sequence
+
+from otel_messaging_core.guard import capture_internal_exceptions
+from otel_messaging_core.options import (
+    InstrumentationOptions,
+    PluginOption,
+    has_options,
+    log_reconfigured,
+)
+from otel_messaging_core.telemetry import MessagingTelemetry
+
+if TYPE_CHECKING:
+    from otel_messaging_core.conflicts import ContribGuard
+
+__all__ = ["MessagingInstrumentor"]
+
+
+class MessagingInstrumentor:
+    """The shared ``BaseInstrumentor`` lifecycle (see the module docstring).
+
+    A subclass sets the class attributes and implements :meth:`_install`, :meth:`_remove` and
+    :meth:`_swap_global` (and :meth:`_needed_by_channels` when per-channel instrumentation uses
+    the same patches).
+    """
+
+    #: the instrumentation scope, logger and entry point name (``otel_pika``)
+    _instrumentation_name: ClassVar[str]
+    #: the instrumented library as a user knows it (``pika``), for the log lines
+    _library: ClassVar[str]
+    #: the plugin's version, given to the tracer and the meter
+    _version: ClassVar[str]
+    #: the ``instruments`` requirement ``instrumentation_dependencies()`` returns
+    _instruments: ClassVar[Collection[str]]
+    #: the contrib instrumentor of the same library, kept off while this one is instrumented
+    _contrib: ClassVar[ContribGuard | None] = None
+    #: keywords of the plugin's own, on top of the shared ones
+    _plugin_options: ClassVar[Sequence[PluginOption]] = ()
+    #: the guard of ``instrument()`` and of per-channel instrumentation: ``"<name> instrument()"``
+    _guard: ClassVar[capture_internal_exceptions]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("_instrumentation_name")
+        if name is not None:
+            cls._guard = capture_internal_exceptions(f"{name} instrument()")
+
+    # what a plugin provides ------------------------------------------------------------------
+
+    @classmethod
+    def _install(cls) -> None:
+        """Install every patch (doing nothing when they are installed)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _remove(cls) -> None:
+        """Remove every patch (doing nothing when none is installed)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
+        """Make ``made`` (from :meth:`make`, or ``None``) the global instrumentation; return the
+        options of the one it replaces (``None`` when there was none)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _needed_by_channels(cls) -> bool:
+        """True while per-channel instrumentation relies on the global patches."""
+        return False
+
+    @classmethod
+    def _options(cls, kwargs: Mapping[str, Any]) -> InstrumentationOptions:
+        """Validate the keywords (strict in code, lenient in the environment)."""
+        return InstrumentationOptions.from_kwargs(kwargs, plugin_options=cls._plugin_options)
+
+    @classmethod
+    def _make(cls, options: InstrumentationOptions) -> Any:
+        """What the wrappers use for these options: a ``MessagingTelemetry`` unless overridden."""
+        return MessagingTelemetry(
+            options, instrumentation_name=cls._instrumentation_name, version=cls._version
+        )
+
+    @classmethod
+    def _instrument_scope(cls, bind: Callable[[Any], None], kwargs: Mapping[str, Any]) -> None:
+        """``instrument_channel()`` / ``instrument_connection()``: validate the keywords (a mistake
+        in code raises), then ``bind(what _make gives)`` to the one object, under the guard."""
+        options = cls._options(kwargs)
+        with cls._guard:
+            bind(cls._make(options))
+
+    # the BaseInstrumentor lifecycle ----------------------------------------------------------
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return self._instruments
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """Instrument the library (see the plugin's module documentation). Called again with
+        options while instrumented (as under ``opentelemetry-instrument``), it applies them and
+        says what changed (INFO)."""
+        if getattr(self, "is_instrumented_by_opentelemetry", False) and has_options(kwargs):
+            options = self._options(kwargs)  # a mistake in code raises
+            with self._guard:
+                old = self._swap_global(self._make(options))
+                log_reconfigured(self._instrumentation_name, old, options)
+            return None
+        return super().instrument(**kwargs)  # type: ignore[misc]
+
+    def _instrument(self, **kwargs: Any) -> None:
+        # Keywords are checked before anything is patched: a mistake in code raises. Past that,
+        # nothing raises: an entry point that raises would stop opentelemetry-instrument from
+        # loading every other instrumentor.
+        options = self._options(kwargs)
+        with self._guard:
+            made = self._make(options)
+            if self._contrib is not None:
+                self._contrib.engage()
+            self._install()
+            self._swap_global(made)
+            return
+        # reached only when the block above failed (logged): leave the library as it was
+        with self._guard:
+            self._uninstrument()
+        logging.getLogger(self._instrumentation_name).error(
+            "%s: %s is not traced: instrument() failed (see the warning above)",
+            self._instrumentation_name,
+            self._library,
+        )
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        self._swap_global(None)
+        if not self._needed_by_channels():
+            self._remove()
+        if self._contrib is not None:
+            self._contrib.release()
