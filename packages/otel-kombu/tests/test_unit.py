@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from opentelemetry import trace
 
 from broker_harness import Recorder, span_summary
 from otel_kombu import KombuInstrumentor
@@ -162,6 +163,41 @@ def test_memory_transport_round_trip(traced: KombuInstrumentor, otel: Recorder) 
         "messaging.destination.name": "orders:order.created:srm",
         "messaging.message.body.size": len(b'{"order": 1}'),
     }
+
+
+def test_a_body_that_does_not_decode_goes_to_on_decode_error_inside_the_process_span(
+    traced: KombuInstrumentor, otel: Recorder
+) -> None:
+    """kombu's decode-error handling is kept: on_decode_error gets the message (not the callbacks),
+    in the process span's context, and the span ends when it returns."""
+    exchange = Exchange("orders", type="direct")
+    queue = Queue("srm-bad", exchange, routing_key="bad")
+    called: list[Any] = []
+    seen: list[Any] = []
+
+    def on_decode_error(message: Any, exc: Exception) -> None:
+        seen.append((message, type(exc).__name__, trace.get_current_span().get_span_context()))
+
+    with (
+        Connection("memory://") as connection,
+        Consumer(
+            connection,
+            [queue],
+            callbacks=[lambda body, message: called.append(body)],
+            on_decode_error=on_decode_error,
+        ),
+    ):
+        Producer(connection, exchange=exchange).publish(
+            b"{not json", routing_key="bad", content_type="application/json",
+            content_encoding="utf-8",
+        )  # fmt: skip
+        connection.drain_events(timeout=5)
+    assert called == []
+    ((message, error, span_context),) = seen
+    assert error == "DecodeError"
+    assert message.body == b"{not json"
+    (process,) = otel.named("process srm-bad")
+    assert span_context.span_id == process.context.span_id
 
 
 def test_skip_celery_messages_from_the_environment(
