@@ -149,7 +149,7 @@ def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
         if exc is not None:
             op.end(exc, error_type=_failure(exc))
             return
-        description = _returned(result)
+        description = None if result is None else _returned(result)
         if description is not None:
             op.end(error_type=UNROUTABLE, description=description)
         else:
@@ -158,22 +158,37 @@ def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
         _PUBLISH.report(internal)
 
 
-async def publish(
+async def _published(op: Publish, sending: Any) -> Any:
+    """Await aio-pika's own publish coroutine, then end the span with its outcome."""
+    try:
+        result = await sending
+    except BaseException as exc:
+        _end(op, exc)
+        raise
+    _end(op, None, result)
+    return result
+
+
+def publish(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message."""
+    """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message.
+
+    Not a coroutine function itself: the span starts when ``publish()`` is called (the caller's
+    context), and the awaitable returned is aio-pika's own coroutine when nothing is traced, else
+    one coroutine that awaits it and ends the span: no second layer of wrapping.
+    """
     started = None
     try:
         started = _start(instance, args, kwargs)
     except Exception as internal:
         _PUBLISH.report(internal)
     if started is None:
-        return await wrapped(*args, **kwargs)
+        return wrapped(*args, **kwargs)
     op, args, kwargs = started
     try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
+        sending = wrapped(*args, **kwargs)
+    except BaseException as exc:  # arguments aio-pika's publish rejects (TypeError)
         _end(op, exc)
         raise
-    _end(op, None, result)
-    return result
+    return _published(op, sending)
