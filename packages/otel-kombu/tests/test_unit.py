@@ -200,6 +200,43 @@ def test_a_body_that_does_not_decode_goes_to_on_decode_error_inside_the_process_
     assert span_context.span_id == process.context.span_id
 
 
+def test_a_producer_that_published_while_instrumented_is_kombus_own_after_uninstrument(
+    otel: Recorder,
+) -> None:
+    """uninstrument() restores producers that are kept and reused (pools, Celery): no spans,
+    no context in the headers, kombu's own methods."""
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)
+    with Connection("memory://") as connection:
+        producer = Producer(connection, exchange=Exchange("unbound-shadow", type="direct"))
+        producer.publish({"n": 1}, routing_key="order.created")
+        instrumentor.uninstrument()
+        assert not {"publish", "_publish"} & set(vars(producer))
+        before = len(otel.spans())
+        producer.publish({"n": 2}, routing_key="order.created")
+    assert len(otel.spans()) == before
+
+
+class _CountingProducer(Producer):  # type: ignore[misc]
+    calls = 0
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).calls += 1
+        return super().publish(*args, **kwargs)
+
+
+def test_a_producer_subclass_that_overrides_publish_keeps_its_override(
+    traced: KombuInstrumentor, otel: Recorder
+) -> None:
+    """A subclass's own publish runs on every call, and its messages are still traced."""
+    with Connection("memory://") as connection:
+        producer = _CountingProducer(connection, exchange=Exchange("unbound-shadow", type="direct"))
+        producer.publish({"n": 1}, routing_key="order.created")
+        producer.publish({"n": 2}, routing_key="order.created")
+    assert _CountingProducer.calls == 2
+    assert len(otel.named("publish unbound-shadow")) == 2
+
+
 def test_skip_celery_messages_from_the_environment(
     otel: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

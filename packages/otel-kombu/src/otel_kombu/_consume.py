@@ -30,6 +30,7 @@ from opentelemetry import context as otel_context
 
 from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
 from otel_kombu._celery import task_id
+from otel_kombu._publish import forget_shadows
 from otel_kombu._util import body_size
 from otel_messaging_core import (
     Consume,
@@ -371,7 +372,9 @@ def _sweep(connection: Any) -> None:
 
 
 def forget_sweeps() -> None:
-    """Instrumentation changed: every connection's drain_events checks its consumers again."""
+    """Instrumentation changed: every connection's drain_events checks its consumers again, and
+    every producer goes through the class's (maybe unwrapped) methods again."""
+    forget_shadows()
     for connection in list(_shadowed):
         shadow = connection.__dict__.get("drain_events")
         if type(shadow) is MethodType and shadow.__self__ is connection:
