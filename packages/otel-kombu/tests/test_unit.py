@@ -237,6 +237,45 @@ def test_a_producer_subclass_that_overrides_publish_keeps_its_override(
     assert len(otel.named("publish unbound-shadow")) == 2
 
 
+class _CountingConsumer(Consumer):  # type: ignore[misc]
+    calls = 0
+
+    def _receive_callback(self, message: Any) -> Any:
+        type(self).calls += 1
+        return super()._receive_callback(message)
+
+
+@pytest.mark.parametrize("consumer_class", [Consumer, _CountingConsumer])
+def test_consumers_are_traced_and_restored_by_uninstrument(
+    otel: Recorder, consumer_class: type[Consumer]
+) -> None:
+    """Each delivery gets a process span (a subclass's own _receive_callback still runs);
+    after uninstrument() the same consumer goes on receiving, untraced, as kombu's own."""
+    exchange = Exchange("shadowed-consumer", type="direct")
+    queue = Queue(f"shadowed-{consumer_class.__name__}", exchange, routing_key="k")
+    got: list[Any] = []
+    _CountingConsumer.calls = 0
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)
+    try:
+        with Connection("memory://") as connection:
+            consumer = consumer_class(connection, [queue], callbacks=[lambda b, m: got.append(b)])
+            with consumer:
+                producer = Producer(connection, exchange=exchange)
+                producer.publish({"n": 1}, routing_key="k")
+                connection.drain_events(timeout=5)
+                instrumentor.uninstrument()
+                assert "_receive_callback" not in vars(consumer)
+                producer.publish({"n": 2}, routing_key="k")
+                connection.drain_events(timeout=5)
+    finally:
+        instrumentor.uninstrument()
+    assert got == [{"n": 1}, {"n": 2}]
+    assert len(otel.named(f"process {queue.name}")) == 1
+    if consumer_class is _CountingConsumer:
+        assert _CountingConsumer.calls == 2
+
+
 def test_skip_celery_messages_from_the_environment(
     otel: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "SKIPPED",
     "forget_sweeps",
     "message_context",
+    "wrap_consume",
     "wrap_drain_events",
     "wrap_virtual_message_to_python",
     "wrap_message_to_python",
@@ -232,19 +233,82 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
     return result
 
 
+def _binding_to_process(consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The binding to trace this delivery with, or ``None``: pass it through (callers guard)."""
+    if len(args) != 1 or kwargs or consumer.__dict__.get(_SIMPLE_ATTR):
+        return None
+    binding = binding_for(connection_of_channel(consumer.channel))
+    return binding if binding.telemetry is not None else None
+
+
 def wrap_receive_callback(
     wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Consumer._receive_callback``: one process span around decoding and every callback."""
     binding: Binding | None = None
     try:
-        if len(args) == 1 and not kwargs and not consumer.__dict__.get(_SIMPLE_ATTR):
-            binding = binding_for(connection_of_channel(consumer.channel))
+        binding = _binding_to_process(consumer, args, kwargs)
     except Exception as internal:
         _PROCESS.report(internal)
-    if binding is None or binding.telemetry is None:
+    if binding is None:
         return wrapped(*args, **kwargs)
     return _process(consumer, binding, args[0])
+
+
+# -- one plain call a delivery ---------------------------------------------------------------------
+#
+# A consumer hands the channel its bound ``_receive_callback`` when it starts consuming; through
+# the class wrapper that is a wrapt bound wrapper, one dispatch per delivery. Consumer.consume
+# (once per consumer) binds a plain function on the consumer first, so the channel holds that
+# instead; only for a class whose _receive_callback is ours unchanged. After uninstrument() it
+# passes deliveries to kombu's own method (as the wrapt wrapper a channel may hold does).
+
+# Consumer class -> its _receive_callback as kombu defines it, or None (not ours: keep the class's)
+_receivers: dict[type, Any] = {}
+_shadowed_consumers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _receiver(kind: type) -> Any:
+    found = _receivers.get(kind, _UNKNOWN)
+    if found is _UNKNOWN:
+        wrapper = inspect.getattr_static(kind, "_receive_callback", None)
+        found = None
+        if getattr(wrapper, "_self_wrapper", None) is wrap_receive_callback:
+            found = wrapper.__wrapped__
+        _receivers[kind] = found
+    return found
+
+
+def _shadow_receive_callback(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+    binding: Binding | None = None
+    try:
+        binding = _binding_to_process(consumer, args, kwargs)
+    except Exception as internal:
+        _PROCESS.report(internal)
+    if binding is not None:
+        return _process(consumer, binding, args[0])
+    original = _receiver(type(consumer))
+    if original is None:  # not instrumented any more: kombu's own method (or a wrapper of it)
+        return type(consumer)._receive_callback(consumer, *args, **kwargs)
+    return original(consumer, *args, **kwargs)
+
+
+_shadow_receive_callback.__name__ = "_receive_callback"
+
+
+def wrap_consume(
+    wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Consumer.consume``: bind the plain ``_receive_callback`` on the consumer (see above)
+    before kombu hands it to the channel."""
+    try:
+        state = consumer.__dict__
+        if "_receive_callback" not in state and _receiver(type(consumer)) is not None:
+            state["_receive_callback"] = MethodType(_shadow_receive_callback, consumer)
+            _shadowed_consumers.add(consumer)
+    except Exception as internal:
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
 
 
 def wrap_message_to_python(
@@ -321,7 +385,9 @@ def _rewired(callback: Any, original: Any, name: str) -> Any:
     if type(callback) is not MethodType or callback.__func__ is not original:
         return None
     traced = getattr(callback.__self__, name)
-    return None if type(traced) is MethodType else traced
+    if type(traced) is MethodType and traced.__func__ is not _shadow_receive_callback:
+        return None  # kombu's own method still (not instrumented)
+    return traced
 
 
 def _sweep(connection: Any) -> None:
@@ -375,6 +441,13 @@ def forget_sweeps() -> None:
     """Instrumentation changed: every connection's drain_events checks its consumers again, and
     every producer goes through the class's (maybe unwrapped) methods again."""
     forget_shadows()
+    for consumer in list(_shadowed_consumers):
+        # the channel keeps what it was given (it passes through when not instrumented)
+        bound = consumer.__dict__.get("_receive_callback")
+        if type(bound) is MethodType and bound.__func__ is _shadow_receive_callback:
+            del consumer.__dict__["_receive_callback"]
+    _shadowed_consumers.clear()
+    _receivers.clear()
     for connection in list(_shadowed):
         shadow = connection.__dict__.get("drain_events")
         if type(shadow) is MethodType and shadow.__self__ is connection:
