@@ -126,3 +126,30 @@ def test_the_message_sent_is_a_view_with_other_headers() -> None:
     assert dict(message.headers) == {"x-app": "shop"}
     assert "traceparent" not in (message.properties.headers or {})
     assert repr(sent) == repr(message)
+
+
+class ClosedUnderlay(FakeUnderlay):
+    """A channel that says it is closed: aio-pika's publish raises before any I/O."""
+
+    is_closed = True
+
+
+def test_an_exchange_kept_across_uninstrument_publishes_as_aio_pikas_own(otel: Recorder) -> None:
+    """uninstrument() restores long-lived exchange objects (``channel.default_exchange``): no
+    span, and aio-pika's own publish, for an exchange that published while instrumented."""
+    import asyncio
+
+    from aiormq.exceptions import ChannelInvalidStateError
+
+    exchange = aio_pika.Exchange(ClosedUnderlay(), "orders")  # type: ignore[arg-type]
+    instrumentor = AioPikaInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)
+    try:
+        with pytest.raises(ChannelInvalidStateError):
+            asyncio.run(exchange.publish(aio_pika.Message(b"{}"), "q"))
+    finally:
+        instrumentor.uninstrument()
+    assert "publish" not in vars(exchange)
+    with pytest.raises(ChannelInvalidStateError):
+        asyncio.run(exchange.publish(aio_pika.Message(b"{}"), "q"))
+    assert [span.name for span in otel.spans()] == ["publish orders"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from opentelemetry import trace
 
 from broker_harness import Recorder, span_summary
 from otel_kombu import KombuInstrumentor
@@ -162,6 +163,117 @@ def test_memory_transport_round_trip(traced: KombuInstrumentor, otel: Recorder) 
         "messaging.destination.name": "orders:order.created:srm",
         "messaging.message.body.size": len(b'{"order": 1}'),
     }
+
+
+def test_a_body_that_does_not_decode_goes_to_on_decode_error_inside_the_process_span(
+    traced: KombuInstrumentor, otel: Recorder
+) -> None:
+    """kombu's decode-error handling is kept: on_decode_error gets the message (not the callbacks),
+    in the process span's context, and the span ends when it returns."""
+    exchange = Exchange("orders", type="direct")
+    queue = Queue("srm-bad", exchange, routing_key="bad")
+    called: list[Any] = []
+    seen: list[Any] = []
+
+    def on_decode_error(message: Any, exc: Exception) -> None:
+        seen.append((message, type(exc).__name__, trace.get_current_span().get_span_context()))
+
+    with (
+        Connection("memory://") as connection,
+        Consumer(
+            connection,
+            [queue],
+            callbacks=[lambda body, message: called.append(body)],
+            on_decode_error=on_decode_error,
+        ),
+    ):
+        Producer(connection, exchange=exchange).publish(
+            b"{not json", routing_key="bad", content_type="application/json",
+            content_encoding="utf-8",
+        )  # fmt: skip
+        connection.drain_events(timeout=5)
+    assert called == []
+    ((message, error, span_context),) = seen
+    assert error == "DecodeError"
+    assert message.body == b"{not json"
+    (process,) = otel.named("process srm-bad")
+    assert span_context.span_id == process.context.span_id
+
+
+def test_a_producer_that_published_while_instrumented_is_kombus_own_after_uninstrument(
+    otel: Recorder,
+) -> None:
+    """uninstrument() restores producers that are kept and reused (pools, Celery): no spans,
+    no context in the headers, kombu's own methods."""
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)
+    with Connection("memory://") as connection:
+        producer = Producer(connection, exchange=Exchange("unbound-shadow", type="direct"))
+        producer.publish({"n": 1}, routing_key="order.created")
+        instrumentor.uninstrument()
+        assert not {"publish", "_publish"} & set(vars(producer))
+        before = len(otel.spans())
+        producer.publish({"n": 2}, routing_key="order.created")
+    assert len(otel.spans()) == before
+
+
+class _CountingProducer(Producer):  # type: ignore[misc]
+    calls = 0
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).calls += 1
+        return super().publish(*args, **kwargs)
+
+
+def test_a_producer_subclass_that_overrides_publish_keeps_its_override(
+    traced: KombuInstrumentor, otel: Recorder
+) -> None:
+    """A subclass's own publish runs on every call, and its messages are still traced."""
+    with Connection("memory://") as connection:
+        producer = _CountingProducer(connection, exchange=Exchange("unbound-shadow", type="direct"))
+        producer.publish({"n": 1}, routing_key="order.created")
+        producer.publish({"n": 2}, routing_key="order.created")
+    assert _CountingProducer.calls == 2
+    assert len(otel.named("publish unbound-shadow")) == 2
+
+
+class _CountingConsumer(Consumer):  # type: ignore[misc]
+    calls = 0
+
+    def _receive_callback(self, message: Any) -> Any:
+        type(self).calls += 1
+        return super()._receive_callback(message)
+
+
+@pytest.mark.parametrize("consumer_class", [Consumer, _CountingConsumer])
+def test_consumers_are_traced_and_restored_by_uninstrument(
+    otel: Recorder, consumer_class: type[Consumer]
+) -> None:
+    """Each delivery gets a process span (a subclass's own _receive_callback still runs);
+    after uninstrument() the same consumer goes on receiving, untraced, as kombu's own."""
+    exchange = Exchange("shadowed-consumer", type="direct")
+    queue = Queue(f"shadowed-{consumer_class.__name__}", exchange, routing_key="k")
+    got: list[Any] = []
+    _CountingConsumer.calls = 0
+    instrumentor = KombuInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)
+    try:
+        with Connection("memory://") as connection:
+            consumer = consumer_class(connection, [queue], callbacks=[lambda b, m: got.append(b)])
+            with consumer:
+                producer = Producer(connection, exchange=exchange)
+                producer.publish({"n": 1}, routing_key="k")
+                connection.drain_events(timeout=5)
+                instrumentor.uninstrument()
+                assert "_receive_callback" not in vars(consumer)
+                producer.publish({"n": 2}, routing_key="k")
+                connection.drain_events(timeout=5)
+    finally:
+        instrumentor.uninstrument()
+    assert got == [{"n": 1}, {"n": 2}]
+    assert len(otel.named(f"process {queue.name}")) == 1
+    if consumer_class is _CountingConsumer:
+        assert _CountingConsumer.calls == 2
 
 
 def test_skip_celery_messages_from_the_environment(

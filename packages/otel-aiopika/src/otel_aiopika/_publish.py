@@ -11,16 +11,19 @@ result otherwise (both ``error.type=unroutable``).
 
 from __future__ import annotations
 
+import inspect
+import weakref
+from types import MethodType
 from typing import Any, Callable, Final
 
 import aio_pika.message
 import aiormq
 from aio_pika.message import Message
 
-from otel_aiopika._state import resolve
+from otel_aiopika._state import registry, resolve
 from otel_messaging_core import BROKER_NACK, UNROUTABLE, Publish, capture_internal_exceptions
 
-__all__ = ["headers_of", "publish", "with_headers"]
+__all__ = ["forget_shadows", "headers_of", "publish", "with_headers"]
 
 
 _PUBLISH: Final = capture_internal_exceptions("aio-pika publish")
@@ -149,7 +152,7 @@ def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
         if exc is not None:
             op.end(exc, error_type=_failure(exc))
             return
-        description = _returned(result)
+        description = None if result is None else _returned(result)
         if description is not None:
             op.end(error_type=UNROUTABLE, description=description)
         else:
@@ -158,22 +161,94 @@ def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
         _PUBLISH.report(internal)
 
 
-async def publish(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message."""
-    started = None
+async def _published(op: Publish, sending: Any) -> Any:
+    """Await aio-pika's own publish coroutine, then end the span with its outcome."""
     try:
-        started = _start(instance, args, kwargs)
-    except Exception as internal:
-        _PUBLISH.report(internal)
-    if started is None:
-        return await wrapped(*args, **kwargs)
-    op, args, kwargs = started
-    try:
-        result = await wrapped(*args, **kwargs)
+        result = await sending
     except BaseException as exc:
         _end(op, exc)
         raise
     _end(op, None, result)
     return result
+
+
+def publish(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Exchange.publish``: one PRODUCER span; the context travels in a copy of the message.
+
+    Not a coroutine function itself: the span starts when ``publish()`` is called (the caller's
+    context), and the awaitable returned is aio-pika's own coroutine when nothing is traced, else
+    one coroutine that awaits it and ends the span: no second layer of wrapping.
+    """
+    started = None
+    try:
+        if "publish" not in getattr(instance, "__dict__", ("publish",)):  # the class wrapper
+            _shadow(instance)
+        started = _start(instance, args, kwargs)
+    except Exception as internal:
+        _PUBLISH.report(internal)
+    if started is None:
+        return wrapped(*args, **kwargs)
+    op, args, kwargs = started
+    try:
+        sending = wrapped(*args, **kwargs)
+    except BaseException as exc:  # arguments aio-pika's publish rejects (TypeError)
+        _end(op, exc)
+        raise
+    return _published(op, sending)
+
+
+# -- one plain call -------------------------------------------------------------------------------
+#
+# A wrapt wrapper costs a dispatch per call. The first publish through the class wrapper binds a
+# plain function on the exchange object itself (``channel.default_exchange`` and declared
+# exchanges are long-lived), which shadows the class's wrapper; only for a class whose publish is
+# ours unchanged (a subclass that overrides it keeps the class wrapper). Whenever
+# instrumentation changes, forget_shadows() takes them back.
+
+# Exchange class -> its publish as aio-pika defines it, or None (keep the class wrapper)
+_plain: dict[type, Any] = {}
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _original(kind: type) -> Any:
+    found = _plain.get(kind, _plain)
+    if found is _plain:
+        wrapper = inspect.getattr_static(kind, "publish", None)
+        found = None
+        if getattr(wrapper, "_self_wrapper", None) is publish:
+            found = wrapper.__wrapped__
+        _plain[kind] = found
+    return found
+
+
+def _shadow_publish(exchange: Any, *args: Any, **kwargs: Any) -> Any:
+    original = _plain.get(type(exchange))
+    if original is None:  # instrumentation changed under it: the class's own
+        return type(exchange).publish(exchange, *args, **kwargs)
+    return publish(MethodType(original, exchange), exchange, args, kwargs)
+
+
+_shadow_publish.__name__ = "publish"
+
+
+def _shadow(exchange: Any) -> None:
+    """Bind the plain wrapper on ``exchange`` (see above); callers guard."""
+    if _original(type(exchange)) is None:
+        return
+    exchange.__dict__["publish"] = MethodType(_shadow_publish, exchange)
+    _shadowed.add(exchange)
+
+
+def forget_shadows() -> None:
+    """Instrumentation changed: every exchange goes through its class's publish again."""
+    for exchange in list(_shadowed):
+        bound = exchange.__dict__.get("publish")
+        if type(bound) is MethodType and bound.__func__ is _shadow_publish:
+            del exchange.__dict__["publish"]
+    _shadowed.clear()
+    _plain.clear()
+
+
+registry.listeners.append(forget_shadows)

@@ -8,8 +8,10 @@ covering all of them, with the span's context current while they run and restore
 The span needs kombu's ``Message`` (its headers, and the place to keep the delivery record for a
 later ack). Virtual transports (memory, Redis, ...) deliver one; pyamqp delivers an
 ``amqp.Message`` that ``_receive_callback`` converts first thing with the channel's
-``message_to_python``. For those, the wrapper leaves a small pending record on the raw message and
-the wrapped ``message_to_python`` starts the span on the converted ``Message``.
+``message_to_python``. So for a traced consumer the wrapper runs kombu's few lines itself
+(:func:`_process`: convert, start the span on the ``Message``, decode, call back), the one
+interception per message; ``message_to_python`` stays wrapped only to find consumers that started
+before ``instrument()``, and a traced consumer's conversion goes past that wrapper.
 
 Pulls (``Queue.get``, which ``SimpleQueue.get_nowait`` uses, and ``SimpleQueue.get`` /
 ``SimpleBuffer.get``, which drain into a buffer) get a receive span and leave the caller's context
@@ -18,6 +20,7 @@ as it was; :func:`message_context` makes the message's context current for a blo
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from time import perf_counter
 from types import MethodType
@@ -27,6 +30,7 @@ from opentelemetry import context as otel_context
 
 from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
 from otel_kombu._celery import task_id
+from otel_kombu._publish import forget_shadows
 from otel_kombu._util import body_size
 from otel_messaging_core import (
     Consume,
@@ -40,6 +44,7 @@ __all__ = [
     "SKIPPED",
     "forget_sweeps",
     "message_context",
+    "wrap_consume",
     "wrap_drain_events",
     "wrap_virtual_message_to_python",
     "wrap_message_to_python",
@@ -49,12 +54,15 @@ __all__ = [
 ]
 
 # On a kombu Message: its Consume operation (or SKIPPED), so the ack can link to it and it is
-# freed with the message. On a raw amqp.Message: the _Pending record until conversion.
+# freed with the message.
 MESSAGE_ATTR: Final = "_otel_kombu"
 # On the Consumer that a SimpleQueue/SimpleBuffer owns: its deliveries get receive spans in get().
 _SIMPLE_ATTR: Final = "_otel_kombu_simple"
 # On a kombu Connection: the instrumentation generation its consumers were last checked at.
 _SWEPT_ATTR: Final = "_otel_kombu_swept"
+# A channel class -> its message_to_python without our wrapper (None: look it up on the channel)
+_converters: dict[type, Any] = {}
+_UNKNOWN: Final = object()
 # Connections whose drain_events is shadowed by kombu's own bound method (see _sweep)
 _shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -72,18 +80,6 @@ class _Skipped:
 
 
 SKIPPED: Final = _Skipped()
-
-
-class _Pending:
-    """A raw delivery waiting for kombu to convert it; the span starts on the converted message."""
-
-    __slots__ = ("binding", "op", "queue", "track")
-
-    def __init__(self, binding: Binding, queue: str, track: bool) -> None:
-        self.binding = binding
-        self.queue = queue
-        self.track = track
-        self.op: Consume | None = None
 
 
 def _start(
@@ -157,90 +153,181 @@ def _queue_of(consumer: Any, info: Any) -> str:
     return ""
 
 
-def _prepare_process(consumer: Any, message: Any) -> tuple[Consume | None, _Pending | None]:
-    if consumer.__dict__.get(_SIMPLE_ATTR):
-        return None, None
+def _converter(channel: Any) -> Any:
+    """The channel's ``message_to_python`` as kombu's ``_receive_callback`` looks it up, minus our
+    own wrapper (which only sweeps, :func:`wrap_message_to_python`): one interception a message."""
+    kind = type(channel)
+    found = _converters.get(kind, _UNKNOWN)
+    if found is _UNKNOWN:
+        found = inspect.getattr_static(kind, "message_to_python", None)
+        if getattr(found, "_self_wrapper", None) is not wrap_message_to_python:
+            found = None  # not ours (or none): looked up on the channel as kombu does
+        else:
+            found = found.__wrapped__
+        _converters[kind] = found
+    if found is not None and "message_to_python" not in getattr(channel, "__dict__", ()):
+        return MethodType(found, channel)
+    return getattr(channel, "message_to_python", None)
+
+
+def _handle(consumer: Any, message: Any) -> Any:
+    """The rest of kombu's ``Consumer._receive_callback`` (kombu 5.3 to 5.7), once converted."""
+    on_m = consumer.on_message
+    try:
+        accept = consumer.accept
+        if accept is not None:
+            message.accept = accept
+        if message.errors:
+            return message._reraise_error(consumer.on_decode_error)
+        decoded = None if on_m else message.decode()
+    except Exception as exc:
+        if not consumer.on_decode_error:
+            raise
+        consumer.on_decode_error(message, exc)
+        return None
+    return on_m(message) if on_m else consumer.receive(decoded, message)
+
+
+def _end(op: Consume, exc: BaseException | None = None) -> None:
+    try:
+        op.end(exc)
+    except Exception as internal:
+        _PROCESS.report(internal)
+        with _PROCESS:
+            op.deactivate()  # whatever failed, the caller's context comes back
+
+
+def _process(consumer: Any, binding: Binding, message: Any) -> Any:
+    """Kombu's ``_receive_callback`` with the process span: convert the delivery (pyamqp's raw
+    ``amqp.Message``) to kombu's ``Message``, start the span on it, then decode and call back."""
     channel = consumer.channel
-    binding = binding_for(connection_of_channel(channel))
-    if binding.telemetry is None:
-        return None, None
-    info = message.delivery_info
-    queue = _queue_of(consumer, info)
-    # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
-    no_ack = getattr(channel, "no_ack_consumers", None)
-    track = not (no_ack and info and info.get("consumer_tag") in no_ack)
-    if getattr(type(message), "ack", None) is None:
-        # a raw amqp.Message: the span starts on kombu's Message (wrap_message_to_python)
-        pending = _Pending(binding, queue, track)
-        message.__dict__[MESSAGE_ATTR] = pending
-        return None, pending
-    return _start(binding, "process", queue, message, track=track), None
+    try:
+        m2p = _converter(channel)
+        if m2p:
+            message = m2p(message)
+    except Exception as exc:  # as kombu: the consumer's on_decode_error, or raise
+        if not consumer.on_decode_error:
+            raise
+        consumer.on_decode_error(message, exc)
+        return None
+    op: Consume | None = None
+    try:
+        info = message.delivery_info
+        queue = _queue_of(consumer, info)
+        # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
+        no_ack = getattr(channel, "no_ack_consumers", None)
+        track = not (no_ack and info and info.get("consumer_tag") in no_ack)
+        op = _start(binding, "process", queue, message, track=track)
+        if op is not None:
+            op.activate()
+    except Exception as internal:
+        _PROCESS.report(internal)
+    if op is None:
+        return _handle(consumer, message)
+    try:
+        result = _handle(consumer, message)
+    except BaseException as exc:
+        _end(op, exc)
+        raise
+    _end(op)
+    return result
 
 
-def _end(op: Consume | None, exc: BaseException | None = None) -> None:
-    if op is not None:
-        try:
-            op.end(exc)
-        except Exception as internal:
-            _PROCESS.report(internal)
-            with _PROCESS:
-                op.deactivate()  # whatever failed, the caller's context comes back
+def _binding_to_process(consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The binding to trace this delivery with, or ``None``: pass it through (callers guard)."""
+    if len(args) != 1 or kwargs or consumer.__dict__.get(_SIMPLE_ATTR):
+        return None
+    binding = binding_for(connection_of_channel(consumer.channel))
+    return binding if binding.telemetry is not None else None
 
 
 def wrap_receive_callback(
     wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Consumer._receive_callback``: one process span around decoding and every callback."""
-    op: Consume | None = None
-    pending: _Pending | None = None
+    binding: Binding | None = None
     try:
-        op, pending = _prepare_process(consumer, args[0] if args else kwargs["message"])
-        if op is not None:
-            op.activate()
+        binding = _binding_to_process(consumer, args, kwargs)
     except Exception as internal:
         _PROCESS.report(internal)
-    if op is None and pending is None:
+    if binding is None:
         return wrapped(*args, **kwargs)
+    return _process(consumer, binding, args[0])
+
+
+# -- one plain call a delivery ---------------------------------------------------------------------
+#
+# A consumer hands the channel its bound ``_receive_callback`` when it starts consuming; through
+# the class wrapper that is a wrapt bound wrapper, one dispatch per delivery. Consumer.consume
+# (once per consumer) binds a plain function on the consumer first, so the channel holds that
+# instead; only for a class whose _receive_callback is ours unchanged. After uninstrument() it
+# passes deliveries to kombu's own method (as the wrapt wrapper a channel may hold does).
+
+# Consumer class -> its _receive_callback as kombu defines it, or None (not ours: keep the class's)
+_receivers: dict[type, Any] = {}
+_shadowed_consumers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _receiver(kind: type) -> Any:
+    found = _receivers.get(kind, _UNKNOWN)
+    if found is _UNKNOWN:
+        wrapper = inspect.getattr_static(kind, "_receive_callback", None)
+        found = None
+        if getattr(wrapper, "_self_wrapper", None) is wrap_receive_callback:
+            found = wrapper.__wrapped__
+        _receivers[kind] = found
+    return found
+
+
+def _shadow_receive_callback(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+    binding: Binding | None = None
     try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _end(pending.op if pending is not None else op, exc)
-        raise
-    if pending is not None:
-        op = pending.op
-    if op is not None:
-        try:
-            op.end()
-        except Exception as internal:
-            _PROCESS.report(internal)
-            with _PROCESS:
-                op.deactivate()  # whatever failed, the caller's context comes back
-    return result
+        binding = _binding_to_process(consumer, args, kwargs)
+    except Exception as internal:
+        _PROCESS.report(internal)
+    if binding is not None:
+        return _process(consumer, binding, args[0])
+    original = _receiver(type(consumer))
+    if original is None:  # not instrumented any more: kombu's own method (or a wrapper of it)
+        return type(consumer)._receive_callback(consumer, *args, **kwargs)
+    return original(consumer, *args, **kwargs)
+
+
+_shadow_receive_callback.__name__ = "_receive_callback"
+
+
+def wrap_consume(
+    wrapped: Callable[..., Any], consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Consumer.consume``: bind the plain ``_receive_callback`` on the consumer (see above)
+    before kombu hands it to the channel."""
+    try:
+        state = consumer.__dict__
+        if "_receive_callback" not in state and _receiver(type(consumer)) is not None:
+            state["_receive_callback"] = MethodType(_shadow_receive_callback, consumer)
+            _shadowed_consumers.add(consumer)
+    except Exception as internal:
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
 
 
 def wrap_message_to_python(
     wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """pyamqp ``Channel.message_to_python``: start the pending process span on the kombu Message."""
-    message = wrapped(*args, **kwargs)
+    """A channel's ``message_to_python`` (pyamqp's, the virtual transports'): kombu's own
+    ``_receive_callback`` calls it for every message, so a consumer that started before
+    ``instrument()`` and is driven by an event loop (Celery's worker never calls
+    ``Connection.drain_events``) is rewired here; it is traced from its next message on. A traced
+    consumer converts its messages past this wrapper (:func:`_converter`)."""
     try:
-        state = getattr(args[0] if args else kwargs.get("raw_message"), "__dict__", None)
-        pending = state.pop(MESSAGE_ATTR, None) if state else None
-        if type(pending) is _Pending:
-            op = pending.op = _start(
-                pending.binding, "process", pending.queue, message, track=pending.track
-            )
-            if op is not None:
-                op.activate()
-        else:
-            # a get, or a consumer that started before instrument(): kombu's own
-            # _receive_callback calls this for every message, so a consumer driven by an event
-            # loop (Celery's worker never calls Connection.drain_events) is rewired here and
-            # traced from its next message on
-            _sweep_if_changed(connection_of_channel(channel))
+        _sweep_if_changed(connection_of_channel(channel))
     except Exception as internal:
-        _PROCESS.report(internal)
-    return message
+        _CONSUMER.report(internal)
+    return wrapped(*args, **kwargs)
+
+
+# kept for the patch list: the same wrapper serves every transport
+wrap_virtual_message_to_python: Final = wrap_message_to_python
 
 
 def _receive(channel: Any, queue: str, message: Any, started: float) -> None:
@@ -298,7 +385,9 @@ def _rewired(callback: Any, original: Any, name: str) -> Any:
     if type(callback) is not MethodType or callback.__func__ is not original:
         return None
     traced = getattr(callback.__self__, name)
-    return None if type(traced) is MethodType else traced
+    if type(traced) is MethodType and traced.__func__ is not _shadow_receive_callback:
+        return None  # kombu's own method still (not instrumented)
+    return traced
 
 
 def _sweep(connection: Any) -> None:
@@ -349,7 +438,16 @@ def _sweep(connection: Any) -> None:
 
 
 def forget_sweeps() -> None:
-    """Instrumentation changed: every connection's drain_events checks its consumers again."""
+    """Instrumentation changed: every connection's drain_events checks its consumers again, and
+    every producer goes through the class's (maybe unwrapped) methods again."""
+    forget_shadows()
+    for consumer in list(_shadowed_consumers):
+        # the channel keeps what it was given (it passes through when not instrumented)
+        bound = consumer.__dict__.get("_receive_callback")
+        if type(bound) is MethodType and bound.__func__ is _shadow_receive_callback:
+            del consumer.__dict__["_receive_callback"]
+    _shadowed_consumers.clear()
+    _receivers.clear()
     for connection in list(_shadowed):
         shadow = connection.__dict__.get("drain_events")
         if type(shadow) is MethodType and shadow.__self__ is connection:
@@ -375,21 +473,6 @@ def wrap_drain_events(
     """
     try:
         _sweep_if_changed(connection)
-    except Exception as internal:
-        _CONSUMER.report(internal)
-    return wrapped(*args, **kwargs)
-
-
-def wrap_virtual_message_to_python(
-    wrapped: Callable[..., Any], channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """A virtual transport's ``Channel.message_to_python``: kombu's ``_receive_callback`` calls
-    it for every message, traced consumer or not, so a consumer that started before
-    ``instrument()`` and is driven by an event loop (Celery's worker reads through the
-    transport's ``on_readable``, never ``Connection.drain_events``) is rewired here; it is
-    traced from its next message on."""
-    try:
-        _sweep_if_changed(connection_of_channel(channel))
     except Exception as internal:
         _CONSUMER.report(internal)
     return wrapped(*args, **kwargs)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
+from types import MethodType
 from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
@@ -35,7 +37,7 @@ from otel_messaging_core import (
     extract_context,
 )
 
-__all__ = ["wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
+__all__ = ["forget_shadows", "wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
 
 # Producer.publish(body, routing_key, delivery_mode, mandatory, immediate, priority, content_type,
 #                  content_encoding, serializer, headers, compression, exchange, retry, ...)
@@ -129,6 +131,76 @@ def _positional(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
     return bound.args, bound.kwargs
 
 
+# -- one plain call a layer ---------------------------------------------------------------------
+#
+# A wrapt wrapper costs a dispatch per call (binding, then the call through the proxy), twice per
+# publish here (publish, then _publish). The first call through the class wrapper binds two plain
+# functions on the producer itself, which shadow the class's wrappers: kombu's publish looks up
+# ``self._publish`` on the instance. Only for a class whose publish and _publish are ours
+# unchanged (a subclass that overrides either keeps the class wrappers); forget_shadows() takes
+# them back whenever instrumentation changes.
+
+# Producer class -> (publish, _publish) as kombu defines them, or None (keep the class wrappers)
+_plain: dict[type, tuple[Any, Any] | None] = {}
+_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _originals(kind: type) -> tuple[Any, Any] | None:
+    found = _plain.get(kind, _plain)
+    if found is _plain:
+        outer = inspect.getattr_static(kind, "publish", None)
+        inner = inspect.getattr_static(kind, "_publish", None)
+        found = None
+        if (
+            getattr(outer, "_self_wrapper", None) is wrap_publish
+            and getattr(inner, "_self_wrapper", None) is wrap_inner_publish
+        ):
+            found = (outer.__wrapped__, inner.__wrapped__)
+        _plain[kind] = found
+    return found  # type: ignore[return-value]
+
+
+def _shadow_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
+    originals = _plain.get(type(producer))
+    if originals is None:  # instrumentation changed under a call in flight: kombu's own
+        return type(producer).publish(producer, *args, **kwargs)
+    return wrap_publish(MethodType(originals[0], producer), producer, args, kwargs)
+
+
+def _shadow_inner_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
+    originals = _plain.get(type(producer))
+    if originals is None:
+        return type(producer)._publish(producer, *args, **kwargs)
+    return wrap_inner_publish(MethodType(originals[1], producer), producer, args, kwargs)
+
+
+# what kombu and its callers see as the methods' names (Connection.ensure names its retry loop)
+_shadow_publish.__name__ = "publish"
+_shadow_inner_publish.__name__ = "_publish"
+
+
+def _shadow(producer: Any) -> None:
+    """Bind the plain wrappers on ``producer`` (see above); callers guard."""
+    state = producer.__dict__
+    if "_publish" in state or _originals(type(producer)) is None:
+        return
+    state["publish"] = MethodType(_shadow_publish, producer)
+    state["_publish"] = MethodType(_shadow_inner_publish, producer)
+    _shadowed.add(producer)
+
+
+def forget_shadows() -> None:
+    """Instrumentation changed: every producer goes through the class's attributes again."""
+    for producer in list(_shadowed):
+        state = producer.__dict__
+        for name, function in (("publish", _shadow_publish), ("_publish", _shadow_inner_publish)):
+            bound = state.get(name)
+            if type(bound) is MethodType and bound.__func__ is function:
+                del state[name]
+    _shadowed.clear()
+    _plain.clear()
+
+
 def wrap_publish(
     wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -136,6 +208,8 @@ def wrap_publish(
     call: _Call | None = None
     sent_args, sent_kwargs = args, kwargs
     try:
+        if "publish" not in getattr(producer, "__dict__", ("publish",)):  # the class wrapper
+            _shadow(producer)
         retry = args[_PUBLISH_RETRY] if len(args) > _PUBLISH_RETRY else kwargs.get("retry")
         compression = (
             args[_PUBLISH_COMPRESSION]

@@ -54,6 +54,7 @@ PATCHES: Final = (
     _Patch("amqp.channel", "Channel", "_on_basic_return", _publish.wrap_on_basic_return),
     # consume: every transport hands deliveries to Consumer._receive_callback (see _consume)
     _Patch("kombu.messaging", "Consumer", "_receive_callback", _consume.wrap_receive_callback),
+    _Patch("kombu.messaging", "Consumer", "consume", _consume.wrap_consume),
     _Patch(
         "kombu.transport.pyamqp", "Channel", "message_to_python", _consume.wrap_message_to_python
     ),
