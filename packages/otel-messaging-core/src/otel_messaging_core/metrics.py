@@ -86,6 +86,12 @@ class MessagingMetrics:
         # recording methods return early (one attribute check instead of two calls).
         self._proxy = proxy_instrument(self._sent)
 
+    @property
+    def idle(self) -> bool:
+        """True while nothing would be recorded (no MeterProvider set yet): an operation that
+        makes no span then needs no timing either."""
+        return self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None
+
     def published(
         self, attributes: Attributes, duration: float, error_type: str | None = None
     ) -> None:

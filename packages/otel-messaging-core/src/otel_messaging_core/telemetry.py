@@ -22,12 +22,12 @@ needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 from __future__ import annotations
 
 from time import perf_counter, time_ns
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final, Literal, Mapping, Sequence
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
@@ -72,6 +72,7 @@ __all__ = [
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 #: Ends a captured header value cut at ``capture_headers_max_length`` characters.
 TRUNCATED_MARK: Final = "...[truncated]"
+_SAMPLED: Final = int(TraceFlags.SAMPLED)
 
 Attributes = dict[str, AttributeValue]
 
@@ -112,7 +113,9 @@ class MessagingTelemetry:
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
         # the sampler shortcut, bound once: one call per message, as when it was a method here
-        self._skips_child_of = UnsampledShortcut(options.tracer_provider).skips_child_of
+        shortcut = UnsampledShortcut(options.tracer_provider)
+        self._skips_child_of = shortcut.skips_child_of
+        self._drops_unsampled = shortcut.drops_unsampled
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -149,6 +152,87 @@ class MessagingTelemetry:
                 if len(text) > limit:  # a 20 kB header is not a span attribute
                     text = text[:limit] + TRUNCATED_MARK
                 attributes[HEADER_ATTRIBUTE_PREFIX + name] = text
+
+    # -- the unsampled fast path -------------------------------------------------------------------
+
+    def unsampled_publish(
+        self, headers: Mapping[Any, Any] | None
+    ) -> Mapping[Any, Any] | Literal[False] | None:
+        """The fast path of a publish inside a span that was not sampled: the headers to send,
+        or ``False`` when the publish takes the general path (:meth:`start_publish`).
+
+        It applies when the current span is valid and not sampled, the sampler follows the
+        parent (no span would be recorded: :mod:`~otel_messaging_core.sampling`), nothing
+        suppresses instrumentation and no MeterProvider is set (so there is nothing to count or
+        time). The returned headers are then a copy of ``headers`` carrying the parent's context
+        and the current baggage, or ``headers`` itself when nothing was added (``sent is
+        headers``: send the caller's message as given), exactly as :meth:`start_publish` would
+        send them; the caller sends them and does nothing else. Called first by a plugin's
+        publish wrapper, before it reads anything else of the call (docs/architecture.md).
+        """
+        try:
+            current = otel_context.get_current()
+            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
+            if parent is None:
+                return False
+            span_context = parent.get_span_context()
+            if (
+                span_context.trace_flags & _SAMPLED
+                or not span_context.is_valid
+                or current.get(SUPPRESS_KEY)
+                or not self.metrics.idle
+                or not self._drops_unsampled()
+            ):
+                return False
+            carrier = dict(headers) if headers else {}
+            inject_span(carrier, parent, current)
+            return headers_to_send(carrier, headers)
+        except Exception as internal:
+            log_internal_error("unsampled publish", internal)
+            return False
+
+    def unsampled_consume(self, headers: Mapping[Any, Any] | None) -> Context | None:
+        """The fast path of a pushed message whose trace was not sampled: the context to run its
+        handler in, or ``None`` when the message takes the general path (:meth:`start_consume`).
+
+        It applies when the message carries a ``traceparent`` with the not-sampled flag, no span
+        is current, ``consumer_context="parent"``, the sampler follows the parent (no span would
+        be recorded), nothing suppresses instrumentation and no MeterProvider is set. The
+        context is the message's own (its span context and baggage), what the general path
+        makes current when it skips the span; the caller makes it current around the handler
+        (``attach`` / ``restore``) and does nothing else. A manual-ack delivery is for the
+        general path (its settle needs the ledger's record).
+        """
+        try:
+            if not headers:
+                return None
+            try:
+                value = headers.get("traceparent")
+            except Exception:  # an exotic mapping, bytes keys under python -bb: the general path
+                return None
+            # flags "00" (a sampled or malformed one, or another spelling of the key, goes the
+            # general way, which reads it fully)
+            if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
+                return None
+            current = otel_context.get_current()
+            if (
+                current.get(SPAN_KEY) is not None
+                or current.get(SUPPRESS_KEY)
+                or not self.metrics.idle
+                or not self._drops_unsampled()
+            ):
+                return None
+            creation = extract_context(headers)
+            producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
+            if producer is None:
+                return None
+            span_context = producer.get_span_context()
+            if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
+                return None
+            return creation
+        except Exception as internal:
+            log_internal_error("unsampled consume", internal)
+            return None
 
     # -- publish -----------------------------------------------------------------------------------
 

@@ -23,7 +23,15 @@ from otel_messaging_core import (
     message_context_of,
 )
 from otel_pika._package import _instruments
-from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
+from otel_pika._state import (
+    ensure_state,
+    global_state,
+    own_state,
+    recall,
+    release_bypasses,
+    runtime,
+    state_of,
+)
 from otel_pika.version import __version__
 
 __all__ = ["PikaInstrumentor", "message_context"]
@@ -148,6 +156,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         channel, blocking, _ = _targets()
         for owner, name, _factory in (*channel, *blocking):
             unwrap(owner, name)
+        release_bypasses()
         _CONTRIB.release()
 
     @staticmethod
