@@ -279,9 +279,16 @@ class MessagingTelemetry:
                 attributes=attributes,
             )
             inject_span(carrier, span, current)
-            if self._publish_hook is not None and span.is_recording():
-                envelope = envelope_of(destination, body, carrier, message_id, correlation_id, raw)
-                call_hook(self._publish_hook, span, envelope)
+            if span.is_recording():
+                if self._publish_hook is not None:
+                    envelope = envelope_of(
+                        destination, body, carrier, message_id, correlation_id, raw
+                    )
+                    call_hook(self._publish_hook, span, envelope)
+            elif self.metrics.idle:
+                # not sampled and nothing to count: nothing to end or time (the span, which
+                # ends as a no-op, stays on the operation for a plugin matching returns)
+                return Publish(None, destination, span, headers_to_send(carrier, headers))
             if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
                 return Publish(self, destination, span, headers_to_send(carrier, headers))
             return Publish(self, destination, span, carrier)
@@ -330,7 +337,9 @@ class MessagingTelemetry:
                 delivery = None
                 if track_delivery:
                     delivery = Delivery(destination, delivery_tag, creation_sc, parent_span_context)
-                return Consume(self, destination, INVALID_SPAN, parent, delivery, started)
+                # nothing to count (no MeterProvider): nothing to time or end, only the context
+                counted = None if self.metrics.idle else self
+                return Consume(counted, destination, INVALID_SPAN, parent, delivery, started)
             links = [] if creation_sc is None else [Link(creation_sc)]
             if body_size is None and body is not None:
                 body_size = len(body)
