@@ -181,17 +181,26 @@ class _TracedCallback:
         self.manual_ack = manual_ack
 
     def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        op = context = None
+        op = token = None
         try:
             state = active_state(channel._impl)
             if state is not None:  # else uninstrumented since: a plain call
-                context = _unsampled(state, properties, self.manual_ack)
-                if context is None:
+                # the unsampled fast path first (written out here: this runs per message)
+                telemetry = state.telemetry
+                context = None
+                if telemetry is not None and not self.manual_ack:
+                    context = telemetry.unsampled_consume(properties.headers)
+                if context is not None:
+                    token = attach(context)
+                else:
                     op = _begin(state, "process", method, properties, body, "", self.manual_ack)
         except Exception as internal:
             _PROCESS.report(internal)
-        if context is not None:
-            return _in_context(context, self.callback, (channel, method, properties, body), {})
+        if token is not None:
+            try:
+                return self.callback(channel, method, properties, body)
+            finally:
+                restore(token)
         if op is None:
             return self.callback(channel, method, properties, body)
         with op:
