@@ -101,6 +101,12 @@ def test_consume_of_a_not_sampled_message_gives_the_message_context() -> None:
     assert (span_context.trace_id, span_context.span_id) == (TRACE_ID, SPAN_ID)
     assert not span_context.trace_flags.sampled
     assert baggage.get_baggage("order.id", context) == "17"
+    alone = telemetry.unsampled_consume(
+        {"traceparent": UNSAMPLED, "x-app": "shop"}
+    )  # read directly
+    assert alone is not None
+    assert trace.get_current_span(alone).get_span_context() == span_context
+    assert baggage.get_all(alone) == {}
 
 
 def test_consume_fast_path_steps_aside_when_a_span_or_a_metric_is_due(otel: Recorder) -> None:

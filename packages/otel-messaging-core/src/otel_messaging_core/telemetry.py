@@ -31,7 +31,12 @@ from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, Span
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
-from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY
+from otel_messaging_core._private_api import (
+    REAL_INSTRUMENT,
+    SPAN_KEY,
+    SUPPRESS_KEY,
+    sampler_drops_unsampled,
+)
 from otel_messaging_core.attributes import (
     HEADER_ATTRIBUTE_PREFIX,
     MESSAGING_BATCH_MESSAGE_COUNT,
@@ -56,7 +61,12 @@ from otel_messaging_core.operations import (
     set_error,
 )
 from otel_messaging_core.options import InstrumentationOptions
-from otel_messaging_core.propagation import extract_context, header_texts, inject_span
+from otel_messaging_core.propagation import (
+    extract_context,
+    fast_extract,
+    header_texts,
+    inject_span,
+)
 from otel_messaging_core.sampling import UnsampledShortcut
 
 __all__ = [
@@ -116,6 +126,12 @@ class MessagingTelemetry:
         shortcut = UnsampledShortcut(options.tracer_provider)
         self._skips_child_of = shortcut.skips_child_of
         self._drops_unsampled = shortcut.drops_unsampled
+        # An explicit provider's sampler does not change: whether it drops every span under a
+        # not-sampled parent is decided here, once (None: the global provider, asked each time).
+        sampler = getattr(options.tracer_provider, "sampler", None)
+        self._drops_fixed = None if sampler is None else sampler_drops_unsampled(sampler)
+        # the proxy instrument behind MessagingMetrics.idle (None: metrics always recorded)
+        self._meter_proxy = self.metrics._proxy
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -176,12 +192,14 @@ class MessagingTelemetry:
             if parent is None:
                 return False
             span_context = parent.get_span_context()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
             if (
                 span_context.trace_flags & _SAMPLED
                 or not span_context.is_valid
                 or current.get(SUPPRESS_KEY)
-                or not self.metrics.idle
-                or not self._drops_unsampled()
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
             ):
                 return False
             carrier = dict(headers) if headers else {}
@@ -215,20 +233,26 @@ class MessagingTelemetry:
             if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
                 return None
             current = otel_context.get_current()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
             if (
                 current.get(SPAN_KEY) is not None
                 or current.get(SUPPRESS_KEY)
-                or not self.metrics.idle
-                or not self._drops_unsampled()
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
             ):
                 return None
-            creation = extract_context(headers)
-            producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
-            if producer is None:
-                return None
-            span_context = producer.get_span_context()
-            if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
-                return None
+            # The usual message (a traceparent alone) is read directly: its flags are the "00"
+            # seen above and its ids were checked, so it is what we want as it is.
+            creation = fast_extract(headers)
+            if creation is None:  # baggage, tracestate, ...: read in full, then checked
+                creation = extract_context(headers)
+                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
+                if producer is None:
+                    return None
+                span_context = producer.get_span_context()
+                if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
+                    return None
             return creation
         except Exception as internal:
             log_internal_error("unsampled consume", internal)
