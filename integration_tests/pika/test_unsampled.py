@@ -3,6 +3,7 @@ that is not sampled still carries and gets, and the pass-through wrappers a Bloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import baggage, trace
@@ -12,7 +13,7 @@ from pika import BasicProperties
 from pika.adapters.blocking_connection import BlockingChannel
 
 from broker_harness import Recorder
-from integration_tests.pika.conftest import Instrument
+from integration_tests.pika.conftest import AsyncRun, Instrument
 
 TRACE_ID = 0x5EED
 SPAN_ID = 0xF00D
@@ -98,4 +99,36 @@ def test_blocking_channel_skips_the_pass_through_wrappers_until_uninstrument(
     otel.clear()
     channel.basic_publish("", queue, b"z")
     assert channel.basic_get(queue, auto_ack=True)[2] == b"z"
+    assert otel.spans() == []
+
+
+def test_async_adapter_consumer_of_a_not_sampled_message_runs_in_its_trace(
+    instrument: Instrument, otel: Recorder, async_run: AsyncRun, unique: Callable[[str], str]
+) -> None:
+    """On SelectConnection and AsyncioConnection, a message published inside a trace that was not
+    sampled reaches its consumer callback in that trace, with no span on either side and the
+    previous context back afterwards."""
+    instrument(meter_provider=None)
+    name = unique("q")
+    seen: list[tuple[int, bool]] = []
+
+    def script(channel: Any) -> None:
+        def on_message(ch: Any, method: Any, *_: Any) -> None:
+            span_context = trace.get_current_span().get_span_context()
+            seen.append((span_context.trace_id, span_context.trace_flags.sampled))
+            async_run.done()
+
+        def on_declared(_frame: Any) -> None:
+            channel.basic_consume(name, on_message, auto_ack=True)
+            token = otel_context.attach(unsampled_parent())  # sends that trace, not sampled
+            try:
+                channel.basic_publish("", name, b"x", BasicProperties(headers={"x-app": "shop"}))
+            finally:
+                otel_context.detach(token)
+
+        channel.queue_declare(name, exclusive=True, callback=on_declared)
+
+    async_run.run(script)
+    assert seen == [(TRACE_ID, False)]
+    assert trace.get_current_span().get_span_context().trace_id != TRACE_ID
     assert otel.spans() == []
