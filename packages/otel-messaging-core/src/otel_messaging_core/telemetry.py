@@ -35,6 +35,7 @@ from otel_messaging_core._private_api import (
     REAL_INSTRUMENT,
     SPAN_KEY,
     SUPPRESS_KEY,
+    get_current,
     sampler_drops_unsampled,
 )
 from otel_messaging_core.attributes import (
@@ -187,7 +188,7 @@ class MessagingTelemetry:
         publish wrapper, before it reads anything else of the call (docs/architecture.md).
         """
         try:
-            current = otel_context.get_current()
+            current = get_current()
             parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
             if parent is None:
                 return False
@@ -232,7 +233,7 @@ class MessagingTelemetry:
             # general way, which reads it fully)
             if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
                 return None
-            current = otel_context.get_current()
+            current = get_current()
             proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
             if (
                 current.get(SPAN_KEY) is not None
