@@ -280,10 +280,13 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
 
     piece("core.timing+metrics.published (no MeterProvider)", timing)
     piece("core.get_current", otel_context.get_current)
-    piece(
-        "pika._start (plugin glue + core start)",
-        lambda: _publish._start(state, ("", queue, body, props), {})[0].end(),
-    )  # type: ignore[index]
+
+    def pika_start() -> None:
+        op = _publish._start(state, ("", queue, body, props), {})[0]  # type: ignore[index]
+        if op is not None:  # None: the unsampled fast path (issue 18 phase 2), nothing to end
+            op.end()
+
+    piece("pika._start (plugin glue + core start)", pika_start)
     piece(
         "pika._with_headers (properties copy)",
         lambda: _publish._with_headers(props, {"traceparent": UNSAMPLED_TRACEPARENT}),

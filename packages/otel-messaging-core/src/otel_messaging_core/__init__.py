@@ -25,9 +25,11 @@ from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import (
     ContextActivation,
     MessageContext,
+    attach,
     creation_span_context,
     handling_parent,
     message_context_of,
+    restore,
 )
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
@@ -85,4 +87,6 @@ __all__ = [
     "is_suppressed",
     "log_internal_error",
     "message_context_of",
+    "attach",
+    "restore",
 ]

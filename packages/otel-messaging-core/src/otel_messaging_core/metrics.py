@@ -106,6 +106,12 @@ class MessagingMetrics:
         # a proxy instrument: the recording methods return early until a provider is set
         self._proxy = proxy_instrument(self._sent)
 
+    @property
+    def idle(self) -> bool:
+        """True while nothing would be recorded (no MeterProvider set yet): an operation that
+        makes no span then needs no timing either."""
+        return self._proxy is not None and getattr(self._proxy, REAL_INSTRUMENT) is None
+
     published = _recorder(
         "_sent", "_operation_duration", "One publish attempt and how long the client call took."
     )

@@ -39,6 +39,7 @@ __all__ = [
     "HeadersGetter",
     "decode_header_value",
     "extract_context",
+    "fast_extract",
     "find_header",
     "header_texts",
     "headers_getter",
@@ -269,6 +270,16 @@ def _is_default(textmap: TextMapPropagator) -> bool:
         _default_textmap = textmap
         return True
     return False
+
+
+def fast_extract(headers: Mapping[Any, Any]) -> Context | None:
+    """:func:`extract_context`'s fast path alone: the context of ``headers`` when they carry
+    exactly one well-formed version-00 ``traceparent`` and nothing else the propagators read (the
+    default propagators only); ``None`` for anything else, which :func:`extract_context` reads."""
+    textmap = propagate.get_global_textmap()
+    if textmap is _default_textmap or (_default_textmap is None and _is_default(textmap)):
+        return _fast_extract(headers)
+    return None
 
 
 def _fast_extract(headers: Mapping[Any, Any]) -> Context | None:

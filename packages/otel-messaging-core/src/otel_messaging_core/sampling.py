@@ -28,6 +28,20 @@ class UnsampledShortcut:
         self._sampler_provider: object = None
         self._drops_unsampled = False
 
+    def drops_unsampled(self) -> bool:
+        """True when the sampler certainly drops a span under any valid not-sampled parent
+        (see :meth:`skips_child_of`). Decided once for a given provider; the global one is
+        looked up each time (it may still be replaced)."""
+        provider = self._provider or trace.get_tracer_provider()
+        if provider is self._sampler_provider:
+            return self._drops_unsampled
+        sampler = getattr(provider, "sampler", None)
+        drops = sampler_drops_unsampled(sampler)
+        if sampler is not None:  # a proxy provider may still be replaced: look again next time
+            self._sampler_provider = provider
+            self._drops_unsampled = drops
+        return drops
+
     def skips_child_of(self, parent: SpanContext) -> bool:
         """True when a span under ``parent`` would certainly not be sampled, so need not be made.
 
@@ -41,12 +55,4 @@ class UnsampledShortcut:
         # trace_flags is an int: bit 0 is "sampled" (docs/benchmarks.md: costs)
         if parent.trace_flags & _SAMPLED or not parent.is_valid:
             return False
-        provider = self._provider or trace.get_tracer_provider()
-        if provider is self._sampler_provider:
-            return self._drops_unsampled
-        sampler = getattr(provider, "sampler", None)
-        drops = sampler_drops_unsampled(sampler)
-        if sampler is not None:  # a proxy provider may still be replaced: look again next time
-            self._sampler_provider = provider
-            self._drops_unsampled = drops
-        return drops
+        return self.drops_unsampled()

@@ -22,16 +22,22 @@ needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 from __future__ import annotations
 
 from time import perf_counter, time_ns
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final, Literal, Mapping, Sequence
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
-from otel_messaging_core._private_api import SPAN_KEY, SUPPRESS_KEY
+from otel_messaging_core._private_api import (
+    REAL_INSTRUMENT,
+    SPAN_KEY,
+    SUPPRESS_KEY,
+    get_current,
+    sampler_drops_unsampled,
+)
 from otel_messaging_core.attributes import (
     HEADER_ATTRIBUTE_PREFIX,
     MESSAGING_BATCH_MESSAGE_COUNT,
@@ -56,7 +62,12 @@ from otel_messaging_core.operations import (
     set_error,
 )
 from otel_messaging_core.options import InstrumentationOptions
-from otel_messaging_core.propagation import extract_context, header_texts, inject_span
+from otel_messaging_core.propagation import (
+    extract_context,
+    fast_extract,
+    header_texts,
+    inject_span,
+)
 from otel_messaging_core.sampling import UnsampledShortcut
 
 __all__ = [
@@ -72,6 +83,7 @@ __all__ = [
 _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 #: Ends a captured header value cut at ``capture_headers_max_length`` characters.
 TRUNCATED_MARK: Final = "...[truncated]"
+_SAMPLED: Final = int(TraceFlags.SAMPLED)
 
 Attributes = dict[str, AttributeValue]
 
@@ -112,7 +124,15 @@ class MessagingTelemetry:
         self._baggage_names = tuple(options.baggage_attributes)
         self._caches: dict[tuple[str, str | None, int | None], DestinationCache] = {}
         # the sampler shortcut, bound once: one call per message, as when it was a method here
-        self._skips_child_of = UnsampledShortcut(options.tracer_provider).skips_child_of
+        shortcut = UnsampledShortcut(options.tracer_provider)
+        self._skips_child_of = shortcut.skips_child_of
+        self._drops_unsampled = shortcut.drops_unsampled
+        # An explicit provider's sampler does not change: whether it drops every span under a
+        # not-sampled parent is decided here, once (None: the global provider, asked each time).
+        sampler = getattr(options.tracer_provider, "sampler", None)
+        self._drops_fixed = None if sampler is None else sampler_drops_unsampled(sampler)
+        # the proxy instrument behind MessagingMetrics.idle (None: metrics always recorded)
+        self._meter_proxy = self.metrics._proxy
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -149,6 +169,95 @@ class MessagingTelemetry:
                 if len(text) > limit:  # a 20 kB header is not a span attribute
                     text = text[:limit] + TRUNCATED_MARK
                 attributes[HEADER_ATTRIBUTE_PREFIX + name] = text
+
+    # -- the unsampled fast path -------------------------------------------------------------------
+
+    def unsampled_publish(
+        self, headers: Mapping[Any, Any] | None
+    ) -> Mapping[Any, Any] | Literal[False] | None:
+        """The fast path of a publish inside a span that was not sampled: the headers to send,
+        or ``False`` when the publish takes the general path (:meth:`start_publish`).
+
+        It applies when the current span is valid and not sampled, the sampler follows the
+        parent (no span would be recorded: :mod:`~otel_messaging_core.sampling`), nothing
+        suppresses instrumentation and no MeterProvider is set (so there is nothing to count or
+        time). The returned headers are then a copy of ``headers`` carrying the parent's context
+        and the current baggage, or ``headers`` itself when nothing was added (``sent is
+        headers``: send the caller's message as given), exactly as :meth:`start_publish` would
+        send them; the caller sends them and does nothing else. Called first by a plugin's
+        publish wrapper, before it reads anything else of the call (docs/architecture.md).
+        """
+        try:
+            current = get_current()
+            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
+            if parent is None:
+                return False
+            span_context = parent.get_span_context()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
+            if (
+                span_context.trace_flags & _SAMPLED
+                or not span_context.is_valid
+                or current.get(SUPPRESS_KEY)
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
+            ):
+                return False
+            carrier = dict(headers) if headers else {}
+            inject_span(carrier, parent, current)
+            return headers_to_send(carrier, headers)
+        except Exception as internal:
+            log_internal_error("unsampled publish", internal)
+            return False
+
+    def unsampled_consume(self, headers: Mapping[Any, Any] | None) -> Context | None:
+        """The fast path of a pushed message whose trace was not sampled: the context to run its
+        handler in, or ``None`` when the message takes the general path (:meth:`start_consume`).
+
+        It applies when the message carries a ``traceparent`` with the not-sampled flag, no span
+        is current, ``consumer_context="parent"``, the sampler follows the parent (no span would
+        be recorded), nothing suppresses instrumentation and no MeterProvider is set. The
+        context is the message's own (its span context and baggage), what the general path
+        makes current when it skips the span; the caller makes it current around the handler
+        (``attach`` / ``restore``) and does nothing else. A manual-ack delivery is for the
+        general path (its settle needs the ledger's record).
+        """
+        try:
+            if not headers:
+                return None
+            try:
+                value = headers.get("traceparent")
+            except Exception:  # an exotic mapping, bytes keys under python -bb: the general path
+                return None
+            # flags "00" (a sampled or malformed one, or another spelling of the key, goes the
+            # general way, which reads it fully)
+            if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
+                return None
+            current = get_current()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
+            if (
+                current.get(SPAN_KEY) is not None
+                or current.get(SUPPRESS_KEY)
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
+            ):
+                return None
+            # The usual message (a traceparent alone) is read directly: its flags are the "00"
+            # seen above and its ids were checked, so it is what we want as it is.
+            creation = fast_extract(headers)
+            if creation is None:  # baggage, tracestate, ...: read in full, then checked
+                creation = extract_context(headers)
+                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
+                if producer is None:
+                    return None
+                span_context = producer.get_span_context()
+                if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
+                    return None
+            return creation
+        except Exception as internal:
+            log_internal_error("unsampled consume", internal)
+            return None
 
     # -- publish -----------------------------------------------------------------------------------
 
@@ -195,9 +304,16 @@ class MessagingTelemetry:
                 attributes=attributes,
             )
             inject_span(carrier, span, current)
-            if self._publish_hook is not None and span.is_recording():
-                envelope = envelope_of(destination, body, carrier, message_id, correlation_id, raw)
-                call_hook(self._publish_hook, span, envelope)
+            if span.is_recording():
+                if self._publish_hook is not None:
+                    envelope = envelope_of(
+                        destination, body, carrier, message_id, correlation_id, raw
+                    )
+                    call_hook(self._publish_hook, span, envelope)
+            elif self.metrics.idle:
+                # not sampled and nothing to count: nothing to end or time (the span, which
+                # ends as a no-op, stays on the operation for a plugin matching returns)
+                return Publish(None, destination, span, headers_to_send(carrier, headers))
             if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
                 return Publish(self, destination, span, headers_to_send(carrier, headers))
             return Publish(self, destination, span, carrier)
@@ -246,7 +362,9 @@ class MessagingTelemetry:
                 delivery = None
                 if track_delivery:
                     delivery = Delivery(destination, delivery_tag, creation_sc, parent_span_context)
-                return Consume(self, destination, INVALID_SPAN, parent, delivery, started)
+                # nothing to count (no MeterProvider): nothing to time or end, only the context
+                counted = None if self.metrics.idle else self
+                return Consume(counted, destination, INVALID_SPAN, parent, delivery, started)
             links = [] if creation_sc is None else [Link(creation_sc)]
             if body_size is None and body is not None:
                 body_size = len(body)

@@ -22,9 +22,16 @@ from time import perf_counter
 from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 
-from otel_messaging_core import Consume, Wrapper, capture_internal_exceptions
-from otel_pika._state import ChannelState, active_state, remember, state_of
+from otel_messaging_core import Consume, Wrapper, attach, capture_internal_exceptions, restore
+from otel_pika._state import (
+    ChannelState,
+    active_state,
+    bypass_if_blocking,
+    remember,
+    state_of,
+)
 
 __all__ = [
     "blocking_get",
@@ -83,6 +90,30 @@ def _begin(
     return op
 
 
+def _unsampled(state: ChannelState, properties: Any, manual_ack: bool) -> Context | None:
+    """The unsampled fast path of a pushed delivery, decided first: the context its handler runs
+    in when no span is made and nothing is counted (docs/architecture.md), else ``None``."""
+    telemetry = state.telemetry
+    if manual_ack or telemetry is None:  # a manual ack's settle needs the general path's record
+        return None
+    return telemetry.unsampled_consume(properties.headers)
+
+
+def _in_context(
+    context: Context, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call ``handler`` with ``context`` current, and restore the previous context after."""
+    try:
+        token = attach(context)
+    except Exception as internal:  # pragma: no cover - defensive: the handler runs all the same
+        _PROCESS.report(internal)
+        return handler(*args, **kwargs)
+    try:
+        return handler(*args, **kwargs)
+    finally:
+        restore(token)
+
+
 # -- basic_consume: remember which queue each consumer reads -------------------------------------
 
 
@@ -111,25 +142,25 @@ def deliver(resolve: Resolver) -> Wrapper:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        op = None
+        op = context = None
         try:
             state = resolve(instance)
             if state is not None and not state.blocking:  # a BlockingChannel only queues it here
                 method = args[0].method
                 consumer_tag = method.consumer_tag
                 if consumer_tag in instance._consumers and consumer_tag not in instance._cancelled:
-                    op = _begin(
-                        state,
-                        "process",
-                        method,
-                        args[1].properties,
-                        args[2],
-                        "",
-                        consumer_tag not in instance._consumers_with_noack,
-                    )
+                    properties = args[1].properties
+                    manual_ack = consumer_tag not in instance._consumers_with_noack
+                    context = _unsampled(state, properties, manual_ack)
+                    if context is None:
+                        op = _begin(state, "process", method, properties, args[2], "", manual_ack)
         except Exception as internal:
             _PROCESS.report(internal)
+        if context is not None:
+            return _in_context(context, wrapped, args, kwargs)
         if op is None:
+            with _PROCESS:  # a BlockingChannel's: its next deliveries skip this wrapper
+                bypass_if_blocking(instance, "_on_deliver")
             return wrapped(*args, **kwargs)
         with op:
             return wrapped(*args, **kwargs)
@@ -150,13 +181,26 @@ class _TracedCallback:
         self.manual_ack = manual_ack
 
     def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
-        op = None
+        op = token = None
         try:
             state = active_state(channel._impl)
             if state is not None:  # else uninstrumented since: a plain call
-                op = _begin(state, "process", method, properties, body, "", self.manual_ack)
+                # the unsampled fast path first (written out here: this runs per message)
+                telemetry = state.telemetry
+                context = None
+                if telemetry is not None and not self.manual_ack:
+                    context = telemetry.unsampled_consume(properties.headers)
+                if context is not None:
+                    token = attach(context)
+                else:
+                    op = _begin(state, "process", method, properties, body, "", self.manual_ack)
         except Exception as internal:
             _PROCESS.report(internal)
+        if token is not None:
+            try:
+                return self.callback(channel, method, properties, body)
+            finally:
+                restore(token)
         if op is None:
             return self.callback(channel, method, properties, body)
         with op:

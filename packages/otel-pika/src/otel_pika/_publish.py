@@ -20,7 +20,7 @@ from otel_messaging_core import (
     Wrapper,
     capture_internal_exceptions,
 )
-from otel_pika._state import ChannelState
+from otel_pika._state import ChannelState, bypass_if_blocking
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]
 
@@ -32,45 +32,52 @@ _RETURNED: Final = capture_internal_exceptions("pika returned message")
 
 def _start(
     state: ChannelState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Publish, tuple[Any, ...], dict[str, Any]] | None:
-    """The publish span, and the call's arguments with a copy of the properties carrying context
-    (the caller's own arguments when nothing was added to the message)."""
+) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]] | None:
+    """The publish span (``None`` on the unsampled fast path: no span, nothing to count), and
+    the call's arguments with a copy of the properties carrying context (the caller's own
+    arguments when nothing was added to the message)."""
     telemetry = state.telemetry
     if telemetry is None:
         return None
     count = len(args)
-    exchange = args[0] if count > 0 else kwargs.get("exchange", "")
-    routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
-    body = args[2] if count > 2 else kwargs.get("body")
     properties = args[3] if count > 3 else kwargs.get("properties")
-    if type(exchange) is not str or type(routing_key) is not str:
-        return None  # pika rejects it; let it say so
-    if type(body) is not bytes:
-        # pika accepts str (sent as UTF-8); anything else it rejects itself
-        body = body.encode("utf-8") if type(body) is str else None
-    destination = state.destinations.get("publish", exchange, routing_key)
-    if properties is None:
-        op = telemetry.start_publish(destination, None, body=body, raw=None)
-    else:
-        op = telemetry.start_publish(
-            destination,
-            properties.headers,
-            message_id=properties.message_id,
-            correlation_id=properties.correlation_id,
-            body=body,
-            raw=properties,
-        )
-    if op.headers is (None if properties is None else properties.headers):
+    headers = None if properties is None else properties.headers
+    # decided first: inside an unsampled parent only the context travels (docs/architecture.md)
+    sent = telemetry.unsampled_publish(headers)
+    op = None
+    if sent is False:
+        exchange = args[0] if count > 0 else kwargs.get("exchange", "")
+        routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
+        body = args[2] if count > 2 else kwargs.get("body")
+        if type(exchange) is not str or type(routing_key) is not str:
+            return None  # pika rejects it; let it say so
+        if type(body) is not bytes:
+            # pika accepts str (sent as UTF-8); anything else it rejects itself
+            body = body.encode("utf-8") if type(body) is str else None
+        destination = state.destinations.get("publish", exchange, routing_key)
+        if properties is None:
+            op = telemetry.start_publish(destination, None, body=body, raw=None)
+        else:
+            op = telemetry.start_publish(
+                destination,
+                headers,
+                message_id=properties.message_id,
+                correlation_id=properties.correlation_id,
+                body=body,
+                raw=properties,
+            )
+        sent = op.headers
+    if sent is headers:
         return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
     try:
-        sent = _with_headers(properties, op.headers)
+        with_context = _with_headers(properties, sent)
     except Exception as internal:  # the caller's message goes out as it is, without context
         _PUBLISH.report(internal)
         return op, args, kwargs
     if count > 3:
-        args = (*args[:3], sent, *args[4:])
+        args = (*args[:3], with_context, *args[4:])
     else:
-        kwargs["properties"] = sent  # wrapt hands each call a dict of its own
+        kwargs["properties"] = with_context  # wrapt hands each call a dict of its own
     return op, args, kwargs
 
 
@@ -102,8 +109,12 @@ def channel_publish(resolve: Resolver) -> Wrapper:
         except Exception as internal:
             _PUBLISH.report(internal)
         if started is None:
+            with _PUBLISH:  # a BlockingChannel's: its next publishes skip this wrapper
+                bypass_if_blocking(instance, "basic_publish")
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
+        if op is None:
+            return wrapped(*args, **kwargs)
         with op:
             return wrapped(*args, **kwargs)
 
@@ -136,6 +147,8 @@ def blocking_publish(resolve: Resolver) -> Wrapper:
         if started is None:
             return wrapped(*args, **kwargs)
         op, args, kwargs = started
+        if op is None:
+            return wrapped(*args, **kwargs)
         with op.classified(_failure):
             return wrapped(*args, **kwargs)
 

@@ -13,6 +13,7 @@ missing.
 
 from __future__ import annotations
 
+import types
 import weakref
 from typing import Any, Final
 
@@ -32,9 +33,11 @@ from otel_messaging_core import (
 __all__ = [
     "ChannelState",
     "active_state",
+    "bypass_if_blocking",
     "global_state",
     "own_state",
     "recall",
+    "release_bypasses",
     "remember",
     "runtime",
     "state_of",
@@ -190,6 +193,44 @@ def own_state(impl: Any) -> ChannelState | None:
     """For the per-channel patches of ``instrument_channel()``: the channel's own state."""
     state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
     return state if state is not None and state.own else None
+
+
+# -- the pass-through wrappers of a BlockingChannel's underlying channel ---------------------------
+
+#: Class-level wrappers of ``pika.channel.Channel`` that only pass through on a ``BlockingChannel``'s
+#: underlying channel (the ``BlockingChannel``'s own wrappers make those spans): a publish and every
+#: delivery would pay a wrapt dispatch for nothing (11k instructions each; docs/benchmarks.md).
+BYPASSED: Final = ("basic_publish", "_on_deliver")
+# underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
+_bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
+_OURS: Final = ("otel_pika._publish", "otel_pika._consume")
+
+
+def bypass_if_blocking(impl: Any, name: str) -> None:
+    """On a ``BlockingChannel``'s underlying channel, bind pika's own ``name`` over the class's
+    wrapper (one of :data:`BYPASSED`), so the next calls skip it; :func:`release_bypasses` (at
+    ``uninstrument()``) takes the shadows back. Anything else is left alone."""
+    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    if state is None or not state.blocking or name in impl.__dict__:
+        return
+    import wrapt
+
+    found = next((k.__dict__[name] for k in type(impl).__mro__ if name in k.__dict__), None)
+    wrapper = getattr(found, "_self_wrapper", None)
+    # our class-level patch, and only that (never another library's wrapper above or below it)
+    if isinstance(found, wrapt.FunctionWrapper) and getattr(wrapper, "__module__", "") in _OURS:
+        impl.__dict__[name] = types.MethodType(found.__wrapped__, impl)
+        _bypassed.add(impl)
+
+
+def release_bypasses() -> None:
+    """Remove every shadow :func:`bypass_if_blocking` set: the channels are as pika made them."""
+    for impl in list(_bypassed):
+        for name in BYPASSED:
+            shadow = impl.__dict__.get(name)
+            if type(shadow) is types.MethodType and shadow.__self__ is impl:
+                del impl.__dict__[name]
+    _bypassed.clear()
 
 
 # -- contexts of pulled messages, for message_context() -------------------------------------------

@@ -21,7 +21,15 @@ from otel_messaging_core import (
     message_context_of,
 )
 from otel_pika._package import _instruments
-from otel_pika._state import ensure_state, global_state, own_state, recall, runtime, state_of
+from otel_pika._state import (
+    ensure_state,
+    global_state,
+    own_state,
+    recall,
+    release_bypasses,
+    runtime,
+    state_of,
+)
 from otel_pika.version import __version__
 
 __all__ = ["PikaInstrumentor", "message_context"]
@@ -133,6 +141,7 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
         channel, blocking, _ = _targets()
         for owner, name, _factory in (*channel, *blocking):
             unwrap(owner, name)
+        release_bypasses()
 
     @classmethod
     def _swap_global(cls, made: Any) -> InstrumentationOptions | None:

@@ -1,0 +1,131 @@
+"""The unsampled fast path (issue 18): ``unsampled_publish`` / ``unsampled_consume`` send and
+restore exactly what the general path would, and step aside whenever a span or a metric is due."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from broker_harness import Recorder
+from otel_messaging_core.options import InstrumentationOptions
+from otel_messaging_core.telemetry import MessagingTelemetry
+
+TRACE_ID = 0xABC
+SPAN_ID = 0xDEF
+UNSAMPLED = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00"
+
+
+def make(sampler: Any = None, **kwargs: Any) -> MessagingTelemetry:
+    """Telemetry with a parent-based sampler and, unless given, no MeterProvider (nothing to count)."""
+    provider = TracerProvider(sampler=sampler or ParentBased(TraceIdRatioBased(0.5)))
+    options = InstrumentationOptions.from_kwargs(
+        {"tracer_provider": provider, **kwargs}, environ={}
+    )
+    return MessagingTelemetry(options, instrumentation_name="t", version="0")
+
+
+def parent_context(
+    sampled: bool = False, base: otel_context.Context | None = None, **entries: str
+) -> otel_context.Context:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
+    span = NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=flags))
+    context = trace.set_span_in_context(span, base)
+    for name, value in entries.items():
+        context = baggage.set_baggage(name, value, context)
+    return context
+
+
+def in_context(context: otel_context.Context, call: Any, *args: Any) -> Any:
+    token = otel_context.attach(context)
+    try:
+        return call(*args)
+    finally:
+        otel_context.detach(token)
+
+
+def general_headers(telemetry: MessagingTelemetry, headers: Any) -> Any:
+    destination = telemetry.destinations().get("publish", "orders", "created")
+    op = telemetry.start_publish(destination, headers)
+    op.end()
+    return op.headers
+
+
+@pytest.mark.parametrize("headers", [None, {}, {"x-app": "shop"}])
+def test_publish_in_an_unsampled_parent_sends_what_the_general_path_sends(headers: Any) -> None:
+    """A publish inside a not-sampled parent passes on the parent's context (flags 00) and the
+    baggage, in a copy of the caller's headers, exactly as start_publish does."""
+    telemetry = make()
+    caller = None if headers is None else dict(headers)
+    context = parent_context(**{"order.id": "17"})
+    sent = in_context(context, telemetry.unsampled_publish, headers)
+    assert sent is not False
+    assert sent is not headers
+    assert sent["traceparent"] == UNSAMPLED
+    assert sent["baggage"] == "order.id=17"
+    assert sent == in_context(context, general_headers, telemetry, headers)
+    assert headers == caller  # the caller's mapping is never written to
+
+
+def test_publish_fast_path_steps_aside_when_a_span_or_a_metric_is_due(otel: Recorder) -> None:
+    """No fast path for a sampled or absent parent, a sampler that may sample under an unsampled
+    parent, a MeterProvider (the message is counted), or suppressed instrumentation."""
+    assert in_context(parent_context(sampled=True), make().unsampled_publish, None) is False
+    assert make().unsampled_publish(None) is False  # no parent: the sampler decides at our span
+    always = make(
+        ParentBased(
+            ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+        )
+    )
+    assert in_context(parent_context(), always.unsampled_publish, None) is False
+    counted = make(meter_provider=otel.meter_provider)
+    assert in_context(parent_context(), counted.unsampled_publish, None) is False
+    with suppress_instrumentation():
+        suppressed = parent_context(base=otel_context.get_current())
+        assert in_context(suppressed, make().unsampled_publish, None) is False
+
+
+def test_consume_of_a_not_sampled_message_gives_the_message_context() -> None:
+    """A pushed message whose traceparent says not sampled gets its own context (trace and
+    baggage) to run the handler in, with no span made."""
+    telemetry = make()
+    context = telemetry.unsampled_consume({"traceparent": UNSAMPLED, "baggage": "order.id=17"})
+    assert context is not None
+    span_context = trace.get_current_span(context).get_span_context()
+    assert (span_context.trace_id, span_context.span_id) == (TRACE_ID, SPAN_ID)
+    assert not span_context.trace_flags.sampled
+    assert baggage.get_baggage("order.id", context) == "17"
+    alone = telemetry.unsampled_consume(
+        {"traceparent": UNSAMPLED, "x-app": "shop"}
+    )  # read directly
+    assert alone is not None
+    assert trace.get_current_span(alone).get_span_context() == span_context
+    assert baggage.get_all(alone) == {}
+
+
+def test_consume_fast_path_steps_aside_when_a_span_or_a_metric_is_due(otel: Recorder) -> None:
+    """The general path takes a sampled, absent or odd traceparent, link mode, a span already
+    current, a sampler that may sample anyway, a MeterProvider, and suppressed instrumentation."""
+    headers = {"traceparent": UNSAMPLED}
+    telemetry = make()
+    assert telemetry.unsampled_consume({"traceparent": UNSAMPLED[:-2] + "01"}) is None
+    assert telemetry.unsampled_consume(None) is None
+    assert telemetry.unsampled_consume({"traceparent": UNSAMPLED.encode()}) is None
+    assert telemetry.unsampled_consume({"traceparent": "00-zz-00"}) is None
+    assert make(consumer_context="link").unsampled_consume(headers) is None
+    assert in_context(parent_context(), telemetry.unsampled_consume, headers) is None
+    always = make(
+        ParentBased(
+            ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+        )
+    )
+    assert always.unsampled_consume(headers) is None
+    assert make(meter_provider=otel.meter_provider).unsampled_consume(headers) is None
+    with suppress_instrumentation():
+        assert telemetry.unsampled_consume(headers) is None
