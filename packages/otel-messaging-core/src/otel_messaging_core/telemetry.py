@@ -22,7 +22,7 @@ needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 from __future__ import annotations
 
 from time import perf_counter, time_ns
-from typing import Any, Final, Literal, Mapping, Sequence
+from typing import Any, Final, Mapping, Sequence
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
@@ -32,10 +32,8 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
 from otel_messaging_core._private_api import (
-    REAL_INSTRUMENT,
     SPAN_KEY,
     SUPPRESS_KEY,
-    get_current,
     sampler_drops_unsampled,
 )
 from otel_messaging_core.attributes import (
@@ -44,13 +42,13 @@ from otel_messaging_core.attributes import (
     MESSAGING_RABBITMQ_DELIVERY_TAG,
     REJECTED,
     SYSTEM_RABBITMQ,
-    UNROUTABLE,
     Destination,
     DestinationCache,
     message_attributes,
 )
-from otel_messaging_core.consumer import consumer_parent, creation_span_context, handling_parent
+from otel_messaging_core.consumer import consumer_parent, handling_parent
 from otel_messaging_core.envelope import envelope_of
+from otel_messaging_core.fast_path import UnsampledFastPath
 from otel_messaging_core.guard import call_hook, log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
 from otel_messaging_core.operations import (
@@ -64,10 +62,10 @@ from otel_messaging_core.operations import (
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.propagation import (
     extract_context,
-    fast_extract,
     header_texts,
     inject_span,
 )
+from otel_messaging_core.returned import ReturnedMessages
 from otel_messaging_core.sampling import UnsampledShortcut
 
 __all__ = [
@@ -93,7 +91,7 @@ def is_suppressed(context: Context | None = None) -> bool:
     return bool(otel_context.get_value(SUPPRESS_KEY, context))
 
 
-class MessagingTelemetry:
+class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
     """Tracer, meter and options of one instrumentor; makes the spans of every operation.
 
     One instance per ``instrument()`` / ``instrument_channel()`` call. Plugins keep a
@@ -169,95 +167,6 @@ class MessagingTelemetry:
                 if len(text) > limit:  # a 20 kB header is not a span attribute
                     text = text[:limit] + TRUNCATED_MARK
                 attributes[HEADER_ATTRIBUTE_PREFIX + name] = text
-
-    # -- the unsampled fast path -------------------------------------------------------------------
-
-    def unsampled_publish(
-        self, headers: Mapping[Any, Any] | None
-    ) -> Mapping[Any, Any] | Literal[False] | None:
-        """The fast path of a publish inside a span that was not sampled: the headers to send,
-        or ``False`` when the publish takes the general path (:meth:`start_publish`).
-
-        It applies when the current span is valid and not sampled, the sampler follows the
-        parent (no span would be recorded: :mod:`~otel_messaging_core.sampling`), nothing
-        suppresses instrumentation and no MeterProvider is set (so there is nothing to count or
-        time). The returned headers are then a copy of ``headers`` carrying the parent's context
-        and the current baggage, or ``headers`` itself when nothing was added (``sent is
-        headers``: send the caller's message as given), exactly as :meth:`start_publish` would
-        send them; the caller sends them and does nothing else. Called first by a plugin's
-        publish wrapper, before it reads anything else of the call (docs/architecture.md).
-        """
-        try:
-            current = get_current()
-            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
-            if parent is None:
-                return False
-            span_context = parent.get_span_context()
-            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
-            if (
-                span_context.trace_flags & _SAMPLED
-                or not span_context.is_valid
-                or current.get(SUPPRESS_KEY)
-                or proxy is None
-                or getattr(proxy, REAL_INSTRUMENT) is not None
-                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
-            ):
-                return False
-            carrier = dict(headers) if headers else {}
-            inject_span(carrier, parent, current)
-            return headers_to_send(carrier, headers)
-        except Exception as internal:
-            log_internal_error("unsampled publish", internal)
-            return False
-
-    def unsampled_consume(self, headers: Mapping[Any, Any] | None) -> Context | None:
-        """The fast path of a pushed message whose trace was not sampled: the context to run its
-        handler in, or ``None`` when the message takes the general path (:meth:`start_consume`).
-
-        It applies when the message carries a ``traceparent`` with the not-sampled flag, no span
-        is current, ``consumer_context="parent"``, the sampler follows the parent (no span would
-        be recorded), nothing suppresses instrumentation and no MeterProvider is set. The
-        context is the message's own (its span context and baggage), what the general path
-        makes current when it skips the span; the caller makes it current around the handler
-        (``attach`` / ``restore``) and does nothing else. A manual-ack delivery is for the
-        general path (its settle needs the ledger's record).
-        """
-        try:
-            if not headers:
-                return None
-            try:
-                value = headers.get("traceparent")
-            except Exception:  # an exotic mapping, bytes keys under python -bb: the general path
-                return None
-            # flags "00" (a sampled or malformed one, or another spelling of the key, goes the
-            # general way, which reads it fully)
-            if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
-                return None
-            current = get_current()
-            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
-            if (
-                current.get(SPAN_KEY) is not None
-                or current.get(SUPPRESS_KEY)
-                or proxy is None
-                or getattr(proxy, REAL_INSTRUMENT) is not None
-                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
-            ):
-                return None
-            # The usual message (a traceparent alone) is read directly: its flags are the "00"
-            # seen above and its ids were checked, so it is what we want as it is.
-            creation = fast_extract(headers)
-            if creation is None:  # baggage, tracestate, ...: read in full, then checked
-                creation = extract_context(headers)
-                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
-                if producer is None:
-                    return None
-                span_context = producer.get_span_context()
-                if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
-                    return None
-            return creation
-        except Exception as internal:
-            log_internal_error("unsampled consume", internal)
-            return None
 
     # -- publish -----------------------------------------------------------------------------------
 
@@ -506,52 +415,3 @@ class MessagingTelemetry:
         """The context to handle a message in when no receive span was recorded for it."""
         parent, _links = handling_parent(extract_context(headers), self._parent_mode)
         return parent
-
-    # -- returned messages -------------------------------------------------------------------------
-
-    def record_returned(
-        self,
-        destination: Destination,
-        headers: Mapping[Any, Any] | None,
-        *,
-        reply_code: object = None,
-        reply_text: object = None,
-        message_id: object = None,
-        correlation_id: object = None,
-        body: bytes | None = None,
-        body_size: int | None = None,
-    ) -> None:
-        """Record a mandatory publish that the broker returned as unroutable (``basic.return``).
-
-        Where the return reaches the client after the publish call has finished (callbacks of
-        pika's async adapters, say), the publish span has already ended OK. This makes a short
-        PRODUCER span named like the publish, ERROR with ``error.type=unroutable``, in the
-        publisher's trace: the returned message carries the headers the publish injected, so the
-        span becomes a child of that publish span. ``destination`` is the publish destination
-        (the return's exchange and routing key). Nothing is counted in the metrics (the publish
-        was counted when it was sent). Never raises.
-        """
-        try:
-            if is_suppressed():
-                return
-            creation = extract_context(headers)
-            parent = creation if creation_span_context(creation) is not None else None
-            if body_size is None and body is not None:
-                body_size = len(body)
-            attributes = message_attributes(
-                destination, message_id, correlation_id, body_size, None
-            )
-            self._add_optional_attributes(attributes, headers, creation)
-            span = self.tracer.start_span(
-                destination.span_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
-            )
-            reason = " ".join(str(p) for p in (reply_code, reply_text) if p is not None)
-            set_error(
-                span,
-                UNROUTABLE,
-                None,
-                f"returned by the broker: {reason}" if reason else "returned by the broker",
-            )
-            span.end()
-        except Exception as internal:
-            log_internal_error("returned message", internal)

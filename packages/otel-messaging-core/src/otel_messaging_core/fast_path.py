@@ -1,0 +1,119 @@
+"""The unsampled fast path (issue 18): what a plugin's wrapper calls first for a message whose
+trace is not sampled, so that it pays only for what a non-recording message needs (the context
+read, the headers written, the handler's context made current). Mixed into
+:class:`~otel_messaging_core.telemetry.MessagingTelemetry`; docs/architecture.md shows where each
+plugin calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Final, Literal, Mapping
+
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, TraceFlags
+
+from otel_messaging_core._private_api import REAL_INSTRUMENT, SPAN_KEY, SUPPRESS_KEY, get_current
+from otel_messaging_core.guard import log_internal_error
+from otel_messaging_core.operations import headers_to_send
+from otel_messaging_core.propagation import extract_context, fast_extract, inject_span
+
+__all__ = ["UnsampledFastPath"]
+
+_SAMPLED: Final = int(TraceFlags.SAMPLED)
+
+
+class UnsampledFastPath:
+    """The two fast-path methods of :class:`~otel_messaging_core.telemetry.MessagingTelemetry`,
+    which sets the attributes below once per instrumentor."""
+
+    _meter_proxy: Any  # MessagingMetrics' proxy instrument (None: metrics always recorded)
+    _parent_mode: Literal["parent", "link"]
+    _drops_fixed: bool | None  # an explicit provider's sampler decision; None: ask each time
+    _drops_unsampled: Callable[[], bool]
+
+    def unsampled_publish(
+        self, headers: Mapping[Any, Any] | None
+    ) -> Mapping[Any, Any] | Literal[False] | None:
+        """The fast path of a publish inside a span that was not sampled: the headers to send,
+        or ``False`` when the publish takes the general path (:meth:`start_publish`).
+
+        It applies when the current span is valid and not sampled, the sampler follows the
+        parent (no span would be recorded: :mod:`~otel_messaging_core.sampling`), nothing
+        suppresses instrumentation and no MeterProvider is set (so there is nothing to count or
+        time). The returned headers are then a copy of ``headers`` carrying the parent's context
+        and the current baggage, or ``headers`` itself when nothing was added (``sent is
+        headers``: send the caller's message as given), exactly as :meth:`start_publish` would
+        send them; the caller sends them and does nothing else. Called first by a plugin's
+        publish wrapper, before it reads anything else of the call (docs/architecture.md).
+        """
+        try:
+            current = get_current()
+            parent: Span | None = current.get(SPAN_KEY)  # type: ignore[assignment]
+            if parent is None:
+                return False
+            span_context = parent.get_span_context()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
+            if (
+                span_context.trace_flags & _SAMPLED
+                or not span_context.is_valid
+                or current.get(SUPPRESS_KEY)
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
+            ):
+                return False
+            carrier = dict(headers) if headers else {}
+            inject_span(carrier, parent, current)
+            return headers_to_send(carrier, headers)
+        except Exception as internal:
+            log_internal_error("unsampled publish", internal)
+            return False
+
+    def unsampled_consume(self, headers: Mapping[Any, Any] | None) -> Context | None:
+        """The fast path of a pushed message whose trace was not sampled: the context to run its
+        handler in, or ``None`` when the message takes the general path (:meth:`start_consume`).
+
+        It applies when the message carries a ``traceparent`` with the not-sampled flag, no span
+        is current, ``consumer_context="parent"``, the sampler follows the parent (no span would
+        be recorded), nothing suppresses instrumentation and no MeterProvider is set. The
+        context is the message's own (its span context and baggage), what the general path
+        makes current when it skips the span; the caller makes it current around the handler
+        (``attach`` / ``restore``) and does nothing else. A manual-ack delivery is for the
+        general path (its settle needs the ledger's record).
+        """
+        try:
+            if not headers:
+                return None
+            try:
+                value = headers.get("traceparent")
+            except Exception:  # an exotic mapping, bytes keys under python -bb: the general path
+                return None
+            # flags "00" (a sampled or malformed one, or another spelling of the key, goes the
+            # general way, which reads it fully)
+            if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
+                return None
+            current = get_current()
+            proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
+            if (
+                current.get(SPAN_KEY) is not None
+                or current.get(SUPPRESS_KEY)
+                or proxy is None
+                or getattr(proxy, REAL_INSTRUMENT) is not None
+                or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
+            ):
+                return None
+            # The usual message (a traceparent alone) is read directly: its flags are the "00"
+            # seen above and its ids were checked, so it is what we want as it is.
+            creation = fast_extract(headers)
+            if creation is None:  # baggage, tracestate, ...: read in full, then checked
+                creation = extract_context(headers)
+                producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
+                if producer is None:
+                    return None
+                span_context = producer.get_span_context()
+                if span_context.trace_flags & _SAMPLED or not span_context.is_valid:
+                    return None
+            return creation
+        except Exception as internal:
+            log_internal_error("unsampled consume", internal)
+            return None
