@@ -41,6 +41,7 @@ _OWNERS: dict[str, Any] = {
 }
 
 PUBLISH_STEPS = (
+    "MessagingTelemetry.unsampled_publish",
     "DestinationCache.get",
     "MessagingTelemetry.start_publish",
     "Publish.end",
