@@ -22,6 +22,7 @@ from otel_messaging_core import Consume, DestinationCache, MessagingTelemetry, P
 
 __all__ = [
     "CONSUME_STEPS",
+    "FAST_PATH_STEPS",
     "PUBLISH_STEPS",
     "SETTLE_STEPS",
     "STEPS",
@@ -41,6 +42,7 @@ _OWNERS: dict[str, Any] = {
 }
 
 PUBLISH_STEPS = (
+    "MessagingTelemetry.unsampled_publish",
     "DestinationCache.get",
     "MessagingTelemetry.start_publish",
     "Publish.end",
@@ -56,6 +58,12 @@ SETTLE_STEPS = (
 )
 #: Every step a plugin calls around a user's publish, handler or ack.
 STEPS = (*PUBLISH_STEPS, *CONSUME_STEPS, *SETTLE_STEPS)
+#: The unsampled fast path (issue 18): reached inside an unsampled parent, and for a delivery
+#: that is never settled (auto-ack / no_ack), so its tests set those up themselves.
+FAST_PATH_STEPS = (
+    "MessagingTelemetry.unsampled_publish",
+    "MessagingTelemetry.unsampled_consume",
+)
 
 
 class InjectedFault(RuntimeError):

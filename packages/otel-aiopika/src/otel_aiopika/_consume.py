@@ -34,14 +34,17 @@ import aio_pika.queue
 import aio_pika.tools
 from aio_pika.queue import QueueIterator
 from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
+from opentelemetry.context import Context
 
 from otel_aiopika._publish import headers_of
 from otel_aiopika._state import OwnerState, registry, resolve, track
 from otel_messaging_core import (
     Consume,
     ContextActivation,
+    attach,
     capture_internal_exceptions,
     delivery_queue,
+    restore,
 )
 
 # aio-pika >= 9 turns a plain-function callback into a coroutine function (ensure_awaitable);
@@ -120,6 +123,15 @@ def _begin(
     return op
 
 
+def _unsampled(state: OwnerState, message: Any, manual_ack: bool) -> Context | None:
+    """The unsampled fast path of a pushed message, decided first: the context its handler runs
+    in when no span is made and nothing is counted (docs/architecture.md), else ``None``."""
+    telemetry = state.telemetry
+    if manual_ack or telemetry is None:  # a manual ack's settle needs the general path's record
+        return None
+    return telemetry.unsampled_consume(headers_of(message))
+
+
 def _process_start(owner: Any, message: Any, queue: str, manual_ack: bool) -> Consume | None:
     op = None
     try:
@@ -159,15 +171,24 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
 
         async def traced(message: Any) -> Any:
             # inlined (one message per call): _process_start / _process_end for the usual case
-            op = None
+            op = token = None
             try:
                 state = resolve(owner)
                 if state is not None:
-                    op = _begin(state, "process", message, queue, manual_ack)
-                    if op is not None:
-                        op.activate()
+                    context = _unsampled(state, message, manual_ack)
+                    if context is not None:
+                        token = attach(context)
+                    else:
+                        op = _begin(state, "process", message, queue, manual_ack)
+                        if op is not None:
+                            op.activate()
             except Exception as internal:
                 _PROCESS.report(internal)
+            if token is not None:
+                try:
+                    return await inner(message)
+                finally:
+                    restore(token)
             if op is None:
                 return await inner(message)
             try:
@@ -187,6 +208,17 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
     else:  # aio-pika 8.x calls a plain function as it is (in call_soon)
 
         def traced_sync(message: Any) -> Any:
+            token = None
+            with _PROCESS:
+                state = resolve(owner)
+                context = None if state is None else _unsampled(state, message, manual_ack)
+                if context is not None:
+                    token = attach(context)
+            if token is not None:
+                try:
+                    return callback(message)
+                finally:
+                    restore(token)
             op = _process_start(owner, message, queue, manual_ack)
             if op is None:
                 return callback(message)

@@ -109,41 +109,47 @@ def _returned(result: object) -> str | None:
 
 def _start(
     instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Publish, tuple[Any, ...], dict[str, Any]] | None:
-    """The publish span, and the call's arguments with a view of the message that carries the
-    context (the caller's own arguments when nothing was added to the message)."""
+) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]] | None:
+    """The publish span (``None`` on the unsampled fast path: no span, nothing to count), and
+    the call's arguments with a view of the message that carries the context (the caller's own
+    arguments when nothing was added to the message)."""
     state = resolve(instance.channel)
     if state is None:
         return None
     telemetry = state.telemetry
     assert telemetry is not None
     message = args[0] if args else kwargs["message"]
-    routing_key = args[1] if len(args) > 1 else kwargs.get("routing_key", "")
-    exchange = instance.name
-    destination = state.destinations.get(
-        "publish",
-        exchange if type(exchange) is str else str(exchange or ""),
-        routing_key if type(routing_key) is str else str(routing_key or ""),
-    )
     headers = headers_of(message)
-    op = telemetry.start_publish(
-        destination,
-        headers,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        body=message.body,
-        raw=message,
-    )
-    if op.headers is not headers:
+    # decided first: inside an unsampled parent only the context travels (docs/architecture.md)
+    sent = telemetry.unsampled_publish(headers)
+    op = None
+    if sent is False:
+        routing_key = args[1] if len(args) > 1 else kwargs.get("routing_key", "")
+        exchange = instance.name
+        destination = state.destinations.get(
+            "publish",
+            exchange if type(exchange) is str else str(exchange or ""),
+            routing_key if type(routing_key) is str else str(routing_key or ""),
+        )
+        op = telemetry.start_publish(
+            destination,
+            headers,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            body=message.body,
+            raw=message,
+        )
+        sent = op.headers
+    if sent is not headers:
         try:
-            sent = with_headers(message, op.headers)
+            view = with_headers(message, sent)
         except Exception as internal:  # the caller's message goes out as it is, without context
             _PUBLISH.report(internal)
             return op, args, kwargs
         if args:
-            args = (sent, *args[1:])
+            args = (view, *args[1:])
         else:
-            kwargs = {**kwargs, "message": sent}
+            kwargs = {**kwargs, "message": view}
     return op, args, kwargs
 
 
@@ -191,6 +197,8 @@ def publish(
     if started is None:
         return wrapped(*args, **kwargs)
     op, args, kwargs = started
+    if op is None:
+        return wrapped(*args, **kwargs)
     try:
         sending = wrapped(*args, **kwargs)
     except BaseException as exc:  # arguments aio-pika's publish rejects (TypeError)

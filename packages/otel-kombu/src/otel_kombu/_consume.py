@@ -27,6 +27,7 @@ from types import MethodType
 from typing import Any, Callable, Final
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 
 from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
 from otel_kombu._celery import task_id
@@ -35,8 +36,10 @@ from otel_kombu._util import body_size
 from otel_messaging_core import (
     Consume,
     MessageContext,
+    attach,
     capture_internal_exceptions,
     message_context_of,
+    restore,
 )
 
 __all__ = [
@@ -211,17 +214,23 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
         consumer.on_decode_error(message, exc)
         return None
     op: Consume | None = None
+    context: Context | None = None
     try:
         info = message.delivery_info
-        queue = _queue_of(consumer, info)
         # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
         no_ack = getattr(channel, "no_ack_consumers", None)
         track = not (no_ack and info and info.get("consumer_tag") in no_ack)
-        op = _start(binding, "process", queue, message, track=track)
-        if op is not None:
-            op.activate()
+        if not track:  # the unsampled fast path (a settle needs the general path's record)
+            context = _unsampled(binding, message, info)
+        if context is None:
+            queue = _queue_of(consumer, info)
+            op = _start(binding, "process", queue, message, track=track)
+            if op is not None:
+                op.activate()
     except Exception as internal:
         _PROCESS.report(internal)
+    if context is not None:
+        return _in_context(context, consumer, message)
     if op is None:
         return _handle(consumer, message)
     try:
@@ -231,6 +240,33 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
         raise
     _end(op)
     return result
+
+
+def _unsampled(binding: Binding, message: Any, info: Any) -> Context | None:
+    """The unsampled fast path of a delivery that is never settled: the context its callbacks
+    run in when no span is made and nothing is counted (docs/architecture.md), else ``None``.
+    A skipped Celery message goes the general way (which marks it); ``message_context()`` finds
+    no operation on the message and builds the same context from its headers."""
+    headers = message.headers
+    skip = binding.celery_skip
+    if skip is not None and skip.skips(headers, (info or {}).get("exchange") or ""):
+        return None
+    telemetry = binding.telemetry
+    assert telemetry is not None
+    return telemetry.unsampled_consume(headers)
+
+
+def _in_context(context: Context, consumer: Any, message: Any) -> Any:
+    """Decode and call back with ``context`` current; the previous context comes back after."""
+    try:
+        token = attach(context)
+    except Exception as internal:  # pragma: no cover - defensive: the callbacks run all the same
+        _PROCESS.report(internal)
+        return _handle(consumer, message)
+    try:
+        return _handle(consumer, message)
+    finally:
+        restore(token)
 
 
 def _binding_to_process(consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -259,22 +259,28 @@ def _copy_headers(
     return args, kwargs
 
 
-def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
+def _start(producer: Any, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
+    """The publish operation and the headers to send; ``(None, headers)`` when nothing was
+    started (not instrumented, a skipped Celery message, or the unsampled fast path: no span,
+    nothing to count, only the context travels, docs/architecture.md)."""
+    headers = args[_HEADERS]
     binding = binding_for(_producer_connection(producer))
     telemetry = binding.telemetry
     if telemetry is None:
-        return None
-    headers = args[_HEADERS]
+        return None, headers
     exchange = args[_EXCHANGE] or ""
     skip = binding.celery_skip
     if skip is not None and skip.skips(headers, exchange):
-        return None
+        return None, headers
+    sent = telemetry.unsampled_publish(headers)
+    if sent is not False:
+        return None, sent
     properties = args[_PROPERTIES] or {}
     destination = binding.destinations.get(  # type: ignore[union-attr]
         "publish", exchange, args[_ROUTING_KEY] or ""
     )
     body = args[_BODY]
-    return telemetry.start_publish(
+    op = telemetry.start_publish(
         destination,
         headers,
         # a Celery task has no message_id: its task id, as Celery's own spans record it
@@ -284,6 +290,7 @@ def _start(producer: Any, args: tuple[Any, ...]) -> Publish | None:
         body_size=body_size(body),
         raw=properties,
     )
+    return op, op.headers
 
 
 def wrap_inner_publish(
@@ -308,10 +315,10 @@ def wrap_inner_publish(
             op = call.op
             first_of_retries = True  # ended by Producer.publish, not here
         else:
-            op = _start(producer, args)
+            op, sent = _start(producer, args)
+            if sent is not headers:
+                args = (*args[:_HEADERS], sent, *args[_HEADERS + 1 :])
             if op is not None:
-                if op.headers is not headers:
-                    args = (*args[:_HEADERS], op.headers, *args[_HEADERS + 1 :])
                 if call is not None and call.op is None and call.producer is producer:
                     # first attempt of a retrying publish: Producer.publish ends the span
                     call.op = op
