@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions
+from otel_messaging_core import Settle, Wrapper, call_in, capture_internal_exceptions
 from otel_pika._state import ChannelState
 
 __all__ = ["settle"]
@@ -74,10 +74,7 @@ def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
                         op = _start(state, operation, args, kwargs)
             except Exception as internal:
                 guard.report(internal)
-            if op is None:
-                return wrapped(*args, **kwargs)
-            with op:
-                return wrapped(*args, **kwargs)
+            return call_in(op, wrapped, args, kwargs)
 
         return wrapper
 
