@@ -13,18 +13,11 @@ from typing import Any, Callable, Final
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import (
-    Publish,
-    Wrapper,
-    call_in,
-    capture_internal_exceptions,
-    publish_failure,
-)
-from otel_pika._state import ChannelState, bypass_if_blocking
+from otel_messaging_core import Publish, Wrapper, capture_internal_exceptions, publish_failure
+from otel_pika._state import ChannelState
+from otel_pika._traced import Resolver, traced
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]
-
-Resolver = Callable[[Any], "ChannelState | None"]
 
 _PUBLISH: Final = capture_internal_exceptions("pika publish")
 _RETURNED: Final = capture_internal_exceptions("pika returned message")
@@ -102,43 +95,12 @@ def _with_headers(properties: Any, headers: Any) -> Any:
     return sent
 
 
-def channel_publish(resolve: Resolver) -> Wrapper:
-    """``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)."""
-
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        op = None
-        try:
-            state = resolve(instance)
-            if state is not None and not state.blocking:
-                op, args, kwargs = _start(state, args, kwargs)
-            else:  # a BlockingChannel's publish made the span; its next ones skip this wrapper
-                bypass_if_blocking(instance, "basic_publish")
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        return call_in(op, wrapped, args, kwargs)
-
-    return wrapper
-
-
-def blocking_publish(resolve: Resolver) -> Wrapper:
-    """``BlockingChannel.basic_publish``, including the wait for a publisher confirm."""
-
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        op = None
-        try:
-            state = resolve(instance._impl)
-            if state is not None:
-                state.blocking = True  # pika drops the link to us when the channel closes: keep it
-                op, args, kwargs = _start(state, args, kwargs, _failure)
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        return call_in(op, wrapped, args, kwargs)
-
-    return wrapper
+#: ``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)
+channel_publish: Final = traced(
+    _start, where="pika publish", blocking=False, bypass="basic_publish"
+)
+#: ``BlockingChannel.basic_publish``, including the wait for a publisher confirm
+blocking_publish: Final = traced(_start, _failure, where="pika publish", blocking=True)
 
 
 def _record_return(state: ChannelState, instance: Any, args: tuple[Any, ...]) -> None:
