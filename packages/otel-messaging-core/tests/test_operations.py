@@ -105,3 +105,37 @@ def test_call_in_calls_plainly_without_an_operation_and_inside_one_otherwise(
     ok, failed = otel.spans()
     assert ok.status.status_code is StatusCode.UNSET
     assert failed.attributes["error.type"] == "ValueError"  # type: ignore[index]
+
+
+def test_a_settle_caused_by_an_exception_ends_with_it_unless_the_call_fails(
+    otel: Recorder,
+) -> None:
+    """``with op.caused_by(exc):`` ends the settle as end(cause=exc) when the call succeeds (the
+    handler's exception recorded, requeued: its type); a settle call that raises records its own."""
+    options = InstrumentationOptions.from_kwargs(
+        {
+            "tracer_provider": otel.tracer_provider,
+            "meter_provider": otel.meter_provider,
+            "settle_spans": True,
+        },
+        environ={},
+    )
+    telemetry = MessagingTelemetry(options, instrumentation_name="otel_test", version="0.1.0")
+    destination = telemetry.destinations().get("process", "orders", "order.created", "srm")
+    with telemetry.start_settle(
+        "reject", [], requeue=True, delivery_tag=1, fallback=destination
+    ).caused_by(KeyError("sku")):
+        pass
+    with (
+        pytest.raises(ConnectionError),
+        telemetry.start_settle(
+            "reject", [], requeue=True, delivery_tag=2, fallback=destination
+        ).caused_by(KeyError("sku")),
+    ):
+        raise ConnectionError("closed")
+    caused, failed = otel.spans()
+    assert caused.attributes["error.type"] == "KeyError"  # type: ignore[index]
+    assert failed.attributes["error.type"] == "ConnectionError"  # type: ignore[index]
+    assert [e.attributes["exception.type"] for e in failed.events] == [  # type: ignore[index]
+        "ConnectionError"
+    ]

@@ -261,9 +261,10 @@ class Consume(_Operation):
 
 
 class Settle:
-    """One ack/nack/reject call; a span only when SPEC asks for one. ``with op:`` ends it."""
+    """One ack/nack/reject call; a span only when SPEC asks for one. ``with op:`` ends it;
+    ``with op.caused_by(exc):`` ends it as :meth:`end` with ``cause`` does when the call succeeds."""
 
-    __slots__ = ("_error_type", "_metric_attributes", "_start", "_telemetry", "span")
+    __slots__ = ("_cause", "_error_type", "_metric_attributes", "_start", "_telemetry", "span")
 
     def __init__(
         self,
@@ -276,6 +277,7 @@ class Settle:
         self.span = span
         self._metric_attributes = metric_attributes
         self._error_type = error_type
+        self._cause: BaseException | None = None
         self._start = perf_counter()
 
     @classmethod
@@ -310,12 +312,17 @@ class Settle:
         except Exception as internal:  # pragma: no cover - defensive
             log_internal_error("settle end", internal)
 
+    def caused_by(self, cause: BaseException | None) -> Settle:
+        """Give :meth:`end` at the ``with`` block's end ``cause`` (see there)."""
+        self._cause = cause
+        return self
+
     def __enter__(self) -> Settle:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            self.end(exc)
+            self.end(exc, cause=self._cause)
         except Exception as internal:  # a broken end() never replaces the user's outcome
             log_internal_error("settle end", internal)
 
