@@ -97,7 +97,7 @@ def _with_headers(properties: Any, headers: Any) -> Any:
 
 #: ``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)
 channel_publish: Final = traced(
-    _start, where="pika publish", blocking=False, bypass="basic_publish"
+    _start, None, where="pika publish", blocking=False, bypass="basic_publish"
 )
 #: ``BlockingChannel.basic_publish``, including the wait for a publisher confirm
 blocking_publish: Final = traced(_start, _failure, where="pika publish", blocking=True)

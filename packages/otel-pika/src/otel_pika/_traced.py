@@ -19,15 +19,16 @@ from otel_pika._state import ChannelState, bypass_if_blocking
 __all__ = ["Resolver", "Start", "traced"]
 
 Resolver = Callable[[Any], "ChannelState | None"]
-#: ``start(state, args, kwargs, *extra)``: the operation (``None``: nothing to trace) and the
+#: ``start(state, args, kwargs, param)``: the operation (``None``: nothing to trace) and the
 #: arguments to call pika with
 Start = Callable[..., "tuple[Publish | Settle | None, tuple[Any, ...], dict[str, Any]]"]
 
 
 def traced(
-    start: Start, *extra: Any, where: str, blocking: bool, bypass: str | None = None
+    start: Start, param: Any, *, where: str, blocking: bool, bypass: str | None = None
 ) -> Callable[[Resolver], Wrapper]:
-    """A wrapper factory for a method of ``BlockingChannel`` (``blocking``) or ``Channel``."""
+    """A wrapper factory for a method of ``BlockingChannel`` (``blocking``) or ``Channel``;
+    ``param`` is passed on to every ``start``."""
     guard = capture_internal_exceptions(where)
 
     def factory(resolve: Resolver) -> Wrapper:
@@ -43,9 +44,9 @@ def traced(
                 if blocking:
                     if state is not None:
                         state.blocking = True  # pika drops the link to us when it closes: keep it
-                        op, args, kwargs = start(state, args, kwargs, *extra)
+                        op, args, kwargs = start(state, args, kwargs, param)
                 elif state is not None and not state.blocking:
-                    op, args, kwargs = start(state, args, kwargs, *extra)
+                    op, args, kwargs = start(state, args, kwargs, param)
                 elif bypass is not None:  # a BlockingChannel's: its next calls skip this wrapper
                     bypass_if_blocking(instance, bypass)
             except Exception as internal:
