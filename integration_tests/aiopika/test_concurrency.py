@@ -12,14 +12,14 @@ from opentelemetry import trace
 
 from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, wait_for, wait_for_count
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 ORDERS = 48
 
 
 @pytest.mark.asyncio
 async def test_concurrent_handlers_each_stay_in_their_own_orders_trace(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     connect: Connect,
     robust: bool,

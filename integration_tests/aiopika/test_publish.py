@@ -14,12 +14,12 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from broker_harness import Recorder, Traceparent, span_summary
 from integration_tests.aiopika.conftest import Connect
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 @pytest.mark.asyncio
 async def test_a_message_published_twice_gets_the_context_of_each_publish(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -39,7 +39,6 @@ async def test_a_message_published_twice_gets_the_context_of_each_publish(
 
 @pytest.mark.asyncio
 async def test_a_received_message_can_be_published_again(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -65,7 +64,6 @@ async def test_a_received_message_can_be_published_again(
 
 @pytest.mark.asyncio
 async def test_unroutable_mandatory_publish_returned_as_the_result_is_an_error(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     unique: Callable[[str], str],
@@ -88,7 +86,6 @@ async def test_unroutable_mandatory_publish_returned_as_the_result_is_an_error(
 
 @pytest.mark.asyncio
 async def test_unroutable_publish_raising_publish_error_is_an_error(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     connect: Connect,
     robust: bool,
@@ -110,7 +107,6 @@ async def test_unroutable_publish_raising_publish_error_is_an_error(
 
 @pytest.mark.asyncio
 async def test_publish_failing_in_the_client_records_the_exception(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -130,7 +126,6 @@ async def test_publish_failing_in_the_client_records_the_exception(
 
 @pytest.mark.asyncio
 async def test_publish_without_publisher_confirms_makes_one_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     connect: Connect,
     robust: bool,
@@ -150,7 +145,6 @@ async def test_publish_without_publisher_confirms_makes_one_span(
 
 @pytest.mark.asyncio
 async def test_unroutable_publish_without_confirms_has_an_ok_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     connect: Connect,
     unique: Callable[[str], str],

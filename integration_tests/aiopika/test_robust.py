@@ -15,7 +15,6 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from broker_harness import Broker, Recorder, span_summary
 from broker_harness.broker import close_connections
 from integration_tests.aiopika.conftest import connection_url, traceparent_of, wait_for
-from otel_aiopika import AioPikaInstrumentor
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +80,9 @@ async def drop_and_await_restore(name: str, connection: AbstractRobustConnection
         connection.reconnect_callbacks.discard(on_reconnect)
 
 
+@pytest.mark.usefixtures("instrumented")
 @pytest.mark.asyncio
 async def test_restored_consumers_are_traced_exactly_once(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     robust_connection: tuple[str, AbstractRobustConnection],
     unique: Callable[[str], str],
@@ -125,9 +124,9 @@ async def test_restored_consumers_are_traced_exactly_once(
     }
 
 
+@pytest.mark.usefixtures("instrumented")
 @pytest.mark.asyncio
 async def test_queue_iterator_keeps_tracing_across_a_reconnect(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     robust_connection: tuple[str, AbstractRobustConnection],
     unique: Callable[[str], str],

@@ -196,8 +196,8 @@ def test_generator_close_and_its_end_leave_nothing_current(
 # -- basic_get ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("instrumented")
 def test_async_basic_get_makes_a_receive_span(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     async_run: AsyncRun,
     unique: Callable[[str], str],

@@ -14,11 +14,12 @@ from pika.exceptions import ChannelWrongStateError, UnroutableError
 
 from broker_harness import Broker, Recorder, Traceparent, messaging_attributes, span_summary
 from integration_tests.pika.conftest import AsyncRun
-from otel_pika import PikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 def test_a_publish_without_properties_carries_the_context(
-    instrumented: PikaInstrumentor, otel: Recorder, channel: BlockingChannel, queue: str
+    otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """A publish with no properties at all and a str body makes its span and still sends the context, in properties pika then creates."""
     channel.basic_publish("", queue, "text body")
@@ -30,7 +31,6 @@ def test_a_publish_without_properties_carries_the_context(
 
 
 def test_async_publish_makes_one_span(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     rabbitmq: Broker,
     async_run: AsyncRun,
@@ -64,7 +64,6 @@ def test_async_publish_makes_one_span(
 
 
 def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     channel: BlockingChannel,
     unique: Callable[[str], str],
@@ -86,7 +85,7 @@ def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
 
 
 def test_publish_on_a_closed_channel_raises_the_same_exception(
-    instrumented: PikaInstrumentor, otel: Recorder, channel: BlockingChannel, queue: str
+    otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """A publish pika refuses raises pika's exception unchanged and leaves an ERROR span named after it."""
     channel.close()
@@ -99,7 +98,6 @@ def test_publish_on_a_closed_channel_raises_the_same_exception(
 
 @pytest.mark.parametrize("user_callback", [True, False], ids=["with-callback", "no-callback"])
 def test_returned_message_is_an_error_span_in_the_publishers_trace(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     async_run: AsyncRun,
     unique: Callable[[str], str],
@@ -151,7 +149,6 @@ def test_returned_message_is_an_error_span_in_the_publishers_trace(
 
 
 def test_blocking_return_without_confirms_is_an_error_span(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     channel: BlockingChannel,
     unique: Callable[[str], str],
