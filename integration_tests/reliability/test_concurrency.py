@@ -26,11 +26,12 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from broker_harness import Broker, Recorder
 from integration_tests.reliability.conftest import (
     Instrument,
-    InternalErrors,
     SpanCounter,
     connection_name,
     pika_parameters,
 )
+
+pytestmark = pytest.mark.usefixtures("internal_errors")
 
 OPTIONS: dict[str, Any] = {"baggage_attributes": ("order.id",)}
 
@@ -104,7 +105,6 @@ def test_pika_eight_threads_with_their_own_connections_keep_contexts_apart(
     instrument_pika: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     rabbitmq: Broker,
     shared_queue: str,
 ) -> None:
@@ -160,7 +160,6 @@ async def test_aiopika_hundred_concurrent_handlers_keep_contexts_apart(
     instrument_aiopika: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     rabbitmq: Broker,
     shared_queue: str,
 ) -> None:
@@ -218,7 +217,6 @@ def test_kombu_consumers_in_threads_keep_contexts_apart(
     instrument_kombu: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     rabbitmq: Broker,
     shared_queue: str,
 ) -> None:

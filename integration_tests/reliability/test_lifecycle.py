@@ -29,7 +29,6 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from broker_harness import Broker, Recorder, span_summary
 from integration_tests.reliability.conftest import (
     Instrument,
-    InternalErrors,
     SpanCounter,
     connection_name,
     pika_parameters,
@@ -401,12 +400,12 @@ def test_kombu_instrument_after_connections_exist(
 # -- several instrumentors in one process ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("internal_errors")
 def test_three_instrumentors_in_one_process_make_one_trace(
     instrument_pika: Instrument,
     instrument_aiopika: Instrument,
     instrument_kombu: Instrument,
     otel: Recorder,
-    internal_errors: InternalErrors,
     rabbitmq: Broker,
     unique: Callable[[str], str],
 ) -> None:
