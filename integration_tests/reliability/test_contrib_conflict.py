@@ -16,10 +16,10 @@ from typing import Any
 
 import pika
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.blocking_connection import BlockingConnection
 
 from broker_harness import Broker, Recorder
-from integration_tests.reliability.conftest import Instrument, connection_name
+from integration_tests.reliability.conftest import Instrument, ack_one, connection_name
 
 CONTRIB = {
     "pika": ("opentelemetry.instrumentation.pika", "PikaInstrumentor"),
@@ -89,13 +89,7 @@ def test_pika_next_to_opentelemetry_instrumentation_pika(
         headers = {"x-order": "17"}
         channel.basic_publish("", queue, b"order 17", pika.BasicProperties(headers=headers))
         assert headers == {"x-order": "17"}, "the caller's headers were changed"
-
-        def on_message(ch: BlockingChannel, method: Any, _p: Any, _body: bytes) -> None:
-            ch.basic_ack(method.delivery_tag)
-            ch.stop_consuming()
-
-        channel.basic_consume(queue, on_message)
-        channel.start_consuming()
+        ack_one(channel, queue)
     finally:
         connection.close()
     names = sorted(s.name for s in otel.spans())
