@@ -59,9 +59,20 @@ def robust(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest_asyncio.fixture
-async def channel(connect: Connect, robust: bool) -> AbstractChannel:
+async def connection(connect: Connect, robust: bool) -> AbstractConnection:
+    """A plain or a robust connection (the test runs on both), closed after the test."""
+    return await connect(robust=robust)
+
+
+@pytest_asyncio.fixture
+async def plain_connection(connect: Connect) -> AbstractConnection:
+    """A plain connection, closed after the test."""
+    return await connect()
+
+
+@pytest_asyncio.fixture
+async def channel(connection: AbstractConnection) -> AbstractChannel:
     """A channel (publisher confirms on, aio-pika's default) on a plain or robust connection."""
-    connection = await connect(robust=robust)
     return await connection.channel()
 
 

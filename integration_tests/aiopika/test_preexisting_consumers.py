@@ -10,12 +10,12 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from broker_harness import Recorder, span_summary
-from integration_tests.aiopika.conftest import Connect, Instrument, wait_for_count
+from integration_tests.aiopika.conftest import Instrument, wait_for_count
 from otel_aiopika import AioPikaInstrumentor
 
 
@@ -115,12 +115,11 @@ async def test_instrument_channel_after_consume_traces_the_existing_consumer(
 async def test_a_preexisting_no_ack_consumer_is_traced(
     instrument: Instrument,
     otel: Recorder,
-    connect: Connect,
+    plain_connection: AbstractConnection,
     unique: Callable[[str], str],
 ) -> None:
     """A no_ack consumer registered before instrument() is traced too."""
-    connection = await connect()
-    channel = await connection.channel()
+    channel = await plain_connection.channel()
     queue = await channel.declare_queue(unique("q"), exclusive=True)
     got: asyncio.Queue[tuple[bytes, SpanContext]] = asyncio.Queue()
     await queue.consume(handler(got, ack=False), no_ack=True)

@@ -10,10 +10,9 @@ from collections.abc import Callable
 import aio_pika
 import aiormq
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from broker_harness import Recorder, Traceparent, span_summary
-from integration_tests.aiopika.conftest import Connect
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 
@@ -87,12 +86,11 @@ async def test_unroutable_mandatory_publish_returned_as_the_result_is_an_error(
 @pytest.mark.asyncio
 async def test_unroutable_publish_raising_publish_error_is_an_error(
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """With on_return_raises=True the returned message raises PublishError, which reaches the caller unchanged; the span ends ERROR with error.type unroutable."""
-    connection = await connect(robust=robust)
     channel = await connection.channel(on_return_raises=True)
     exchange = await channel.declare_exchange(unique("x"), "direct", auto_delete=True)
     with pytest.raises(aiormq.exceptions.PublishError) as raised:
@@ -127,12 +125,11 @@ async def test_publish_failing_in_the_client_records_the_exception(
 @pytest.mark.asyncio
 async def test_publish_without_publisher_confirms_makes_one_span(
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """On a channel without publisher confirms a publish still makes one PRODUCER span whose context the message carries."""
-    connection = await connect(robust=robust)
     channel = await connection.channel(publisher_confirms=False)
     queue = await channel.declare_queue(unique("q"), exclusive=True)
     await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
@@ -146,12 +143,11 @@ async def test_publish_without_publisher_confirms_makes_one_span(
 @pytest.mark.asyncio
 async def test_unroutable_publish_without_confirms_has_an_ok_span(
     otel: Recorder,
-    connect: Connect,
+    plain_connection: AbstractConnection,
     unique: Callable[[str], str],
 ) -> None:
     """Without publisher confirms nothing tells the client a mandatory message was returned (aiormq drops the return), so the span ends OK: the documented limit."""
-    connection = await connect()
-    channel = await connection.channel(publisher_confirms=False)
+    channel = await plain_connection.channel(publisher_confirms=False)
     exchange = await channel.declare_exchange(unique("x"), "direct", auto_delete=True)
     assert await exchange.publish(aio_pika.Message(b"lost"), "nowhere", mandatory=True) is None
     await asyncio.sleep(0.3)

@@ -8,11 +8,10 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import (
-    Connect,
     Instrument,
     wait_for,
     wait_for_count,
@@ -92,12 +91,11 @@ async def test_requeueing_failure_without_settle_spans_makes_no_settle_span(
 @pytest.mark.asyncio
 async def test_delivery_records_are_freed_on_settle_and_with_the_channel(
     otel: Recorder,
-    connect: Connect,
+    plain_connection: AbstractConnection,
     unique: Callable[[str], str],
 ) -> None:
     """Manual-ack deliveries are remembered until settled (ack(multiple=True) settles all up to its tag), and whatever is unsettled is dropped when the channel closes."""
-    connection = await connect()
-    channel = await connection.channel()
+    channel = await plain_connection.channel()
     queue = await channel.declare_queue(unique("q"), exclusive=True)
     kept: list[AbstractIncomingMessage] = []
 
