@@ -102,10 +102,3 @@ async def wait_for_count(
     """Poll until at least ``count`` spans called ``name`` ended; those spans."""
     await wait_for(otel, lambda spans: sum(s.name == name for s in spans) >= count, timeout)
     return otel.named(name)
-
-
-def traceparent_of(span: ReadableSpan) -> str:
-    """The trace and span id part of the W3C traceparent a message published under ``span`` carries
-    (test_robust.py's; other tests compare broker_harness.Traceparent)."""
-    assert span.context is not None
-    return f"{span.context.trace_id:032x}-{span.context.span_id:016x}"
