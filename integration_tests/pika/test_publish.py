@@ -63,14 +63,18 @@ def test_async_publish_makes_one_span(
     assert Traceparent.in_headers(received[0]) == Traceparent.of(publish)
 
 
+@pytest.fixture
+def exchange(channel: BlockingChannel, unique: Callable[[str], str]) -> str:
+    """An auto-deleted direct exchange with no queue bound: a mandatory publish to it is returned."""
+    name = unique("x")
+    channel.exchange_declare(name, "direct", auto_delete=True)
+    return name
+
+
 def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
+    otel: Recorder, channel: BlockingChannel, exchange: str
 ) -> None:
     """With confirm_delivery(), a mandatory publish nobody can route raises UnroutableError (same object) and its span is ERROR error.type=unroutable."""
-    exchange = unique("x")
-    channel.exchange_declare(exchange, "direct", auto_delete=True)
     channel.confirm_delivery()
     with pytest.raises(UnroutableError) as raised:
         channel.basic_publish(exchange, "nowhere", b"lost", mandatory=True)
@@ -149,13 +153,9 @@ def test_returned_message_is_an_error_span_in_the_publishers_trace(
 
 
 def test_blocking_return_without_confirms_is_an_error_span(
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
+    otel: Recorder, channel: BlockingChannel, exchange: str
 ) -> None:
     """On a BlockingChannel without confirm_delivery() a returned mandatory publish also ends up as an ERROR span under its publish."""
-    exchange = unique("x")
-    channel.exchange_declare(exchange, "direct", auto_delete=True)
     returned: list[bytes] = []
     channel.add_on_return_callback(lambda _c, _m, _p, body: returned.append(body))
     channel.basic_publish(exchange, "nowhere", b"lost", mandatory=True)

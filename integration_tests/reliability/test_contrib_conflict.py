@@ -50,6 +50,17 @@ def contrib(request: pytest.FixtureRequest, otel: Recorder) -> Iterator[Callable
             instrumentor.uninstrument()
 
 
+def instrument_both(first: str, theirs: Any, ours: Callable[[], Any], otel: Recorder) -> None:
+    """Instrument with contrib's instrumentor ``theirs`` and with ours, ``first`` first."""
+    providers = {"tracer_provider": otel.tracer_provider}
+    if first == "contrib":
+        theirs.instrument(**providers)
+        ours()
+    else:
+        ours()
+        theirs.instrument(**providers)
+
+
 def conflict_warnings(caplog: pytest.LogCaptureFixture, library: str) -> list[str]:
     ours, theirs = DISTRIBUTIONS[library]
     return [
@@ -71,14 +82,7 @@ def test_pika_next_to_opentelemetry_instrumentation_pika(
 ) -> None:
     """With opentelemetry-instrumentation-pika also instrumented (before or after ours), a warning names both and each message gets one publish and one process span, ours."""
     caplog.set_level(logging.WARNING)
-    theirs = contrib("pika")
-    providers = {"tracer_provider": otel.tracer_provider}
-    if first == "contrib":
-        theirs.instrument(**providers)
-        instrument_pika()
-    else:
-        instrument_pika()
-        theirs.instrument(**providers)
+    instrument_both(first, contrib("pika"), instrument_pika, otel)
     assert conflict_warnings(caplog, "pika") != []
 
     connection = BlockingConnection(pika.URLParameters(rabbitmq.url))
@@ -112,14 +116,7 @@ def test_aiopika_next_to_opentelemetry_instrumentation_aio_pika(
     from yarl import URL
 
     caplog.set_level(logging.WARNING)
-    theirs = contrib("aiopika")
-    providers = {"tracer_provider": otel.tracer_provider}
-    if first == "contrib":
-        theirs.instrument(**providers)
-        instrument_aiopika()
-    else:
-        instrument_aiopika()
-        theirs.instrument(**providers)
+    instrument_both(first, contrib("aiopika"), instrument_aiopika, otel)
     assert conflict_warnings(caplog, "aiopika") != []
     headers = {"x-order": "17"}
 
