@@ -5,12 +5,11 @@ channels, and stop being traced when instrumentation is removed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
@@ -115,12 +114,10 @@ async def test_instrument_channel_after_consume_traces_the_existing_consumer(
 async def test_a_preexisting_no_ack_consumer_is_traced(
     instrument: Instrument,
     otel: Recorder,
-    plain_connection: AbstractConnection,
-    unique: Callable[[str], str],
+    channel: AbstractChannel,
+    queue: AbstractQueue,
 ) -> None:
     """A no_ack consumer registered before instrument() is traced too."""
-    channel = await plain_connection.channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
     got: asyncio.Queue[tuple[bytes, SpanContext]] = asyncio.Queue()
     await queue.consume(handler(got, ack=False), no_ack=True)
     instrument()

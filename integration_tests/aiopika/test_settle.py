@@ -8,7 +8,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import (
@@ -91,12 +91,10 @@ async def test_requeueing_failure_without_settle_spans_makes_no_settle_span(
 @pytest.mark.asyncio
 async def test_delivery_records_are_freed_on_settle_and_with_the_channel(
     otel: Recorder,
-    plain_connection: AbstractConnection,
-    unique: Callable[[str], str],
+    channel: AbstractChannel,
+    queue: AbstractQueue,
 ) -> None:
     """Manual-ack deliveries are remembered until settled (ack(multiple=True) settles all up to its tag), and whatever is unsettled is dropped when the channel closes."""
-    channel = await plain_connection.channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
     kept: list[AbstractIncomingMessage] = []
 
     async def handle(message: AbstractIncomingMessage) -> None:
