@@ -217,10 +217,10 @@ def _live_options(plugin: str) -> Any:
 
         assert registry.telemetry is not None
         return registry.telemetry.options
-    from otel_kombu._binding import REGISTRY
+    from otel_kombu._binding import SCOPES
 
-    assert REGISTRY.instrumentation is not None
-    return REGISTRY.instrumentation.telemetry.options
+    assert SCOPES.global_ is not None
+    return SCOPES.global_.options
 
 
 def test_options_applied_again_change_the_spans(

@@ -79,7 +79,7 @@ def _targets() -> list[Target]:
 
 
 def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
-    return AioPikaInstrumentor._make(options)  # type: ignore[no-any-return]
+    return AioPikaInstrumentor._make(options)
 
 
 class _Patches:

@@ -177,12 +177,15 @@ class PlainMethods:
     must not be skipped. Answers are cached per class until :meth:`clear`.
     """
 
-    __slots__ = ("_found", "_ours", "name")
+    __slots__ = ("_found", "_ours", "cached", "name")
 
     def __init__(self, name: str, ours: Callable[..., Any] | tuple[str, ...]) -> None:
         self.name = name
         self._ours = ours
         self._found: dict[type, Any] = {}
+        #: the answer already found for a class (``None`` also when not looked up yet): one dict
+        #: read, for per-message paths that only run after :meth:`of` answered for the class
+        self.cached: Callable[[type], Any] = self._found.get
 
     def _is_ours(self, wrapper: Any) -> bool:
         ours = self._ours

@@ -148,6 +148,10 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
         old, runtime.telemetry = runtime.telemetry, made
         return old.options if old is not None else None
 
+    @classmethod
+    def _needed_by_channels(cls) -> bool:
+        return False
+
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
         """Instrument one ``BlockingChannel`` or ``pika.channel.Channel`` without global patching.
