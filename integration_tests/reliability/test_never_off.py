@@ -213,10 +213,10 @@ def _live_options(plugin: str) -> Any:
         assert runtime.telemetry is not None
         return runtime.telemetry.options
     if plugin == "aiopika":
-        from otel_aiopika._state import registry
+        from otel_aiopika._state import SCOPES as AIOPIKA_SCOPES
 
-        assert registry.telemetry is not None
-        return registry.telemetry.options
+        assert AIOPIKA_SCOPES.global_ is not None
+        return AIOPIKA_SCOPES.global_.options
     from otel_kombu._binding import SCOPES
 
     assert SCOPES.global_ is not None
