@@ -54,7 +54,7 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
     from otel_kombu import KombuInstrumentor
     from otel_messaging_core import propagation
     from otel_pika import PikaInstrumentor, _consume, _publish
-    from otel_pika._state import global_state
+    from otel_pika._state import scope_of
 
     tracer_provider, _ = _providers("ours_unsampled")
     PikaInstrumentor().instrument(tracer_provider=tracer_provider)
@@ -86,7 +86,7 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
 
     blocking_wrapper = BlockingChannel.__dict__["basic_publish"]
     inner_wrapper = Channel.__dict__["basic_publish"]
-    state = global_state(channel._impl)
+    state = scope_of(channel._impl)
     assert state is not None
     assert state.telemetry is not None
     telemetry = state.telemetry
@@ -365,7 +365,7 @@ def pieces() -> list[tuple[str, Callable[[], None]]]:
         lambda: _consume._begin(state, "process", method, message_props, body, "", False),
     )
     # Channel._on_deliver under a BlockingChannel: our wrapper only passes through
-    deliver_wrapper = _consume.deliver(global_state)
+    deliver_wrapper = _consume.deliver(scope_of)
 
     def noop_deliver(*_args: Any) -> None:
         return None

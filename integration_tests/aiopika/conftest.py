@@ -59,9 +59,20 @@ def robust(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest_asyncio.fixture
-async def channel(connect: Connect, robust: bool) -> AbstractChannel:
+async def connection(connect: Connect, robust: bool) -> AbstractConnection:
+    """A plain or a robust connection (the test runs on both), closed after the test."""
+    return await connect(robust=robust)
+
+
+@pytest_asyncio.fixture
+async def plain_connection(connect: Connect) -> AbstractConnection:
+    """A plain connection, closed after the test."""
+    return await connect()
+
+
+@pytest_asyncio.fixture
+async def channel(connection: AbstractConnection) -> AbstractChannel:
     """A channel (publisher confirms on, aio-pika's default) on a plain or robust connection."""
-    connection = await connect(robust=robust)
     return await connection.channel()
 
 
@@ -91,10 +102,3 @@ async def wait_for_count(
     """Poll until at least ``count`` spans called ``name`` ended; those spans."""
     await wait_for(otel, lambda spans: sum(s.name == name for s in spans) >= count, timeout)
     return otel.named(name)
-
-
-def traceparent_of(span: ReadableSpan) -> str:
-    """The trace and span id part of the W3C traceparent a message published under ``span`` carries
-    (test_robust.py's; other tests compare broker_harness.Traceparent)."""
-    assert span.context is not None
-    return f"{span.context.trace_id:032x}-{span.context.span_id:016x}"

@@ -7,26 +7,25 @@ from collections.abc import Callable
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from opentelemetry import trace
 
 from broker_harness import Recorder
-from integration_tests.aiopika.conftest import Connect, wait_for, wait_for_count
-from otel_aiopika import AioPikaInstrumentor
+from integration_tests.aiopika.conftest import wait_for, wait_for_count
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 ORDERS = 48
 
 
 @pytest.mark.asyncio
 async def test_concurrent_handlers_each_stay_in_their_own_orders_trace(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """With prefetch 64 and handlers that await, 48 orders are handled at the same time and every handler span, publish and ack sits in its own order's trace."""
-    connection = await connect(robust=robust)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=64)
     queue = await channel.declare_queue(unique("q"), exclusive=True)

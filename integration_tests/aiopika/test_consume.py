@@ -15,12 +15,12 @@ from broker_harness import Recorder
 from integration_tests.aiopika.conftest import (
     wait_for_count,
 )
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 @pytest.mark.asyncio
 async def test_a_plain_function_callback_is_traced(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -42,7 +42,6 @@ async def test_a_plain_function_callback_is_traced(
 
 @pytest.mark.asyncio
 async def test_queue_iterator_callback_is_not_a_consumer(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,

@@ -8,12 +8,12 @@ from aio_pika.abc import AbstractQueue
 from aio_pika.exceptions import QueueEmpty
 
 from broker_harness import Recorder
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 @pytest.mark.asyncio
 async def test_an_empty_get_makes_no_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     queue: AbstractQueue,
 ) -> None:

@@ -12,7 +12,7 @@ import aio_pika.message
 import aio_pika.queue
 import aio_pika.robust_queue
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import Connect, Instrument, wait_for_count
@@ -27,13 +27,12 @@ async def ack(message: AbstractIncomingMessage) -> None:
 @pytest.mark.asyncio
 async def test_instrument_channel_traces_that_channel_only(
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """instrument_channel() traces one channel (its exchanges, queues and messages) with its own options and leaves the others and aio-pika's classes alone once undone."""
     before = class_attributes()
-    connection = await connect(robust=robust)
     traced = await connection.channel()
     plain = await connection.channel()
     queue = await traced.declare_queue(unique("q"), exclusive=True)

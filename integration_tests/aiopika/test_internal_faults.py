@@ -20,7 +20,7 @@ from integration_tests.internal_faults import STEPS, fault_logged, inject
 
 # otel-aiopika's own helpers, as its wrappers look them up at call time
 AIOPIKA_STEPS = (
-    "otel_aiopika._state:_rebind",
+    "otel_aiopika._state:OwnerState.server",
     "otel_aiopika._publish:resolve",
     "otel_aiopika._publish:with_headers",
     "otel_aiopika._consume:resolve",

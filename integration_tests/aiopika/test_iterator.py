@@ -15,7 +15,8 @@ from opentelemetry import trace
 
 from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import wait_for_count
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 def current_span_id() -> int:
@@ -32,7 +33,6 @@ async def publish_orders(channel: AbstractChannel, queue: AbstractQueue, count: 
 
 @pytest.mark.asyncio
 async def test_nothing_is_current_after_the_loop_breaks_or_the_iterator_closes(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -58,7 +58,6 @@ async def test_nothing_is_current_after_the_loop_breaks_or_the_iterator_closes(
 
 @pytest.mark.asyncio
 async def test_nothing_is_current_after_the_loop_ends_by_timeout(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -83,7 +82,6 @@ async def test_nothing_is_current_after_the_loop_ends_by_timeout(
 
 @pytest.mark.asyncio
 async def test_iterating_in_a_task_keeps_other_tasks_clean(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -120,7 +118,6 @@ async def test_iterating_in_a_task_keeps_other_tasks_clean(
 
 @pytest.mark.asyncio
 async def test_plain_async_for_over_the_queue_is_traced(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,

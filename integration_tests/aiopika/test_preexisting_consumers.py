@@ -5,7 +5,6 @@ channels, and stop being traced when instrumentation is removed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -15,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from broker_harness import Recorder, span_summary
-from integration_tests.aiopika.conftest import Connect, Instrument, wait_for_count
+from integration_tests.aiopika.conftest import Instrument, wait_for_count
 from otel_aiopika import AioPikaInstrumentor
 
 
@@ -115,13 +114,10 @@ async def test_instrument_channel_after_consume_traces_the_existing_consumer(
 async def test_a_preexisting_no_ack_consumer_is_traced(
     instrument: Instrument,
     otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
+    channel: AbstractChannel,
+    queue: AbstractQueue,
 ) -> None:
     """A no_ack consumer registered before instrument() is traced too."""
-    connection = await connect()
-    channel = await connection.channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
     got: asyncio.Queue[tuple[bytes, SpanContext]] = asyncio.Queue()
     await queue.consume(handler(got, ack=False), no_ack=True)
     instrument()

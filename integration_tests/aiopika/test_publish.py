@@ -10,16 +10,15 @@ from collections.abc import Callable
 import aio_pika
 import aiormq
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from broker_harness import Recorder, Traceparent, span_summary
-from integration_tests.aiopika.conftest import Connect
-from otel_aiopika import AioPikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 @pytest.mark.asyncio
 async def test_a_message_published_twice_gets_the_context_of_each_publish(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -39,7 +38,6 @@ async def test_a_message_published_twice_gets_the_context_of_each_publish(
 
 @pytest.mark.asyncio
 async def test_a_received_message_can_be_published_again(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -65,7 +63,6 @@ async def test_a_received_message_can_be_published_again(
 
 @pytest.mark.asyncio
 async def test_unroutable_mandatory_publish_returned_as_the_result_is_an_error(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     unique: Callable[[str], str],
@@ -88,14 +85,12 @@ async def test_unroutable_mandatory_publish_returned_as_the_result_is_an_error(
 
 @pytest.mark.asyncio
 async def test_unroutable_publish_raising_publish_error_is_an_error(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """With on_return_raises=True the returned message raises PublishError, which reaches the caller unchanged; the span ends ERROR with error.type unroutable."""
-    connection = await connect(robust=robust)
     channel = await connection.channel(on_return_raises=True)
     exchange = await channel.declare_exchange(unique("x"), "direct", auto_delete=True)
     with pytest.raises(aiormq.exceptions.PublishError) as raised:
@@ -110,7 +105,6 @@ async def test_unroutable_publish_raising_publish_error_is_an_error(
 
 @pytest.mark.asyncio
 async def test_publish_failing_in_the_client_records_the_exception(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -130,14 +124,12 @@ async def test_publish_failing_in_the_client_records_the_exception(
 
 @pytest.mark.asyncio
 async def test_publish_without_publisher_confirms_makes_one_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
-    connect: Connect,
+    connection: AbstractConnection,
     robust: bool,
     unique: Callable[[str], str],
 ) -> None:
     """On a channel without publisher confirms a publish still makes one PRODUCER span whose context the message carries."""
-    connection = await connect(robust=robust)
     channel = await connection.channel(publisher_confirms=False)
     queue = await channel.declare_queue(unique("q"), exclusive=True)
     await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
@@ -150,14 +142,12 @@ async def test_publish_without_publisher_confirms_makes_one_span(
 
 @pytest.mark.asyncio
 async def test_unroutable_publish_without_confirms_has_an_ok_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
-    connect: Connect,
+    plain_connection: AbstractConnection,
     unique: Callable[[str], str],
 ) -> None:
     """Without publisher confirms nothing tells the client a mandatory message was returned (aiormq drops the return), so the span ends OK: the documented limit."""
-    connection = await connect()
-    channel = await connection.channel(publisher_confirms=False)
+    channel = await plain_connection.channel(publisher_confirms=False)
     exchange = await channel.declare_exchange(unique("x"), "direct", auto_delete=True)
     assert await exchange.publish(aio_pika.Message(b"lost"), "nowhere", mandatory=True) is None
     await asyncio.sleep(0.3)

@@ -6,15 +6,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aio_pika
 import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from broker_harness import Broker, Recorder, span_summary
+from broker_harness import Broker, Recorder, Traceparent, span_summary
 from broker_harness.broker import close_connections
-from integration_tests.aiopika.conftest import connection_url, traceparent_of, wait_for
+from integration_tests.aiopika.conftest import connection_url, wait_for
 from otel_aiopika import AioPikaInstrumentor
 
 pytestmark = pytest.mark.slow
@@ -24,16 +25,37 @@ RESTORE_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 30.0
 
 
+@dataclass
+class Robust:
+    """A robust connection with a name of its own (so only it is dropped) that reconnects fast,
+    a channel on it and an auto-deleted queue (gone with the connection, then restored)."""
+
+    name: str
+    connection: AbstractRobustConnection
+    channel: aio_pika.abc.AbstractChannel
+    queue: aio_pika.abc.AbstractQueue
+
+    async def publish(self, body: bytes) -> None:
+        """Publish ``body`` to the queue once the robust channel is usable again."""
+        await publish_when_connected(self.channel, body, self.queue.name)
+
+    async def drop(self) -> None:
+        """Have the broker close the connection; back once it is restored."""
+        await drop_and_await_restore(self.name, self.connection)
+
+
 @pytest_asyncio.fixture
-async def robust_connection(
-    rabbitmq: Broker,
-) -> AsyncIterator[tuple[str, AbstractRobustConnection]]:
-    """A robust connection with a name of its own (so only it is dropped) that reconnects fast."""
+async def robust(
+    instrumented: AioPikaInstrumentor, rabbitmq: Broker, unique: Callable[[str], str]
+) -> AsyncIterator[Robust]:
+    """The test's :class:`Robust`, opened once aio-pika is instrumented."""
     name = f"otel-aiopika-robust-{uuid.uuid4().hex[:8]}"
     connection = await aio_pika.connect_robust(
         connection_url(rabbitmq, name, reconnect_interval="0.5")
     )
-    yield name, connection
+    channel = await connection.channel()
+    queue = await channel.declare_queue(unique("q"), auto_delete=True)
+    yield Robust(name, connection, channel, queue)
     await asyncio.wait_for(connection.close(), 10)
 
 
@@ -82,16 +104,9 @@ async def drop_and_await_restore(name: str, connection: AbstractRobustConnection
 
 
 @pytest.mark.asyncio
-async def test_restored_consumers_are_traced_exactly_once(
-    instrumented: AioPikaInstrumentor,
-    otel: Recorder,
-    robust_connection: tuple[str, AbstractRobustConnection],
-    unique: Callable[[str], str],
-) -> None:
+async def test_restored_consumers_are_traced_exactly_once(otel: Recorder, robust: Robust) -> None:
     """A consumer the robust channel restores after the broker dropped the connection makes exactly one process span per message, in the message's trace."""
-    name, connection = robust_connection
-    channel = await connection.channel()
-    queue = await channel.declare_queue(unique("q"), auto_delete=True)
+    queue = robust.queue
     handled: list[bytes] = []
 
     async def handle(message: AbstractIncomingMessage) -> None:
@@ -99,12 +114,12 @@ async def test_restored_consumers_are_traced_exactly_once(
         await message.ack()
 
     await queue.consume(handle)
-    await publish_when_connected(channel, b"before", queue.name)
+    await robust.publish(b"before")
     await wait_for(otel, lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 1)
 
-    await drop_and_await_restore(name, connection)
-    await publish_when_connected(channel, b"after", queue.name)
-    await publish_when_connected(channel, b"later", queue.name)
+    await robust.drop()
+    await robust.publish(b"after")
+    await robust.publish(b"later")
     spans = await wait_for(
         otel,
         lambda s: sum(x.name == f"process {queue.name}" for x in s) >= 3,
@@ -120,23 +135,18 @@ async def test_restored_consumers_are_traced_exactly_once(
         summary = span_summary(process, spans)
         assert summary["parent"] == "publish amq.default"
         assert summary["links"] == ["publish amq.default"]
-    assert {traceparent_of(p) for p in publishes} >= {
-        f"{s.parent.trace_id:032x}-{s.parent.span_id:016x}" for s in processes if s.parent
+    assert {Traceparent.of(p) for p in publishes} >= {
+        Traceparent.of(s.parent) for s in processes if s.parent
     }
 
 
 @pytest.mark.asyncio
 async def test_queue_iterator_keeps_tracing_across_a_reconnect(
-    instrumented: AioPikaInstrumentor,
-    otel: Recorder,
-    robust_connection: tuple[str, AbstractRobustConnection],
-    unique: Callable[[str], str],
+    otel: Recorder, robust: Robust
 ) -> None:
     """An iterator on a robust queue that survives a dropped connection gives one receive span per message before and after."""
-    name, connection = robust_connection
-    channel = await connection.channel()
-    queue = await channel.declare_queue(unique("q"), auto_delete=True)
-    await publish_when_connected(channel, b"before", queue.name)
+    queue = robust.queue
+    await robust.publish(b"before")
     bodies: list[bytes] = []
 
     async def iterate() -> None:
@@ -145,8 +155,8 @@ async def test_queue_iterator_keeps_tracing_across_a_reconnect(
                 await message.ack()
                 bodies.append(message.body)
                 if message.body == b"before":
-                    await drop_and_await_restore(name, connection)
-                    await publish_when_connected(channel, b"after", queue.name)
+                    await robust.drop()
+                    await robust.publish(b"after")
                 else:
                     break
 

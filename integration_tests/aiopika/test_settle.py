@@ -12,12 +12,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import (
-    Connect,
     Instrument,
     wait_for,
     wait_for_count,
 )
-from otel_aiopika import AioPikaInstrumentor
 from otel_aiopika._state import deliveries_of, message_channel
 
 
@@ -67,9 +65,9 @@ async def test_process_context_with_requeue_records_the_exception_on_the_settle_
     assert attempts == [False, True]
 
 
+@pytest.mark.usefixtures("instrumented")
 @pytest.mark.asyncio
 async def test_requeueing_failure_without_settle_spans_makes_no_settle_span(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
     channel: AbstractChannel,
     queue: AbstractQueue,
@@ -89,17 +87,14 @@ async def test_requeueing_failure_without_settle_spans_makes_no_settle_span(
     assert [s.name for s in otel.spans() if s.name.startswith(("ack", "nack", "reject"))] == []
 
 
+@pytest.mark.usefixtures("instrumented")
 @pytest.mark.asyncio
 async def test_delivery_records_are_freed_on_settle_and_with_the_channel(
-    instrumented: AioPikaInstrumentor,
     otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
+    channel: AbstractChannel,
+    queue: AbstractQueue,
 ) -> None:
     """Manual-ack deliveries are remembered until settled (ack(multiple=True) settles all up to its tag), and whatever is unsettled is dropped when the channel closes."""
-    connection = await connect()
-    channel = await connection.channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
     kept: list[AbstractIncomingMessage] = []
 
     async def handle(message: AbstractIncomingMessage) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery.exceptions import Reject
-from kombu import Exchange, Queue
+
+from integration_tests.celery_app import celery_app
 
 ADD = "otel_tests.add"
 SLOW_ADD = "otel_tests.slow_add"
@@ -24,28 +25,9 @@ REJECT = "otel_tests.reject"
 def make_app(broker: str, queue: str) -> Celery:
     """A Celery app whose tasks (the shared tasks below) go to ``queue`` (it and its exchange
     auto-deleted); no result backend."""
-    app = Celery("otel_tests", broker=broker, set_as_current=False)
-    app.conf.update(
-        # Celery would declare a durable exchange named after the queue: this one goes with it
-        task_queues=[
-            Queue(
-                queue,
-                Exchange(queue, type="direct", durable=False, auto_delete=True),
-                routing_key=queue,
-                durable=False,
-                auto_delete=True,
-            )
-        ],
-        task_default_queue=queue,
-        task_default_exchange=queue,
-        task_default_routing_key=queue,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
+    return celery_app(
+        "otel_tests", broker, queue, task_ignore_result=True, worker_prefetch_multiplier=1
     )
-
-    return app
 
 
 # Shared tasks, defined once per process: every app has them (opentelemetry-instrumentation-celery

@@ -293,13 +293,11 @@ class AioPikaPlugin(protocol.Plugin):
         path.id: path for path in (AioPikaCallback, AioPikaProcess, AioPikaIterator, AioPikaGet)
     }
     robust = False
+    instrumentor_class = AioPikaInstrumentor
 
     def __init__(self, broker: Broker) -> None:
         super().__init__(broker)
         self.loop = Loop(broker, self.robust)
-
-    def instrumentor(self) -> AioPikaInstrumentor:
-        return AioPikaInstrumentor()
 
     def client(self) -> AioPikaClient:
         return AioPikaClient(self.loop)

@@ -53,6 +53,15 @@ class Case:
         between = handling.pop("between", None)
         return self.path.consume(self.queue, calls, Handling(**handling), between)
 
+    def requeue_then_ack(self, **options: Any) -> Consumed:
+        """Instrumented with ``options``: publish one message, requeue its first delivery and ack
+        the redelivery, which the broker marks redelivered."""
+        self.instrument(**options)
+        self.publish()
+        consumed = self.consume(2, settles=("requeue", "ack"))
+        assert [r.redelivered for r in consumed.received] == [False, True]
+        return consumed
+
     def consumes(self, count: int, name: str | None = None) -> dict[int, ReadableSpan]:
         """The ``count`` consume spans (or spans called ``name``), once ended, by delivery tag."""
         return by_tag(self.otel.wait_for_count(name or self.consume_name, count))

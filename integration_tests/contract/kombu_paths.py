@@ -188,12 +188,8 @@ class KombuPlugin(protocol.Plugin):
     paths: ClassVar[Mapping[str, type[protocol.Path]]] = {
         path.id: path for path in (KombuConsumer, KombuSimpleQueue)
     }
-
-    def instrumentor(self) -> KombuInstrumentor:
-        return KombuInstrumentor()
-
-    def client(self) -> KombuClient:
-        return KombuClient(self.broker)
+    instrumentor_class = KombuInstrumentor
+    client_class = KombuClient
 
     def patched(self) -> dict[str, object]:
         return patched_attributes()

@@ -205,12 +205,8 @@ class PikaPlugin(protocol.Plugin):
     paths: ClassVar[Mapping[str, type[protocol.Path]]] = {
         path.id: path for path in (PikaCallback, PikaGenerator, PikaGet)
     }
-
-    def instrumentor(self) -> PikaInstrumentor:
-        return PikaInstrumentor()
-
-    def client(self) -> PikaClient:
-        return PikaClient(self.broker)
+    instrumentor_class = PikaInstrumentor
+    client_class = PikaClient
 
     def patched(self) -> dict[str, object]:
         return patched_attributes()

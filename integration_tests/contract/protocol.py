@@ -286,11 +286,14 @@ class Plugin:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
+    instrumentor_class: ClassVar[Callable[[], Any]]  # the plugin's instrumentor
+    client_class: ClassVar[Callable[[Broker], Client]]  # its Client, on the test's broker
+
     def instrumentor(self) -> Any:
-        raise NotImplementedError
+        return self.instrumentor_class()
 
     def client(self) -> Client:
-        raise NotImplementedError
+        return self.client_class(self.broker)
 
     def path(self, path_id: str) -> Path:
         return self.paths[path_id](self.broker)  # type: ignore[call-arg]

@@ -71,10 +71,7 @@ def test_a_settle_that_drops_the_message_is_always_an_error_span(case: Case) -> 
 @pytest.mark.paths(lambda path: "requeue" in path.settles)
 def test_ack_and_requeue_are_timed_but_make_no_span_by_default(case: Case) -> None:
     """Without settle_spans a requeue and an ack make no span (the message is not lost) but are timed on messaging.client.operation.duration."""
-    case.instrument()
-    case.publish()
-    consumed = case.consume(2, settles=("requeue", "ack"))
-    assert [r.redelivered for r in consumed.received] == [False, True]
+    case.requeue_then_ack()
     case.consumes(2)
     assert sorted(s.name for s in case.otel.spans()) == sorted(
         [case.consume_name, case.consume_name, "publish amq.default"]

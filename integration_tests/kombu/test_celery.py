@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from kombu import Exchange, Queue
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from broker_harness import Broker, Recorder, Traceparent, span_summary
+from integration_tests.celery_app import celery_app
 from integration_tests.kombu.conftest import Instrument
 
 
@@ -31,19 +31,13 @@ def celery_instrumented(otel: Recorder) -> Iterator[None]:
 def app(rabbitmq: Broker, unique: Callable[[str], str]) -> Iterator[Celery]:
     """A Celery app on the broker with its own task queue, no remote control or events."""
     name = unique("celery")
-    app = Celery(
-        "otel_kombu_tests", broker=rabbitmq.url, backend="cache+memory://", set_as_current=False
-    )
-    exchange = Exchange(name, type="direct", durable=False, auto_delete=True)
-    app.conf.update(
-        task_queues=[Queue(name, exchange, routing_key=name, durable=False, auto_delete=True)],
-        task_default_queue=name,
-        task_default_exchange=name,
-        task_default_routing_key=name,
+    app = celery_app(
+        "otel_kombu_tests",
+        rabbitmq.url,
+        name,
+        backend="cache+memory://",
         worker_enable_remote_control=False,
         worker_send_task_events=False,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
     )
     app.ran = []  # type: ignore[attr-defined]
 

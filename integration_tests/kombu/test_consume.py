@@ -7,13 +7,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.mixins import ConsumerMixin
 from opentelemetry import trace
 
 from broker_harness import Broker, Recorder, span_summary
 from integration_tests.kombu.conftest import declare, drain
-from otel_kombu import KombuInstrumentor
+
+pytestmark = pytest.mark.usefixtures("traced")
 
 
 def current_span_id() -> int:
@@ -27,7 +29,6 @@ def publish(connection: Connection, exchange: Exchange, body: Any = None, **kwar
 
 
 def test_callbacks_run_in_one_process_span(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     entities: tuple[Exchange, Queue],
@@ -55,7 +56,6 @@ def test_callbacks_run_in_one_process_span(
 
 
 def test_on_message_runs_in_the_process_span(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     entities: tuple[Exchange, Queue],
@@ -83,7 +83,6 @@ def test_on_message_runs_in_the_process_span(
 
 
 def test_consumer_mixin(
-    traced: KombuInstrumentor,
     otel: Recorder,
     rabbitmq: Broker,
     connection: Connection,
@@ -122,7 +121,6 @@ def test_consumer_mixin(
 
 
 def test_consumer_on_several_queues_names_the_right_one(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     unique: Callable[[str], str],

@@ -32,6 +32,22 @@ def consuming(connection: Connection, queue: Queue, got: list[tuple[Any, SpanCon
     return consumer
 
 
+def one_before_one_after(
+    connection: Connection, exchange: Exchange, queue: Queue, instrument: Instrument
+) -> tuple[list[tuple[Any, SpanContext]], kombu.Consumer, kombu.Producer]:
+    """A Consumer of ``queue`` that starts consuming before instrument(): message 0 is drained
+    before instrument(), message 1 after. What the callback got, the consumer and its producer."""
+    got: list[tuple[Any, SpanContext]] = []
+    consumer = consuming(connection, queue, got)
+    producer = connection.Producer()
+    producer.publish({"n": 0}, exchange=exchange, routing_key="order.created")
+    drain(connection, lambda: len(got) == 1)
+    instrument()
+    producer.publish({"n": 1}, exchange=exchange, routing_key="order.created")
+    drain(connection, lambda: len(got) == 2)
+    return got, consumer, producer
+
+
 def test_a_consumer_consuming_before_instrument_is_traced_from_its_next_message(
     instrument: Instrument,
     otel: Recorder,
@@ -46,14 +62,7 @@ def test_a_consumer_consuming_before_instrument_is_traced_from_its_next_message(
     # not auto-deleted: the consumer cancels and consumes again (expires when unused)
     queue = Queue(unique("q"), exchange, routing_key="order.created", durable=False, expires=60)
     declare(connection, exchange, queue)
-    got: list[tuple[Any, SpanContext]] = []
-    consumer = consuming(connection, queue, got)
-    producer = connection.Producer()
-    producer.publish({"n": 0}, exchange=exchange, routing_key="order.created")
-    drain(connection, lambda: len(got) == 1)
-    instrument()
-    producer.publish({"n": 1}, exchange=exchange, routing_key="order.created")
-    drain(connection, lambda: len(got) == 2)
+    got, consumer, producer = one_before_one_after(connection, exchange, queue, instrument)
     consumer.cancel()
     consumer.consume()
     producer.publish({"n": 2}, exchange=exchange, routing_key="order.created")
@@ -112,14 +121,7 @@ def test_a_virtual_transport_consumer_consuming_before_instrument_is_traced(
     exchange = Exchange(unique("ex"), type="direct")
     queue = Queue(unique("q"), exchange, routing_key="order.created")
     declare(memory_connection, exchange, queue)
-    got: list[tuple[Any, SpanContext]] = []
-    consumer = consuming(memory_connection, queue, got)
-    producer = memory_connection.Producer()
-    producer.publish({"n": 0}, exchange=exchange, routing_key="order.created")
-    drain(memory_connection, lambda: len(got) == 1)
-    instrument()
-    producer.publish({"n": 1}, exchange=exchange, routing_key="order.created")
-    drain(memory_connection, lambda: len(got) == 2)
+    got, consumer, _producer = one_before_one_after(memory_connection, exchange, queue, instrument)
     consumer.cancel()
     (process,) = otel.named(f"process {queue.name}")
     assert not got[0][1].is_valid

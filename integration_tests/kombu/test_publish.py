@@ -20,7 +20,8 @@ from integration_tests.kombu.conftest import (
     fetch,
     open_connection,
 )
-from otel_kombu import KombuInstrumentor
+
+pytestmark = pytest.mark.usefixtures("traced")
 
 
 def qualified_name(exc: BaseException) -> str:
@@ -48,7 +49,6 @@ def sent_size(body: Any, serializer: str | None = None, compression: str | None 
     ],
 )
 def test_serializers_compression_and_declare(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     entities: tuple[Exchange, Queue],
@@ -87,7 +87,6 @@ def test_serializers_compression_and_declare(
 
 @pytest.mark.slow
 def test_retry_after_a_lost_connection_is_one_span(
-    traced: KombuInstrumentor,
     otel: Recorder,
     confirming: Connection,
     rabbitmq: Broker,
@@ -140,7 +139,6 @@ def _returning_producer(
 
 
 def test_unroutable_with_on_return_is_an_error(
-    traced: KombuInstrumentor,
     otel: Recorder,
     confirming: Connection,
     unique: Callable[[str], str],
@@ -159,7 +157,6 @@ def test_unroutable_with_on_return_is_an_error(
 
 
 def test_unroutable_without_confirms_is_recorded_when_returned(
-    traced: KombuInstrumentor,
     otel: Recorder,
     rabbitmq: Broker,
     connection: Connection,
@@ -200,7 +197,6 @@ def test_unroutable_without_confirms_is_recorded_when_returned(
 
 
 def test_unroutable_without_handler_raises_the_same_exception(
-    traced: KombuInstrumentor,
     otel: Recorder,
     confirming: Connection,
     unique: Callable[[str], str],
@@ -221,7 +217,6 @@ def test_unroutable_without_handler_raises_the_same_exception(
 
 
 def test_simple_queue_put_is_a_publish(
-    traced: KombuInstrumentor,
     otel: Recorder,
     rabbitmq: Broker,
     unique: Callable[[str], str],

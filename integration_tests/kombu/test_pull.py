@@ -14,7 +14,8 @@ from opentelemetry import trace
 
 from broker_harness import Broker, Recorder, span_summary
 from integration_tests.kombu.conftest import declare
-from otel_kombu import KombuInstrumentor
+
+pytestmark = pytest.mark.usefixtures("traced")
 
 
 @pytest.fixture
@@ -28,9 +29,7 @@ def simple(connection: Connection, unique: Callable[[str], str]) -> Iterator[Any
     queue.close()
 
 
-def test_receive_span_covers_the_wait(
-    traced: KombuInstrumentor, otel: Recorder, rabbitmq: Broker, simple: Any
-) -> None:
+def test_receive_span_covers_the_wait(otel: Recorder, rabbitmq: Broker, simple: Any) -> None:
     """A blocking get that waits for its message has a receive span that starts when the wait began."""
     published_at: list[int] = []
 
@@ -63,7 +62,6 @@ def test_receive_span_covers_the_wait(
 
 
 def test_simple_buffer_get(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     unique: Callable[[str], str],
@@ -82,7 +80,6 @@ def test_simple_buffer_get(
 
 
 def test_queue_get_and_get_nowait(
-    traced: KombuInstrumentor,
     otel: Recorder,
     connection: Connection,
     entities: tuple[Exchange, Queue],

@@ -12,7 +12,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from broker_harness import Recorder, span_summary
 from broker_harness.pytest_plugin import broker_required
 from integration_tests.kombu.conftest import drain
-from otel_kombu import KombuInstrumentor
+
+pytestmark = pytest.mark.usefixtures("traced")
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -71,7 +72,6 @@ def entities(unique: Callable[[str], str]) -> tuple[Exchange, Queue]:
 )
 def test_transport_name_and_no_amqp_attributes(
     request: pytest.FixtureRequest,
-    traced: KombuInstrumentor,
     otel: Recorder,
     unique: Callable[[str], str],
     transport: str,
@@ -117,7 +117,6 @@ def test_transport_name_and_no_amqp_attributes(
 
 
 def test_redis_simple_queue_receive(
-    traced: KombuInstrumentor,
     otel: Recorder,
     redis_connection: Connection,
     unique: Callable[[str], str],

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -25,15 +26,50 @@ from otel_pika.dead_letters import Watcher
 TTL_MS = "50"
 
 
-@pytest.fixture
-def setup(connect: Callable[..., BlockingConnection]) -> BlockingChannel:
-    """An uninstrumented channel (opened before instrument()) for topology and inspection."""
-    return connect("otel-dlw-setup").channel()
+@dataclass
+class DeadLetters:
+    """A dead-letter queue ``queue`` and a source queue ``{queue}.src`` that dead-letters into it,
+    with an uninstrumented channel (opened before instrument()) for topology and inspection."""
+
+    queue: str
+    setup: BlockingChannel
+    connect: Callable[..., BlockingConnection]
+    broker: Broker
+    otel: Recorder
+
+    def expire(self, count: int = 1) -> BlockingConnection:
+        """Publish ``count`` messages (instrumented: each in its own trace) that expire into the
+        dead-letter queue."""
+        connection = self.connect("otel-dlw-producer")
+        channel = connection.channel()
+        for n in range(count):
+            channel.basic_publish(
+                "",
+                f"{self.queue}.src",
+                f"order {n}".encode(),
+                pika.BasicProperties(expiration=TTL_MS, message_id=f"m-{n}"),
+            )
+        return connection
+
+    def left_in(self, queue: str | None = None) -> int:
+        """Messages in ``queue`` (the dead-letter queue by default)."""
+        name = queue or self.queue
+        return int(self.setup.queue_declare(name, passive=True).method.message_count)
+
+    def watcher(self, *args: Any, **options: Any) -> Watcher:
+        """A Watcher of the dead-letter queue on the test's broker."""
+        return Watcher(self.broker.url, self.queue, *args, **options)
 
 
 @pytest.fixture
-def dead_queue(setup: BlockingChannel, unique: Callable[[str], str]) -> Iterator[str]:
-    """A dead-letter queue, and a source queue that dead-letters into it: ``{dlq}.src``."""
+def dead(
+    connect: Callable[..., BlockingConnection],
+    rabbitmq: Broker,
+    otel: Recorder,
+    unique: Callable[[str], str],
+) -> Iterator[DeadLetters]:
+    """The test's :class:`DeadLetters`; both queues deleted after the test."""
+    setup = connect("otel-dlw-setup").channel()
     dlq = unique("dead")
     setup.queue_declare(dlq, arguments={"x-expires": 120_000})
     setup.queue_declare(
@@ -44,7 +80,7 @@ def dead_queue(setup: BlockingChannel, unique: Callable[[str], str]) -> Iterator
             "x-dead-letter-routing-key": dlq,
         },
     )
-    yield dlq
+    yield DeadLetters(dlq, setup, connect, rabbitmq, otel)
     with contextlib.suppress(Exception):
         setup.queue_delete(dlq)
         setup.queue_delete(f"{dlq}.src")
@@ -62,151 +98,101 @@ def running(watcher: Watcher) -> Iterator[Watcher]:
         assert not thread.is_alive(), "the watcher did not stop"
 
 
-def expire(
-    connect: Callable[..., BlockingConnection], dlq: str, count: int = 1
-) -> BlockingConnection:
-    """Publish ``count`` messages (instrumented: each in its own trace) that expire into ``dlq``."""
-    connection = connect("otel-dlw-producer")
-    channel = connection.channel()
-    for n in range(count):
-        channel.basic_publish(
-            "",
-            f"{dlq}.src",
-            f"order {n}".encode(),
-            pika.BasicProperties(expiration=TTL_MS, message_id=f"m-{n}"),
-        )
-    return connection
-
-
-def left_in(setup: BlockingChannel, queue: str) -> int:
-    return int(setup.queue_declare(queue, passive=True).method.message_count)
-
-
 def until(check: Callable[[], bool], what: str) -> None:
     poll(lambda: True if check() else None, what)
 
 
 def test_ack_mode_records_each_dead_letter_in_its_trace_then_drops_it(
-    instrument: Instrument,
-    otel: Recorder,
-    rabbitmq: Broker,
-    connect: Callable[..., BlockingConnection],
-    setup: BlockingChannel,
-    dead_queue: str,
+    instrument: Instrument, dead: DeadLetters
 ) -> None:
     """With action="ack", an expired message's process span is a child of its publish span, carries rabbitmq.dead_letter.*, has the ERROR death child, and the message is acked once recorded."""
     instrument()
-    expire(connect, dead_queue)
-    watcher = Watcher(rabbitmq.url, dead_queue, connection_name="otel-dlw-ack")
+    dead.expire()
+    watcher = dead.watcher(connection_name="otel-dlw-ack")
     with running(watcher):
         until(lambda: watcher.handled == 1, "the dead letter handled")
-    (publish,) = otel.named("publish amq.default")
-    process = otel.wait_for_count(f"process {dead_queue}", 1)[0]
-    death = otel.wait_for_count(f"expired {dead_queue}.src", 1)[0]
+    (publish,) = dead.otel.named("publish amq.default")
+    process = dead.otel.wait_for_count(f"process {dead.queue}", 1)[0]
+    death = dead.otel.wait_for_count(f"expired {dead.queue}.src", 1)[0]
     assert process.parent is not None
     assert process.parent.span_id == publish.context.span_id
     attributes = process.attributes or {}
     assert attributes["rabbitmq.dead_letter.reason"] == "expired"
-    assert attributes["rabbitmq.dead_letter.queue"] == f"{dead_queue}.src"
+    assert attributes["rabbitmq.dead_letter.queue"] == f"{dead.queue}.src"
     assert attributes["rabbitmq.dead_letter.original_expiration_ms"] == int(TTL_MS)
     assert death.parent is not None
     assert death.parent.span_id == process.context.span_id
     assert death.status.status_code.name == "ERROR"
-    assert left_in(setup, dead_queue) == 0
+    assert dead.left_in() == 0
     assert watcher.requeued == 0
 
 
 def test_republish_mode_parks_the_message_after_the_confirm(
-    instrument: Instrument,
-    otel: Recorder,
-    rabbitmq: Broker,
-    connect: Callable[..., BlockingConnection],
-    setup: BlockingChannel,
-    dead_queue: str,
+    instrument: Instrument, dead: DeadLetters
 ) -> None:
     """With action="republish", the message (body, message id, x-death and trace headers) lands in the parking queue, published from within its process span, and leaves the dead-letter queue."""
     instrument()
-    park = f"{dead_queue}.parked"
-    setup.queue_declare(park, arguments={"x-expires": 120_000})
-    expire(connect, dead_queue)
-    watcher = Watcher(
-        rabbitmq.url, dead_queue, "republish", park, connection_name="otel-dlw-republish"
-    )
+    park = f"{dead.queue}.parked"
+    dead.setup.queue_declare(park, arguments={"x-expires": 120_000})
+    dead.expire()
+    watcher = dead.watcher("republish", park, connection_name="otel-dlw-republish")
     with running(watcher):
         until(lambda: watcher.handled == 1, "the dead letter parked")
-    method, properties, body = setup.basic_get(park, auto_ack=True)
+    method, properties, body = dead.setup.basic_get(park, auto_ack=True)
     assert method is not None
     assert body == b"order 0"
     assert properties.message_id == "m-0"
     assert properties.headers["x-death"][0]["reason"] in ("expired", b"expired")
     assert "traceparent" in properties.headers
-    process = otel.wait_for_count(f"process {dead_queue}", 1)[0]
-    parked = otel.wait_for_count("publish amq.default", 2)
+    process = dead.otel.wait_for_count(f"process {dead.queue}", 1)[0]
+    parked = dead.otel.wait_for_count("publish amq.default", 2)
     assert [p.parent.span_id for p in parked if p.parent] == [process.context.span_id]
-    assert left_in(setup, dead_queue) == 0
+    assert dead.left_in() == 0
 
 
 def test_a_message_the_parking_queue_refuses_stays_in_the_dead_letter_queue(
-    instrument: Instrument,
-    rabbitmq: Broker,
-    connect: Callable[..., BlockingConnection],
-    setup: BlockingChannel,
-    dead_queue: str,
+    instrument: Instrument, dead: DeadLetters
 ) -> None:
     """When the broker nacks the republish (a full parking queue that rejects publishes), the dead letter is nacked with requeue: never lost."""
     instrument()
-    park = f"{dead_queue}.full"
-    setup.queue_declare(
+    park = f"{dead.queue}.full"
+    dead.setup.queue_declare(
         park, arguments={"x-expires": 120_000, "x-max-length": 0, "x-overflow": "reject-publish"}
     )
-    expire(connect, dead_queue)
-    watcher = Watcher(
-        rabbitmq.url,
-        dead_queue,
-        "republish",
-        park,
-        backoff=(0.05, 1.0),
-        connection_name="otel-dlw-full",
-    )
+    dead.expire()
+    watcher = dead.watcher("republish", park, backoff=(0.05, 1.0), connection_name="otel-dlw-full")
     with running(watcher):
         until(lambda: watcher.requeued >= 2, "the dead letter requeued twice")
     assert watcher.handled == 0
-    until(lambda: left_in(setup, dead_queue) == 1, "the dead letter back in its queue")
-    assert left_in(setup, park) == 0
+    until(lambda: dead.left_in() == 1, "the dead letter back in its queue")
+    assert dead.left_in(park) == 0
 
 
 def test_the_watcher_reconnects_when_the_broker_closes_its_connection_and_loses_nothing(
-    instrument: Instrument,
-    rabbitmq: Broker,
-    connect: Callable[..., BlockingConnection],
-    setup: BlockingChannel,
-    dead_queue: str,
-    unique: Callable[[str], str],
+    instrument: Instrument, dead: DeadLetters, unique: Callable[[str], str]
 ) -> None:
     """The broker closing the watcher's connection mid-stream (rabbitmqctl close_connection) is followed by a reconnect; every dead letter is handled at least once and none is left behind."""
-    if not rabbitmq.local:
+    if not dead.broker.local:
         pytest.skip("closing a connection from the broker side needs rabbitmqctl")
     instrument()
     seen: set[Any] = set()
     name = unique("otel-dlw-reconnect")
-    watcher = Watcher(
-        rabbitmq.url,
-        dead_queue,
+    watcher = dead.watcher(
         prefetch=1,
         backoff=(0.05, 1.0),
         connection_name=name,
         on_settled=lambda outcome, _m, properties: seen.add(properties.message_id),
     )
     with running(watcher):
-        expire(connect, dead_queue, 30)
+        dead.expire(30)
         until(lambda: watcher.handled >= 5, "some dead letters handled")
         assert close_connections(name) == 1
         until(lambda: watcher.connections >= 2, "a new connection")
         until(lambda: len(seen) == 30, "every dead letter handled")
-    assert left_in(setup, dead_queue) == 0
+    assert dead.left_in() == 0
 
 
-def test_the_command_line_stops_on_sigterm(rabbitmq: Broker, dead_queue: str) -> None:
+def test_the_command_line_stops_on_sigterm(dead: DeadLetters) -> None:
     """python -m otel_pika.dead_letters runs with an SDK provider, consumes, and exits 0 on SIGTERM; without any tracer provider it refuses to start (exit 2), so no dead letter is acked unrecorded."""
     code = (
         "import sys;"
@@ -216,7 +202,7 @@ def test_the_command_line_stops_on_sigterm(rabbitmq: Broker, dead_queue: str) ->
         "from otel_pika.dead_letters import main;"
         "sys.exit(main(sys.argv[1:]))"
     )
-    args = ["--url", rabbitmq.url, "--queue", dead_queue]
+    args = ["--url", dead.broker.url, "--queue", dead.queue]
     watcher = subprocess.Popen(
         [sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True
     )
@@ -224,7 +210,7 @@ def test_the_command_line_stops_on_sigterm(rabbitmq: Broker, dead_queue: str) ->
         deadline = time.monotonic() + 30
         assert watcher.stderr is not None
         for line in watcher.stderr:
-            if f"consuming {dead_queue}" in line or time.monotonic() > deadline:
+            if f"consuming {dead.queue}" in line or time.monotonic() > deadline:
                 break
         watcher.terminate()
         assert watcher.wait(30) == 0

@@ -21,8 +21,8 @@ from integration_tests.pika.conftest import AsyncRun, Instrument
 # otel-pika's own helpers, as its wrappers look them up (the channel lookup is bound when
 # instrument() builds the wrappers, so every step is broken before instrument())
 PIKA_STEPS = (
-    "otel_pika.instrumentor:global_state",
-    "otel_pika._consume:active_state",
+    "otel_pika.instrumentor:scope_of",
+    "otel_pika._consume:scope_of",
     "otel_pika._consume:remember",
     "otel_pika._state:ChannelState.queue_of",
     "otel_pika._state:ChannelState.remember_queue",
@@ -31,7 +31,7 @@ PIKA_STEPS = (
 )
 BLOCKING_STEPS = (*STEPS, *PIKA_STEPS)
 # the async adapters have no consume() generator: their receive spans do not remember properties
-ASYNC_STEPS = (*STEPS, *(s for s in PIKA_STEPS if "active_state" not in s))
+ASYNC_STEPS = (*STEPS, *(s for s in PIKA_STEPS if "_consume:scope_of" not in s))
 
 
 class Boom(Exception):

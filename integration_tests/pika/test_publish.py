@@ -14,11 +14,12 @@ from pika.exceptions import ChannelWrongStateError, UnroutableError
 
 from broker_harness import Broker, Recorder, Traceparent, messaging_attributes, span_summary
 from integration_tests.pika.conftest import AsyncRun
-from otel_pika import PikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 def test_a_publish_without_properties_carries_the_context(
-    instrumented: PikaInstrumentor, otel: Recorder, channel: BlockingChannel, queue: str
+    otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """A publish with no properties at all and a str body makes its span and still sends the context, in properties pika then creates."""
     channel.basic_publish("", queue, "text body")
@@ -30,7 +31,6 @@ def test_a_publish_without_properties_carries_the_context(
 
 
 def test_async_publish_makes_one_span(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     rabbitmq: Broker,
     async_run: AsyncRun,
@@ -63,15 +63,18 @@ def test_async_publish_makes_one_span(
     assert Traceparent.in_headers(received[0]) == Traceparent.of(publish)
 
 
+@pytest.fixture
+def exchange(channel: BlockingChannel, unique: Callable[[str], str]) -> str:
+    """An auto-deleted direct exchange with no queue bound: a mandatory publish to it is returned."""
+    name = unique("x")
+    channel.exchange_declare(name, "direct", auto_delete=True)
+    return name
+
+
 def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
+    otel: Recorder, channel: BlockingChannel, exchange: str
 ) -> None:
     """With confirm_delivery(), a mandatory publish nobody can route raises UnroutableError (same object) and its span is ERROR error.type=unroutable."""
-    exchange = unique("x")
-    channel.exchange_declare(exchange, "direct", auto_delete=True)
     channel.confirm_delivery()
     with pytest.raises(UnroutableError) as raised:
         channel.basic_publish(exchange, "nowhere", b"lost", mandatory=True)
@@ -86,7 +89,7 @@ def test_confirmed_unroutable_publish_is_an_error_and_reaches_the_caller(
 
 
 def test_publish_on_a_closed_channel_raises_the_same_exception(
-    instrumented: PikaInstrumentor, otel: Recorder, channel: BlockingChannel, queue: str
+    otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """A publish pika refuses raises pika's exception unchanged and leaves an ERROR span named after it."""
     channel.close()
@@ -99,7 +102,6 @@ def test_publish_on_a_closed_channel_raises_the_same_exception(
 
 @pytest.mark.parametrize("user_callback", [True, False], ids=["with-callback", "no-callback"])
 def test_returned_message_is_an_error_span_in_the_publishers_trace(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     async_run: AsyncRun,
     unique: Callable[[str], str],
@@ -151,14 +153,9 @@ def test_returned_message_is_an_error_span_in_the_publishers_trace(
 
 
 def test_blocking_return_without_confirms_is_an_error_span(
-    instrumented: PikaInstrumentor,
-    otel: Recorder,
-    channel: BlockingChannel,
-    unique: Callable[[str], str],
+    otel: Recorder, channel: BlockingChannel, exchange: str
 ) -> None:
     """On a BlockingChannel without confirm_delivery() a returned mandatory publish also ends up as an ERROR span under its publish."""
-    exchange = unique("x")
-    channel.exchange_declare(exchange, "direct", auto_delete=True)
     returned: list[bytes] = []
     channel.add_on_return_callback(lambda _c, _m, _p, body: returned.append(body))
     channel.basic_publish(exchange, "nowhere", b"lost", mandatory=True)

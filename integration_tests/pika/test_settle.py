@@ -88,9 +88,9 @@ def test_records_are_freed_when_the_channel_closes(
     assert state.deliveries == {}
 
 
+@pytest.mark.usefixtures("instrumented")
 @pytest.mark.slow
 def test_records_are_freed_on_connection_loss(
-    instrumented: PikaInstrumentor,
     connect: Callable[..., BlockingConnection],
     unique: Callable[[str], str],
 ) -> None:

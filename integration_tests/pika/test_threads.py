@@ -6,15 +6,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from broker_harness import Recorder
-from otel_pika import PikaInstrumentor
+
+pytestmark = pytest.mark.usefixtures("instrumented")
 
 
 def test_eight_threads_each_with_a_connection_keep_their_traces_apart(
-    instrumented: PikaInstrumentor,
     otel: Recorder,
     connect: Callable[..., BlockingConnection],
     unique: Callable[[str], str],

@@ -13,7 +13,7 @@ import pika
 import pytest
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from pika.adapters.blocking_connection import BlockingConnection
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from broker_harness import Broker, Recorder
 from integration_tests.contract.plain import connection_name
@@ -113,6 +113,20 @@ def pika_parameters(url: str, name: str) -> pika.URLParameters:
     params = pika.URLParameters(url)
     params.client_properties = {"connection_name": name}
     return params
+
+
+def ack_one(channel: BlockingChannel, queue: str, handle: Callable[[], None] | None = None) -> None:
+    """Consume ``queue`` on a BlockingChannel until a message comes: ``handle`` runs in its
+    callback, then the message is acked and consuming stops."""
+
+    def on_message(ch: BlockingChannel, method: Any, _p: Any, _body: bytes) -> None:
+        if handle is not None:
+            handle()
+        ch.basic_ack(method.delivery_tag)
+        ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,11 +27,12 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from broker_harness import Broker, Recorder
 from integration_tests.reliability.conftest import (
     Instrument,
-    InternalErrors,
     SpanCounter,
     connection_name,
     pika_parameters,
 )
+
+pytestmark = pytest.mark.usefixtures("internal_errors")
 
 OPTIONS: dict[str, Any] = {"baggage_attributes": ("order.id",)}
 
@@ -38,7 +40,9 @@ OPTIONS: dict[str, Any] = {"baggage_attributes": ("order.id",)}
 class Orders:
     """Publishes orders (each under its own root span, its id in the baggage) and records handling."""
 
-    def __init__(self, otel: Recorder) -> None:
+    def __init__(self, otel: Recorder, counter: SpanCounter) -> None:
+        self.otel = otel
+        self.counter = counter
         self.tracer = otel.tracer_provider.get_tracer("shop")
         self.lock = threading.Lock()
         self.handled: list[int] = []
@@ -59,6 +63,43 @@ class Orders:
             pass
         with self.lock:
             self.handled.append(order)
+
+    def check(self, total: int, queue: str) -> None:
+        """Orders 0 to ``total`` - 1 each handled once, in its own trace and baggage, with its
+        chain whole (see :func:`check_chains`); no span left open."""
+        assert self.mismatches == []
+        assert sorted(self.handled) == list(range(total))
+        check_chains(self.otel.spans(), total, f"process {queue}")
+        assert self.counter.open_spans() == []
+
+
+@pytest.fixture
+def orders(otel: Recorder, counter: SpanCounter) -> Orders:
+    """The test's :class:`Orders`, recorded by ``otel``."""
+    return Orders(otel, counter)
+
+
+def consume_in_threads(count: int, name: str, consume: Callable[[], None]) -> None:
+    """Run ``consume`` in ``count`` threads at once; fails if one raised, or was left with a span
+    or baggage current once its consumer was done."""
+    errors: list[BaseException] = []
+    leftovers: list[str] = []
+
+    def run() -> None:
+        try:
+            consume()
+            if trace.get_current_span().get_span_context().is_valid or baggage.get_all():
+                leftovers.append(threading.current_thread().name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, name=f"{name}-{n}") for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert errors == []
+    assert leftovers == [], "a message's context stayed current in a consumer thread"
 
 
 class _OrderScope:
@@ -101,16 +142,10 @@ def check_chains(spans: list[ReadableSpan], orders: int, process_name: str) -> N
 
 
 def test_pika_eight_threads_with_their_own_connections_keep_contexts_apart(
-    instrument_pika: Instrument,
-    otel: Recorder,
-    counter: SpanCounter,
-    internal_errors: InternalErrors,
-    rabbitmq: Broker,
-    shared_queue: str,
+    instrument_pika: Instrument, orders: Orders, rabbitmq: Broker, shared_queue: str
 ) -> None:
     """Eight threads consuming one queue on their own BlockingConnections: every handler runs in its own message's trace and baggage, and nothing stays open or current."""
     instrument_pika(**OPTIONS)
-    orders = Orders(otel)
     total = 200
     producer = BlockingConnection(pika_parameters(rabbitmq.url, connection_name("producer")))
     channel = producer.channel()
@@ -118,8 +153,6 @@ def test_pika_eight_threads_with_their_own_connections_keep_contexts_apart(
         with orders.publishing(order):
             channel.basic_publish("", shared_queue, b"%d" % order)
     producer.close()
-    errors: list[BaseException] = []
-    leftovers: list[str] = []
 
     def consume() -> None:
         connection = BlockingConnection(pika_parameters(rabbitmq.url, connection_name()))
@@ -135,41 +168,22 @@ def test_pika_eight_threads_with_their_own_connections_keep_contexts_apart(
             deadline = time.monotonic() + 60
             while len(orders.handled) < total and time.monotonic() < deadline:
                 connection.process_data_events(time_limit=0.05)
-            if trace.get_current_span().get_span_context().is_valid or baggage.get_all():
-                leftovers.append(threading.current_thread().name)
-        except BaseException as exc:
-            errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=consume, name=f"consumer-{n}") for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=90)
-    assert errors == []
-    assert orders.mismatches == []
-    assert sorted(orders.handled) == list(range(total))
-    assert leftovers == [], "a message's context stayed current in a consumer thread"
-    check_chains(otel.spans(), total, f"process {shared_queue}")
-    assert counter.open_spans() == []
+    consume_in_threads(8, "consumer", consume)
+    orders.check(total, shared_queue)
 
 
 @pytest.mark.asyncio
 async def test_aiopika_hundred_concurrent_handlers_keep_contexts_apart(
-    instrument_aiopika: Instrument,
-    otel: Recorder,
-    counter: SpanCounter,
-    internal_errors: InternalErrors,
-    rabbitmq: Broker,
-    shared_queue: str,
+    instrument_aiopika: Instrument, orders: Orders, rabbitmq: Broker, shared_queue: str
 ) -> None:
     """100 aio-pika handlers awaiting at the same time: each runs in its own message's trace and baggage, across every await."""
     import aio_pika
     from yarl import URL
 
     instrument_aiopika(**OPTIONS)
-    orders = Orders(otel)
     total = 100
     running = 0
     most = 0
@@ -207,26 +221,17 @@ async def test_aiopika_hundred_concurrent_handlers_keep_contexts_apart(
     finally:
         await connection.close()
     assert most == total, f"only {most} handlers ran at once"
-    assert orders.mismatches == []
-    assert sorted(orders.handled) == list(range(total))
     assert not trace.get_current_span().get_span_context().is_valid
-    check_chains(otel.spans(), total, f"process {shared_queue}")
-    assert counter.open_spans() == []
+    orders.check(total, shared_queue)
 
 
 def test_kombu_consumers_in_threads_keep_contexts_apart(
-    instrument_kombu: Instrument,
-    otel: Recorder,
-    counter: SpanCounter,
-    internal_errors: InternalErrors,
-    rabbitmq: Broker,
-    shared_queue: str,
+    instrument_kombu: Instrument, orders: Orders, rabbitmq: Broker, shared_queue: str
 ) -> None:
     """Four threads with their own kombu connections and Consumers on one queue: every callback runs in its own message's trace and baggage, and nothing stays current."""
     import kombu
 
     instrument_kombu(**OPTIONS)
-    orders = Orders(otel)
     total = 120
     queue = kombu.Queue(shared_queue, no_declare=True)
     with kombu.Connection(rabbitmq.url) as connection:
@@ -234,35 +239,19 @@ def test_kombu_consumers_in_threads_keep_contexts_apart(
         for order in range(total):
             with orders.publishing(order):
                 producer.publish(b"%d" % order, routing_key=shared_queue)
-    errors: list[BaseException] = []
-    leftovers: list[str] = []
 
     def consume() -> None:
-        try:
-            with kombu.Connection(rabbitmq.url) as connection:
+        with kombu.Connection(rabbitmq.url) as connection:
 
-                def on_message(_body: Any, message: Any) -> None:
-                    orders.handle(message.body)
-                    message.ack()
+            def on_message(_body: Any, message: Any) -> None:
+                orders.handle(message.body)
+                message.ack()
 
-                with kombu.Consumer(connection, [queue], callbacks=[on_message], prefetch_count=5):
-                    deadline = time.monotonic() + 60
-                    while len(orders.handled) < total and time.monotonic() < deadline:
-                        with contextlib.suppress(TimeoutError):
-                            connection.drain_events(timeout=0.05)
-            if trace.get_current_span().get_span_context().is_valid or baggage.get_all():
-                leftovers.append(threading.current_thread().name)
-        except BaseException as exc:
-            errors.append(exc)
+            with kombu.Consumer(connection, [queue], callbacks=[on_message], prefetch_count=5):
+                deadline = time.monotonic() + 60
+                while len(orders.handled) < total and time.monotonic() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=0.05)
 
-    threads = [threading.Thread(target=consume, name=f"kombu-{n}") for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=90)
-    assert errors == []
-    assert orders.mismatches == []
-    assert sorted(orders.handled) == list(range(total))
-    assert leftovers == []
-    check_chains(otel.spans(), total, f"process {shared_queue}")
-    assert counter.open_spans() == []
+    consume_in_threads(4, "kombu", consume)
+    orders.check(total, shared_queue)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pika
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.adapters.blocking_connection import BlockingConnection
 
 from broker_harness import Broker, Recorder
-from integration_tests.reliability.conftest import Instrument, connection_name
+from integration_tests.reliability.conftest import Instrument, ack_one, connection_name
 
 CONTRIB = {
     "pika": ("opentelemetry.instrumentation.pika", "PikaInstrumentor"),
@@ -50,6 +50,17 @@ def contrib(request: pytest.FixtureRequest, otel: Recorder) -> Iterator[Callable
             instrumentor.uninstrument()
 
 
+def instrument_both(first: str, theirs: Any, ours: Callable[[], Any], otel: Recorder) -> None:
+    """Instrument with contrib's instrumentor ``theirs`` and with ours, ``first`` first."""
+    providers = {"tracer_provider": otel.tracer_provider}
+    if first == "contrib":
+        theirs.instrument(**providers)
+        ours()
+    else:
+        ours()
+        theirs.instrument(**providers)
+
+
 def conflict_warnings(caplog: pytest.LogCaptureFixture, library: str) -> list[str]:
     ours, theirs = DISTRIBUTIONS[library]
     return [
@@ -71,14 +82,7 @@ def test_pika_next_to_opentelemetry_instrumentation_pika(
 ) -> None:
     """With opentelemetry-instrumentation-pika also instrumented (before or after ours), a warning names both and each message gets one publish and one process span, ours."""
     caplog.set_level(logging.WARNING)
-    theirs = contrib("pika")
-    providers = {"tracer_provider": otel.tracer_provider}
-    if first == "contrib":
-        theirs.instrument(**providers)
-        instrument_pika()
-    else:
-        instrument_pika()
-        theirs.instrument(**providers)
+    instrument_both(first, contrib("pika"), instrument_pika, otel)
     assert conflict_warnings(caplog, "pika") != []
 
     connection = BlockingConnection(pika.URLParameters(rabbitmq.url))
@@ -89,13 +93,7 @@ def test_pika_next_to_opentelemetry_instrumentation_pika(
         headers = {"x-order": "17"}
         channel.basic_publish("", queue, b"order 17", pika.BasicProperties(headers=headers))
         assert headers == {"x-order": "17"}, "the caller's headers were changed"
-
-        def on_message(ch: BlockingChannel, method: Any, _p: Any, _body: bytes) -> None:
-            ch.basic_ack(method.delivery_tag)
-            ch.stop_consuming()
-
-        channel.basic_consume(queue, on_message)
-        channel.start_consuming()
+        ack_one(channel, queue)
     finally:
         connection.close()
     names = sorted(s.name for s in otel.spans())
@@ -118,14 +116,7 @@ def test_aiopika_next_to_opentelemetry_instrumentation_aio_pika(
     from yarl import URL
 
     caplog.set_level(logging.WARNING)
-    theirs = contrib("aiopika")
-    providers = {"tracer_provider": otel.tracer_provider}
-    if first == "contrib":
-        theirs.instrument(**providers)
-        instrument_aiopika()
-    else:
-        instrument_aiopika()
-        theirs.instrument(**providers)
+    instrument_both(first, contrib("aiopika"), instrument_aiopika, otel)
     assert conflict_warnings(caplog, "aiopika") != []
     headers = {"x-order": "17"}
 

@@ -27,7 +27,6 @@ from broker_harness import Broker, Recorder
 from broker_harness.broker import close_connections
 from integration_tests.reliability.conftest import (
     Instrument,
-    InternalErrors,
     SpanCounter,
     connection_name,
     pika_parameters,
@@ -90,13 +89,13 @@ def assert_wrapped_once(owner: type, attribute: str) -> None:
 # -- pika ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("internal_errors")
 @pytest.mark.parametrize("style", ["callback", "generator"])
 def test_pika_reconnect_loop_keeps_tracing_after_the_broker_drops_the_connection(
     style: str,
     instrument_pika: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     local_broker: Broker,
     shared_queue: str,
 ) -> None:
@@ -177,11 +176,11 @@ def test_pika_reconnect_loop_keeps_tracing_after_the_broker_drops_the_connection
 # -- aio-pika -----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("internal_errors")
 def test_aiopika_robust_connection_keeps_tracing_after_the_broker_drops_it(
     instrument_aiopika: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     local_broker: Broker,
     shared_queue: str,
 ) -> None:
@@ -276,11 +275,11 @@ def test_aiopika_robust_connection_keeps_tracing_after_the_broker_drops_it(
 # -- kombu --------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("internal_errors")
 def test_kombu_consumer_mixin_keeps_tracing_after_the_broker_drops_the_connection(
     instrument_kombu: Instrument,
     otel: Recorder,
     counter: SpanCounter,
-    internal_errors: InternalErrors,
     local_broker: Broker,
     shared_queue: str,
 ) -> None:

@@ -29,8 +29,8 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from broker_harness import Broker, Recorder, span_summary
 from integration_tests.reliability.conftest import (
     Instrument,
-    InternalErrors,
     SpanCounter,
+    ack_one,
     connection_name,
     pika_parameters,
 )
@@ -283,33 +283,6 @@ async def test_aiopika_uninstrument_during_an_iterator_loop_leaves_nothing_behin
 # -- instrument() after connections exist ---------------------------------------------------------
 
 
-def test_pika_instrument_after_channels_and_consumers_exist(
-    instrument_pika: Instrument,
-    otel: Recorder,
-    pika_connect: Callable[..., BlockingConnection],
-    unique: Callable[[str], str],
-) -> None:
-    """instrument() after a BlockingChannel and its consumer exist: the channel's publishes and the consumer's messages are traced."""
-    channel = pika_connect().channel()
-    queue = unique("q")
-    channel.queue_declare(queue, exclusive=True)
-    handled: list[Any] = []
-
-    def on_message(ch: BlockingChannel, method: Any, _p: Any, _body: bytes) -> None:
-        handled.append(trace.get_current_span().get_span_context())
-        ch.basic_ack(method.delivery_tag)
-        ch.stop_consuming()
-
-    channel.basic_consume(queue, on_message)
-    instrument_pika()
-    channel.basic_publish("", queue, b"late")
-    channel.start_consuming()
-    spans = otel.spans()
-    (process,) = [s for s in spans if s.name == f"process {queue}"]
-    assert span_summary(process, spans)["parent"] == "publish amq.default"
-    assert handled == [process.context]
-
-
 @pytest.mark.asyncio
 async def test_aiopika_instrument_after_channels_exist(
     instrument_aiopika: Instrument,
@@ -401,12 +374,12 @@ def test_kombu_instrument_after_connections_exist(
 # -- several instrumentors in one process ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("internal_errors")
 def test_three_instrumentors_in_one_process_make_one_trace(
     instrument_pika: Instrument,
     instrument_aiopika: Instrument,
     instrument_kombu: Instrument,
     otel: Recorder,
-    internal_errors: InternalErrors,
     rabbitmq: Broker,
     unique: Callable[[str], str],
 ) -> None:
@@ -451,15 +424,12 @@ def test_three_instrumentors_in_one_process_make_one_trace(
                 asyncio.run(shop())
                 connection.drain_events(timeout=10)
 
-        def on_work(ch: BlockingChannel, method: Any, _p: Any, _body: bytes) -> None:
+        def on_work() -> None:
             seen_baggage.append(baggage.get_baggage("order.id"))
             with tracer.start_as_current_span("make"):
                 pass
-            ch.basic_ack(method.delivery_tag)
-            ch.stop_consuming()
 
-        pika_channel.basic_consume(work, on_work)
-        pika_channel.start_consuming()
+        ack_one(pika_channel, work, on_work)
     finally:
         pika_connection.close()
 

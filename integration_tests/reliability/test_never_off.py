@@ -208,19 +208,19 @@ def test_instrument_again_with_options_applies_them_and_says_what_changed(
 
 def _live_options(plugin: str) -> Any:
     if plugin == "pika":
-        from otel_pika._state import runtime
+        from otel_pika._state import SCOPES
 
-        assert runtime.telemetry is not None
-        return runtime.telemetry.options
+        assert SCOPES.global_ is not None
+        return SCOPES.global_.options
     if plugin == "aiopika":
-        from otel_aiopika._state import registry
+        from otel_aiopika._state import SCOPES as AIOPIKA_SCOPES
 
-        assert registry.telemetry is not None
-        return registry.telemetry.options
-    from otel_kombu._binding import REGISTRY
+        assert AIOPIKA_SCOPES.global_ is not None
+        return AIOPIKA_SCOPES.global_.options
+    from otel_kombu._binding import SCOPES
 
-    assert REGISTRY.instrumentation is not None
-    return REGISTRY.instrumentation.telemetry.options
+    assert SCOPES.global_ is not None
+    return SCOPES.global_.options
 
 
 def test_options_applied_again_change_the_spans(

@@ -37,7 +37,7 @@ from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
 from opentelemetry.context import Context
 
 from otel_aiopika._publish import headers_of
-from otel_aiopika._state import OwnerState, registry, resolve, track
+from otel_aiopika._state import SCOPES, OwnerState, resolve, track
 from otel_messaging_core import (
     Consume,
     ContextActivation,
@@ -265,7 +265,7 @@ async def consume(
 
 def _sweep(channel: Any) -> None:
     """Trace the consumers of an aiormq channel that were registered before instrumentation."""
-    generation = registry.generation
+    generation = SCOPES.generation
     if _aio_pika_consumer is not None and resolve(channel) is not None:
         consumers = channel.consumers
         for tag, entry in list(consumers.items()):
@@ -301,7 +301,7 @@ def forget_sweeps() -> None:
     _shadowed.clear()
 
 
-registry.listeners.append(forget_sweeps)
+SCOPES.listeners.append(forget_sweeps)
 
 
 def read_content(
@@ -312,7 +312,7 @@ def read_content(
     (see the module docstring). Returns the original coroutine: nothing of ours runs while it is
     awaited."""
     try:
-        if getattr(instance, SWEPT_ATTR, None) != registry.generation:
+        if getattr(instance, SWEPT_ATTR, None) != SCOPES.generation:
             _sweep(instance)
     except Exception as internal:
         _CONSUME.report(internal)
@@ -438,14 +438,14 @@ async def iterator_anext(
         state = None
     if state is None or iteration is None:
         return await wrapped(*args, **kwargs)
-    generation = registry.generation
+    generation = SCOPES.generation
     iteration.busy = True
     try:
         message = await wrapped(*args, **kwargs)
     finally:
         iteration.busy = False
     try:
-        if registry.generation != generation:
+        if SCOPES.generation != generation:
             # instrumentation changed while this call waited (uninstrument(), say): ask again,
             # or the span would start with nothing left to end it
             state = resolve(getattr(queue, "channel", None))

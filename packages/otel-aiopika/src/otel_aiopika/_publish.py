@@ -11,7 +11,6 @@ result otherwise (both ``error.type=unroutable``).
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from types import MethodType
 from typing import Any, Callable, Final
@@ -20,9 +19,10 @@ import aio_pika.message
 import aiormq
 from aio_pika.message import Message
 
-from otel_aiopika._state import registry, resolve
+from otel_aiopika._state import SCOPES, resolve
 from otel_messaging_core import (
     UNROUTABLE,
+    PlainMethods,
     Publish,
     capture_internal_exceptions,
     publish_failure,
@@ -200,23 +200,12 @@ def publish(
 # instrumentation changes, forget_shadows() takes them back.
 
 # Exchange class -> its publish as aio-pika defines it, or None (keep the class wrapper)
-_plain: dict[type, Any] = {}
+_PLAIN: Final = PlainMethods("publish", publish)
 _shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _original(kind: type) -> Any:
-    found = _plain.get(kind, _plain)
-    if found is _plain:
-        wrapper = inspect.getattr_static(kind, "publish", None)
-        found = None
-        if getattr(wrapper, "_self_wrapper", None) is publish:
-            found = wrapper.__wrapped__
-        _plain[kind] = found
-    return found
-
-
 def _shadow_publish(exchange: Any, *args: Any, **kwargs: Any) -> Any:
-    original = _plain.get(type(exchange))
+    original = _PLAIN.cached(type(exchange))
     if original is None:  # instrumentation changed under it: the class's own
         return type(exchange).publish(exchange, *args, **kwargs)
     return publish(MethodType(original, exchange), exchange, args, kwargs)
@@ -227,7 +216,7 @@ _shadow_publish.__name__ = "publish"
 
 def _shadow(exchange: Any) -> None:
     """Bind the plain wrapper on ``exchange`` (see above); callers guard."""
-    if _original(type(exchange)) is None:
+    if _PLAIN.of(type(exchange)) is None:
         return
     exchange.__dict__["publish"] = MethodType(_shadow_publish, exchange)
     _shadowed.add(exchange)
@@ -240,7 +229,7 @@ def forget_shadows() -> None:
         if type(bound) is MethodType and bound.__func__ is _shadow_publish:
             del exchange.__dict__["publish"]
     _shadowed.clear()
-    _plain.clear()
+    _PLAIN.clear()
 
 
-registry.listeners.append(forget_shadows)
+SCOPES.listeners.append(forget_shadows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Callable, Final
 
-from otel_aiopika._state import deliveries_of, message_channel, registry, server_of
+from otel_aiopika._state import SCOPES, deliveries_of, message_channel, server_of
 from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions, delivery_queue
 
 __all__ = ["process_exit", "settle"]
@@ -45,7 +45,7 @@ def _start(
         return None
     deliveries = deliveries_of(message_channel(message), create=False)
     records = deliveries.take(tag, multiple) if deliveries is not None else []
-    live = registry.live
+    live = SCOPES.live
     telemetry = None
     for record in records:  # the telemetry that recorded the delivery, if still in use
         if record[0] in live:
@@ -55,7 +55,7 @@ def _start(
         if records:  # recorded by an instrumentation that was since removed
             return None
         recorded_by = deliveries.telemetry if deliveries is not None else None
-        telemetry = recorded_by if recorded_by in live else registry.telemetry
+        telemetry = recorded_by if recorded_by in live else SCOPES.global_
     if telemetry is None:
         return None
     fallback = None
@@ -85,7 +85,7 @@ def settle(operation: str) -> Wrapper:
     ) -> Any:
         op = None
         try:
-            if registry.live:
+            if SCOPES.live:
                 op = _start(operation, instance, args, kwargs)
         except Exception as internal:
             guard.report(internal)
@@ -105,7 +105,7 @@ async def process_exit(
     token = None
     with _PROCESS_EXIT:
         exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
-        if isinstance(exc, BaseException) and registry.live:
+        if isinstance(exc, BaseException) and SCOPES.live:
             token = _PROCESS_FAILURE.set(exc)
     if token is None:
         return await wrapped(*args, **kwargs)

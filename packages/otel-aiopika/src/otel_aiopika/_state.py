@@ -4,9 +4,10 @@ aio-pika objects point at their channel: ``Exchange.channel`` and ``Queue.channe
 aio-pika channel (aio-pika >= 9) or the underlying ``aiormq`` channel (aio-pika 8.x); a
 delivered ``IncomingMessage`` keeps the ``aiormq`` channel. The instrumentation keeps:
 
-* on the channel an exchange or queue points at: an :class:`OwnerState` caching which telemetry
-  applies (the channel's own from ``instrument_channel()``, else the global one) and that
-  telemetry's destination cache for the channel's broker address. It is re-resolved only when
+* on the channel an exchange or queue points at: an :class:`OwnerState` (the core
+  :class:`~otel_messaging_core.Scope`, kept by :data:`SCOPES`) caching which telemetry applies
+  (the channel's own from ``instrument_channel()``, else the global one) and that telemetry's
+  destination cache for the channel's broker address. It is re-resolved only when
   instrumentation changes (a generation counter), so the per-message cost is one attribute read;
 * on the ``aiormq`` channel of deliveries: :class:`Deliveries`, the core
   :class:`~otel_messaging_core.Delivery` of each unsettled manual-ack message (by delivery tag,
@@ -22,9 +23,8 @@ Nothing here imports aio-pika: the package must import (for the entry point) wit
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from opentelemetry.context import Context
 
@@ -32,8 +32,9 @@ from otel_messaging_core import (
     MAX_UNSETTLED,
     Delivery,
     DeliveryLedger,
-    DestinationCache,
     MessagingTelemetry,
+    Scope,
+    Scopes,
     capture_internal_exceptions,
 )
 
@@ -42,108 +43,47 @@ __all__ = [
     "OwnerState",
     "deliveries_of",
     "message_channel",
+    "SCOPES",
     "recall",
-    "registry",
     "resolve",
     "track",
 ]
 
-STATE_ATTR: Final = "_otel_aiopika_state"
-PIN_ATTR: Final = "_otel_aiopika_telemetry"
 DELIVERIES_ATTR: Final = "_otel_aiopika_deliveries"
 MAX_TRACKED: Final = MAX_UNSETTLED
 # Contexts of auto-ack pulls are only for message_context(); a few recent ones are enough.
 MAX_PULLED: Final = 256
 
-_CHANNEL_STATE: Final = capture_internal_exceptions("aio-pika channel state")
 _DELIVERY_RECORDS: Final = capture_internal_exceptions("aio-pika delivery records")
 
 
-class _Registry:
-    """Global instrumentation, the channels with their own, and a generation counter."""
-
-    __slots__ = ("generation", "listeners", "live", "pinned", "telemetry")
-
-    def __init__(self) -> None:
-        self.telemetry: MessagingTelemetry | None = None
-        # aio-pika channels given to instrument_channel(); their telemetry is in PIN_ATTR
-        self.pinned: weakref.WeakSet[Any] = weakref.WeakSet()
-        # every telemetry in use (global or pinned): a delivery recorded by one that was since
-        # uninstrumented makes no settle span
-        self.live: set[MessagingTelemetry] = set()
-        self.generation = 0
-        # called on every change (the consume module forgets what it checked per channel)
-        self.listeners: list[Callable[[], None]] = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self.live)
-
-    def changed(self) -> None:
-        self.generation += 1
-        live = {getattr(channel, PIN_ATTR, None) for channel in self.pinned}
-        live.add(self.telemetry)
-        live.discard(None)
-        self.live = live  # type: ignore[assignment]
-        for listener in self.listeners:
-            listener()
-
-
-registry: Final = _Registry()
-
-
-class OwnerState:
+class OwnerState(Scope):
     """The telemetry (``None``: not instrumented) and destination cache of one channel."""
 
-    __slots__ = ("destinations", "generation", "telemetry")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self.generation = -1
-        self.telemetry: MessagingTelemetry | None = None
-        self.destinations: DestinationCache = DestinationCache()
+    def server(self, obj: Any) -> tuple[str | None, int | None]:
+        return server_of(obj)
 
 
-def resolve(owner: Any) -> OwnerState | None:
-    """The state of the channel an exchange or queue points at; ``None`` when not instrumented."""
-    state: OwnerState | None = getattr(owner, STATE_ATTR, None)
-    if state is not None and state.generation == registry.generation:
-        return state if state.telemetry is not None else None
-    with _CHANNEL_STATE:
-        return _rebind(owner, state)
-    return None  # _rebind failed (logged): not instrumented, as far as this call goes
+def _pinned_owner(owner: Any) -> Any:
+    """aio-pika 8.x: exchanges and queues point at the aiormq channel, which a robust channel
+    replaces on reconnect; the pinned aio-pika channel it currently belongs to."""
+    for channel in list(SCOPES.pinned):
+        if underlay(channel) is owner:
+            return channel
+    return None
 
 
-def _rebind(owner: Any, state: OwnerState | None) -> OwnerState | None:
-    telemetry = _pinned_telemetry(owner) or registry.telemetry
-    if state is None:
-        state = OwnerState()
-        # a channel object that takes no attributes is resolved on every call instead
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(owner, STATE_ATTR, state)
-    if telemetry is not None and telemetry is not state.telemetry:
-        host, port = server_of(owner)
-        state.destinations = telemetry.destinations(host, port)
-    state.telemetry = telemetry
-    state.generation = registry.generation
-    return state if telemetry is not None else None
+#: the global telemetry, the channels with their own (``instrument_channel()``), the generation
+SCOPES: Final = Scopes("aiopika", OwnerState, owner_of=_pinned_owner)
+#: the state of the channel an exchange or queue points at; ``None`` when not instrumented
+resolve: Final = SCOPES.of
 
 
 def underlay(channel: Any) -> Any:
     """The ``aiormq`` channel under an aio-pika channel (``None`` while it is (re)opening)."""
     return getattr(getattr(channel, "_channel", None), "channel", None)
-
-
-def _pinned_telemetry(owner: Any) -> MessagingTelemetry | None:
-    own: MessagingTelemetry | None = getattr(owner, PIN_ATTR, None)
-    if own is not None:
-        return own
-    # aio-pika 8.x: exchanges and queues point at the aiormq channel, which a robust channel
-    # replaces on reconnect; find the pinned aio-pika channel it currently belongs to.
-    for channel in list(registry.pinned):
-        if underlay(channel) is owner:
-            pinned: MessagingTelemetry | None = getattr(channel, PIN_ATTR, None)
-            return pinned
-    return None
 
 
 def server_of(owner: Any) -> tuple[str | None, int | None]:

@@ -11,7 +11,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_aiopika._package import _instruments
-from otel_aiopika._state import PIN_ATTR, recall, registry
+from otel_aiopika._state import SCOPES, recall
 from otel_aiopika.version import __version__
 from otel_messaging_core import (
     ContribGuard,
@@ -79,7 +79,7 @@ def _targets() -> list[Target]:
 
 
 def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
-    return AioPikaInstrumentor._make(options)  # type: ignore[no-any-return]
+    return AioPikaInstrumentor._make(options)
 
 
 class _Patches:
@@ -130,6 +130,7 @@ class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ign
     _version = __version__
     _instruments = _instruments
     _contrib = _CONTRIB
+    _scopes = SCOPES
 
     @classmethod
     def _install(cls) -> None:
@@ -139,16 +140,6 @@ class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ign
     def _remove(cls) -> None:
         _Patches.remove()
 
-    @classmethod
-    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
-        old, registry.telemetry = registry.telemetry, made
-        registry.changed()
-        return old.options if old is not None else None
-
-    @classmethod
-    def _needed_by_channels(cls) -> bool:
-        return bool(registry.pinned)
-
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
         """Instrument one aio-pika channel (plain or robust) with its own options.
@@ -157,24 +148,12 @@ class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ign
         use these options whether or not ``instrument()`` was called; other channels are left to
         ``instrument()`` (or alone). Calling it again replaces the channel's options.
         """
-
-        def pin(telemetry: MessagingTelemetry) -> None:
-            _Patches.install()
-            setattr(channel, PIN_ATTR, telemetry)
-            registry.pinned.add(channel)
-            registry.changed()
-
-        AioPikaInstrumentor._instrument_scope(pin, kwargs)
+        AioPikaInstrumentor._pin(channel, kwargs)
 
     @staticmethod
     def uninstrument_channel(channel: Any) -> None:
         """Undo :meth:`instrument_channel`: the channel is plain again (or globally instrumented)."""
-        if PIN_ATTR in getattr(channel, "__dict__", {}):
-            delattr(channel, PIN_ATTR)
-        registry.pinned.discard(channel)
-        registry.changed()
-        if registry.telemetry is None and not registry.pinned:
-            _Patches.remove()
+        AioPikaInstrumentor._unpin(channel)
 
 
 def message_context(message: Any) -> MessageContext:
@@ -192,7 +171,7 @@ def message_context(message: Any) -> MessageContext:
             from otel_aiopika._publish import headers_of
 
             headers = headers_of(message)
-            telemetry = registry.telemetry
+            telemetry = SCOPES.global_
     except Exception as internal:  # the block runs in the current context
         _MESSAGE_CONTEXT.report(internal)
         return MessageContext(otel_context.get_current())

@@ -1,25 +1,24 @@
-"""Which instrumentation serves a kombu ``Connection``, worked out once per connection.
+"""Which instrumentation serves a kombu ``Connection``: the core's scope mechanism.
 
 Every wrapper starts from a kombu ``Connection`` (a producer's, a consumer's channel's, a message's
 channel's). :func:`binding_for` answers, for that connection, which telemetry records it (the one
 given to ``instrument_connection`` for it, else the global one from ``instrument()``, else none),
-its ``messaging.system``, and the destination cache for its broker address. The answer is cached
-on the connection object and recomputed only when instrumentation changes (a generation counter)
-or kombu fails over to another host.
+its ``messaging.system``, the Celery skip rule of that telemetry's options and the destination
+cache for its broker address: :data:`SCOPES`, the core :class:`~otel_messaging_core.Scopes`,
+caches it on the connection (``_otel_kombu_scope``) until instrumentation changes; kombu failing
+over to another host re-targets it.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Final
 
-from otel_kombu._celery import CelerySkip
-from otel_messaging_core import DestinationCache, MessagingTelemetry
+from otel_kombu._celery import CelerySkip, celery_skip
+from otel_messaging_core import MessagingTelemetry, Scope, Scopes
 
 __all__ = [
-    "REGISTRY",
+    "SCOPES",
     "Binding",
-    "Instrumentation",
     "binding_for",
     "connection_of_channel",
 ]
@@ -27,63 +26,41 @@ __all__ = [
 SYSTEM_RABBITMQ: Final = "rabbitmq"
 # Transports that run in-process have no server to name.
 _SERVERLESS: Final = frozenset({"memory", "filesystem"})
-
-PINNED_ATTR: Final = "_otel_kombu_instrumentation"
-_BINDING_ATTR: Final = "_otel_kombu_binding"
-
-
-class Instrumentation:
-    """One ``instrument()`` or ``instrument_connection()`` call: its telemetry and plugin options."""
-
-    __slots__ = ("celery_skip", "telemetry")
-
-    def __init__(self, telemetry: MessagingTelemetry, *, celery_skip: CelerySkip | None) -> None:
-        self.telemetry = telemetry
-        self.celery_skip = celery_skip  # None: every Celery message is traced
+#: kombu's own option (``KombuInstrumentor``): which kinds of Celery message are not traced
+SKIP_CELERY_KEYWORD: Final = "skip_celery_messages"
 
 
-class _Registry:
-    """Process-wide state: the global instrumentation and the connections instrumented one by one."""
-
-    def __init__(self) -> None:
-        self.instrumentation: Instrumentation | None = None
-        self.generation = 0
-        self.pinned: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    def changed(self) -> None:
-        """Invalidate every cached binding (instrumentation was added or removed)."""
-        self.generation += 1
-
-
-REGISTRY: Final = _Registry()
-
-
-class Binding:
+class Binding(Scope):
     """What the wrappers need about one connection; ``telemetry is None`` means: pass through."""
 
-    __slots__ = (
-        "celery_skip",
-        "destinations",
-        "generation",
-        "hostname",
-        "system",
-        "telemetry",
-    )
+    __slots__ = ("celery_skip", "hostname", "system")
 
-    def __init__(
-        self,
-        instrumentation: Instrumentation | None,
-        destinations: DestinationCache | None,
-        system: str,
-        hostname: object,
-        generation: int,
-    ) -> None:
-        self.telemetry = instrumentation.telemetry if instrumentation is not None else None
-        self.celery_skip = instrumentation.celery_skip if instrumentation is not None else None
-        self.destinations = destinations
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        self.celery_skip: CelerySkip | None = None  # None: every Celery message is traced
+        self.system = ""
+        self.hostname: object = None
+
+    def retarget(self, connection: Any, telemetry: MessagingTelemetry | None) -> None:
+        self.telemetry = telemetry
+        self.hostname = getattr(connection, "hostname", None)
+        if telemetry is None:
+            self.celery_skip = None
+            return
+        try:
+            system = system_of(connection)
+            host, port = _server_of(connection, system)
+        except AttributeError:  # no connection (or not a kombu one): no server known
+            system, host, port = SYSTEM_RABBITMQ, None, None
         self.system = system
-        self.hostname = hostname
-        self.generation = generation
+        self.destinations = telemetry.destinations(host, port, system)
+        kinds = telemetry.options.plugin.get(SKIP_CELERY_KEYWORD, ())
+        self.celery_skip = celery_skip(kinds)  # type: ignore[arg-type]
+
+
+SCOPES: Final = Scopes("kombu", Binding)
+# the connection of a call with no connection to be found: nothing instruments it
+_OFF: Final = Binding(None)
 
 
 def system_of(connection: Any) -> str:
@@ -107,39 +84,19 @@ def _server_of(connection: Any, system: str) -> tuple[str | None, int | None]:
     return host, port if isinstance(port, int) and port > 0 else None
 
 
-def _bind(connection: Any) -> Binding:
-    instrumentation = connection.__dict__.get(PINNED_ATTR) or REGISTRY.instrumentation
-    generation = REGISTRY.generation
-    hostname = connection.hostname
-    if instrumentation is None:
-        binding = Binding(None, None, "", hostname, generation)
-    else:
-        system = system_of(connection)
-        host, port = _server_of(connection, system)
-        destinations = instrumentation.telemetry.destinations(host, port, system)
-        binding = Binding(instrumentation, destinations, system, hostname, generation)
-    connection.__dict__[_BINDING_ATTR] = binding
-    return binding
-
-
 _UNBOUND: dict[int, Binding] = {}
 
 
 def _unbound() -> Binding:
     """A binding for a call whose connection cannot be found without side effects (no server known)."""
-    generation = REGISTRY.generation
+    generation = SCOPES.generation
     found = _UNBOUND.get(generation)
     if found is None:
         _UNBOUND.clear()
-        instrumentation = REGISTRY.instrumentation
-        destinations = (
-            instrumentation.telemetry.destinations(None, None, SYSTEM_RABBITMQ)
-            if instrumentation is not None
-            else None
-        )
-        found = _UNBOUND[generation] = Binding(
-            instrumentation, destinations, SYSTEM_RABBITMQ, None, generation
-        )
+        found = _UNBOUND[generation] = Binding(None)
+        found.retarget(None, SCOPES.global_)
+        found.system = SYSTEM_RABBITMQ
+        found.generation = generation
     return found
 
 
@@ -147,17 +104,16 @@ def binding_for(connection: Any) -> Binding:
     """The binding of a kombu ``Connection`` (``None``: the global instrumentation, server unknown)."""
     if connection is None:
         return _unbound()
+    binding = SCOPES.of(connection)
+    if binding is None:
+        return _OFF
     try:
-        binding: Binding | None = connection.__dict__.get(_BINDING_ATTR)
+        hostname = connection.hostname
     except AttributeError:  # not a kombu Connection after all
-        return _unbound()
-    if (
-        binding is not None
-        and binding.generation == REGISTRY.generation
-        and binding.hostname == connection.hostname
-    ):
         return binding
-    return _bind(connection)
+    if binding.hostname != hostname:  # kombu failed over to another host
+        binding.retarget(connection, binding.telemetry)
+    return binding
 
 
 def connection_of_channel(channel: Any) -> Any:

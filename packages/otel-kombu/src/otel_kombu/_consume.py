@@ -29,7 +29,7 @@ from typing import Any, Callable, Final
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from otel_kombu._binding import REGISTRY, Binding, binding_for, connection_of_channel
+from otel_kombu._binding import SCOPES, Binding, binding_for, connection_of_channel
 from otel_kombu._celery import task_id
 from otel_kombu._publish import forget_shadows
 from otel_kombu._util import body_size
@@ -428,7 +428,7 @@ def _rewired(callback: Any, original: Any, name: str) -> Any:
 
 def _sweep(connection: Any) -> None:
     """Trace what a connection set up before instrumentation (see :func:`wrap_drain_events`)."""
-    generation = REGISTRY.generation
+    generation = SCOPES.generation
     if binding_for(connection).telemetry is not None:
         from kombu.messaging import Consumer
 
@@ -492,7 +492,7 @@ def forget_sweeps() -> None:
 
 
 def _sweep_if_changed(connection: Any) -> None:
-    if connection is not None and connection.__dict__.get(_SWEPT_ATTR) != REGISTRY.generation:
+    if connection is not None and connection.__dict__.get(_SWEPT_ATTR) != SCOPES.generation:
         _sweep(connection)
 
 

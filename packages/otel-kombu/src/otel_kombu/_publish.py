@@ -270,9 +270,7 @@ def _start(producer: Any, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
     if sent is not False:
         return None, sent
     properties = args[_PROPERTIES] or {}
-    destination = binding.destinations.get(  # type: ignore[union-attr]
-        "publish", exchange, args[_ROUTING_KEY] or ""
-    )
+    destination = binding.destinations.get("publish", exchange, args[_ROUTING_KEY] or "")
     body = args[_BODY]
     op = telemetry.start_publish(
         destination,
@@ -392,7 +390,7 @@ def _on_return(channel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
     # returned after its publish call ended: a short ERROR span under that publish span
     properties = getattr(message, "properties", None) or {}
     telemetry.record_returned(
-        binding.destinations.get("publish", exchange, routing_key or ""),  # type: ignore[union-attr]
+        binding.destinations.get("publish", exchange, routing_key or ""),
         headers,
         reply_code=reply_code,
         reply_text=reply_text,

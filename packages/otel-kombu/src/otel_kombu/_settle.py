@@ -44,9 +44,7 @@ def _start(message: Any, operation: str, requeue: bool) -> Settle | None:
         skip = binding.celery_skip
         if skip is not None and skip.skips(message.headers, exchange):
             return None
-        fallback = binding.destinations.get(  # type: ignore[union-attr]
-            "process", exchange, info.get("routing_key") or ""
-        )
+        fallback = binding.destinations.get("process", exchange, info.get("routing_key") or "")
     tag = message.delivery_tag
     return telemetry.start_settle(
         operation,

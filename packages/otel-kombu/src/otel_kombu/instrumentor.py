@@ -13,17 +13,12 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_kombu import _consume, _publish, _settle
-from otel_kombu._binding import PINNED_ATTR, REGISTRY, Instrumentation
-from otel_kombu._celery import CELERY_KINDS, DEFAULT_SKIP, celery_skip
+from otel_kombu._binding import SCOPES, SKIP_CELERY_KEYWORD
+from otel_kombu._celery import CELERY_KINDS, DEFAULT_SKIP
 from otel_kombu._consume import forget_sweeps
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
-from otel_messaging_core import (
-    InstrumentationOptions,
-    MessagingInstrumentor,
-    MessagingTelemetry,
-    PluginOption,
-)
+from otel_messaging_core import MessagingInstrumentor, PluginOption
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 
@@ -35,7 +30,7 @@ SKIP_CELERY_MESSAGES_ENV: Final = "OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES"
 #: (``tasks``, ``control``, ``events``; ``True`` all, ``False`` none), by default Celery's control
 #: and event traffic, which idle workers send all the time.
 SKIP_CELERY: Final = PluginOption(
-    "skip_celery_messages", SKIP_CELERY_MESSAGES_ENV, default=DEFAULT_SKIP, choices=CELERY_KINDS
+    SKIP_CELERY_KEYWORD, SKIP_CELERY_MESSAGES_ENV, default=DEFAULT_SKIP, choices=CELERY_KINDS
 )
 
 
@@ -77,6 +72,8 @@ PATCHES: Final = (
 )
 
 _installed: list[_Patch] = []
+# every change of instrumentation: consumers and producers are checked again
+SCOPES.listeners.append(forget_sweeps)
 
 
 def _owner(patch: _Patch) -> Any:
@@ -125,13 +122,7 @@ class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignor
     _version = __version__
     _instruments = _instruments
     _plugin_options = (SKIP_CELERY,)
-
-    @classmethod
-    def _make(cls, options: InstrumentationOptions) -> Instrumentation:
-        telemetry: MessagingTelemetry = super()._make(options)
-        kinds = options.plugin[SKIP_CELERY.keyword]
-        assert isinstance(kinds, tuple)  # an option with choices
-        return Instrumentation(telemetry, celery_skip=celery_skip(kinds))
+    _scopes = SCOPES
 
     @classmethod
     def _install(cls) -> None:
@@ -141,17 +132,6 @@ class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignor
     def _remove(cls) -> None:
         _remove()
 
-    @classmethod
-    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
-        old, REGISTRY.instrumentation = REGISTRY.instrumentation, made
-        REGISTRY.changed()
-        forget_sweeps()
-        return old.telemetry.options if old is not None else None
-
-    @classmethod
-    def _needed_by_channels(cls) -> bool:
-        return bool(REGISTRY.pinned)
-
     @staticmethod
     def instrument_connection(connection: Any, **kwargs: Any) -> None:
         """Record this kombu ``Connection`` only, with its own options (the same keywords).
@@ -160,22 +140,9 @@ class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignor
         ``instrument()`` was called; other connections are left to ``instrument()`` (or alone).
         Connections made from it by ``clone()`` (pools, Celery) are separate connections.
         """
-
-        def pin(instrumentation: Instrumentation) -> None:
-            _install()
-            connection.__dict__[PINNED_ATTR] = instrumentation
-            REGISTRY.pinned.add(connection)
-            REGISTRY.changed()
-            forget_sweeps()
-
-        KombuInstrumentor._instrument_scope(pin, kwargs)
+        KombuInstrumentor._pin(connection, kwargs)
 
     @staticmethod
     def uninstrument_connection(connection: Any) -> None:
         """Stop recording a connection given to :meth:`instrument_connection`."""
-        connection.__dict__.pop(PINNED_ATTR, None)
-        REGISTRY.pinned.discard(connection)
-        REGISTRY.changed()
-        forget_sweeps()
-        if REGISTRY.instrumentation is None and not REGISTRY.pinned:
-            _remove()
+        KombuInstrumentor._unpin(connection)

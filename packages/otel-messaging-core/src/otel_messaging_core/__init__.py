@@ -8,7 +8,8 @@ the four semconv instruments (:mod:`~otel_messaging_core.metrics`), the validate
 (:mod:`~otel_messaging_core.options`), the per-message operations
 (:mod:`~otel_messaging_core.telemetry`), and the one guard idiom that keeps our own failures out of
 the user's calls (:mod:`~otel_messaging_core.guard`), and the instrumentor lifecycle every
-plugin shares (:mod:`~otel_messaging_core.instrumentor`). Plugins import only what this module
+plugin shares (:mod:`~otel_messaging_core.instrumentor`), and which telemetry serves a library
+object (:mod:`~otel_messaging_core.scope`). Plugins import only what this module
 exports. ``_private_api`` holds every use of OpenTelemetry's private API, each with a public
 fallback.
 """
@@ -43,6 +44,7 @@ from otel_messaging_core.options import (
     log_reconfigured,
 )
 from otel_messaging_core.propagation import extract_context, headers_getter
+from otel_messaging_core.scope import PlainMethods, Scope, Scopes
 from otel_messaging_core.telemetry import (
     Consume,
     Delivery,
@@ -74,8 +76,11 @@ __all__ = [
     "MessageContext",
     "MessagingInstrumentor",
     "MessagingTelemetry",
+    "PlainMethods",
     "PluginOption",
     "Publish",
+    "Scope",
+    "Scopes",
     "Settle",
     "Wrapper",
     "__version__",

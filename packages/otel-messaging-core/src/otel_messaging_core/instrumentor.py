@@ -15,8 +15,10 @@
   (or per-connection) instrumentation still needs them, and the contrib instrumentor may
   instrument again.
 
-The plugin says what differs: how it installs and removes its patches, where it keeps the global
-instrumentation, and (kombu) what it builds from the options. The core does not depend on
+The plugin says what differs: how it installs and removes its patches, and its
+:class:`~otel_messaging_core.Scopes` registry (``_scopes``), which holds the global telemetry and
+the objects ``instrument_channel()`` / ``instrument_connection()`` pin (:meth:`_pin`,
+:meth:`_unpin`). The core does not depend on
 ``opentelemetry-instrumentation``: ``BaseInstrumentor`` comes from the plugin's side of the
 class statement, reached through ``super()``.
 """
@@ -37,6 +39,7 @@ from otel_messaging_core.telemetry import MessagingTelemetry
 
 if TYPE_CHECKING:
     from otel_messaging_core.conflicts import ContribGuard
+    from otel_messaging_core.scope import Scopes
 
 __all__ = ["MessagingInstrumentor"]
 
@@ -44,9 +47,8 @@ __all__ = ["MessagingInstrumentor"]
 class MessagingInstrumentor:
     """The shared ``BaseInstrumentor`` lifecycle (see the module docstring).
 
-    A subclass sets the class attributes and implements :meth:`_install`, :meth:`_remove` and
-    :meth:`_swap_global` (and :meth:`_needed_by_channels` when per-channel instrumentation uses
-    the same patches).
+    A subclass sets the class attributes (``_scopes`` among them) and implements :meth:`_install`
+    and :meth:`_remove`.
     """
 
     #: the instrumentation scope, logger and entry point name (``otel_pika``)
@@ -61,6 +63,8 @@ class MessagingInstrumentor:
     _contrib: ClassVar[ContribGuard | None] = None
     #: keywords of the plugin's own, on top of the shared ones
     _plugin_options: ClassVar[Sequence[PluginOption]] = ()
+    #: the plugin's registry: the global telemetry and the pinned objects
+    _scopes: ClassVar[Scopes[Any]]
     #: the guard of ``instrument()`` and of per-channel instrumentation: ``"<name> instrument()"``
     _guard: ClassVar[capture_internal_exceptions]
 
@@ -84,14 +88,15 @@ class MessagingInstrumentor:
 
     @classmethod
     def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
-        """Make ``made`` (from :meth:`make`, or ``None``) the global instrumentation; return the
+        """Make ``made`` (from :meth:`_make`, or ``None``) the global telemetry; return the
         options of the one it replaces (``None`` when there was none)."""
-        raise NotImplementedError
+        old = cls._scopes.swap_global(made)
+        return old.options if old is not None else None
 
     @classmethod
     def _needed_by_channels(cls) -> bool:
-        """True while per-channel instrumentation relies on the global patches."""
-        return False
+        """True while pinned objects rely on the global patches."""
+        return bool(cls._scopes.pinned)
 
     @classmethod
     def _options(cls, kwargs: Mapping[str, Any]) -> InstrumentationOptions:
@@ -99,8 +104,8 @@ class MessagingInstrumentor:
         return InstrumentationOptions.from_kwargs(kwargs, plugin_options=cls._plugin_options)
 
     @classmethod
-    def _make(cls, options: InstrumentationOptions) -> Any:
-        """What the wrappers use for these options: a ``MessagingTelemetry`` unless overridden."""
+    def _make(cls, options: InstrumentationOptions) -> MessagingTelemetry:
+        """The telemetry the wrappers use for these options."""
         return MessagingTelemetry(
             options, instrumentation_name=cls._instrumentation_name, version=cls._version
         )
@@ -112,6 +117,25 @@ class MessagingInstrumentor:
         options = cls._options(kwargs)
         with cls._guard:
             bind(cls._make(options))
+
+    @classmethod
+    def _pin(cls, obj: Any, kwargs: Mapping[str, Any]) -> None:
+        """``instrument_channel()`` / ``instrument_connection()`` by the class patches: validate
+        the keywords (a mistake in code raises), install the patches and pin a telemetry to
+        ``obj``, under the guard."""
+
+        def pin(telemetry: MessagingTelemetry) -> None:
+            cls._install()
+            cls._scopes.pin(obj, telemetry)
+
+        cls._instrument_scope(pin, kwargs)
+
+    @classmethod
+    def _unpin(cls, obj: Any) -> None:
+        """Undo :meth:`_pin`; the patches go when nothing else needs them."""
+        cls._scopes.unpin(obj)
+        if cls._scopes.global_ is None and not cls._needed_by_channels():
+            cls._remove()
 
     # the BaseInstrumentor lifecycle ----------------------------------------------------------
 

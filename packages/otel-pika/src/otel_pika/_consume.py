@@ -27,9 +27,9 @@ from opentelemetry.context import Context
 from otel_messaging_core import Consume, Wrapper, attach, capture_internal_exceptions, restore
 from otel_pika._state import (
     ChannelState,
-    active_state,
     bypass_if_blocking,
     remember,
+    scope_of,
     state_of,
 )
 
@@ -183,7 +183,7 @@ class _TracedCallback:
     def __call__(self, channel: Any, method: Any, properties: Any, body: Any) -> Any:
         op = token = None
         try:
-            state = active_state(channel._impl)
+            state = scope_of(channel._impl)
             if state is not None:  # else uninstrumented since: a plain call
                 # the unsampled fast path first (written out here: this runs per message)
                 telemetry = state.telemetry
@@ -291,7 +291,7 @@ class _TracedConsume:
             method, properties, body = item
             if method is None:  # inactivity timeout: nothing to trace, nothing current
                 return
-            state = active_state(self._channel._impl)
+            state = scope_of(self._channel._impl)
             if state is None:
                 return
             op = _begin(state, "receive", method, properties, body, self._queue, self._manual_ack)

@@ -1,8 +1,10 @@
 """What the instrumentation keeps per pika channel, and which telemetry instruments a channel now.
 
-The state lives on pika's own ``pika.channel.Channel`` object (a ``BlockingChannel`` shares the one
-of its underlying channel), so it goes away with the channel. Per channel it holds the destination
-cache of the channel's broker address, the unsettled manual-ack deliveries (``delivery_tag`` ->
+The state, the core :class:`~otel_messaging_core.Scope` kept by :data:`SCOPES`, lives on pika's own
+``pika.channel.Channel`` object (a ``BlockingChannel`` shares the one of its underlying channel),
+so it goes away with the channel. :func:`scope_of` answers which telemetry instruments a channel
+now: the one ``instrument_channel()`` pinned to it, else the global one, else none. Per channel
+it holds that telemetry, the destination cache of the channel's broker address, the unsettled manual-ack deliveries (``delivery_tag`` ->
 core :class:`~otel_messaging_core.Delivery`, freed on ack/nack/reject and on channel close or
 connection loss) and the queue of each consumer tag (a delivery names its exchange and routing
 key, not its queue).
@@ -24,62 +26,38 @@ from otel_messaging_core import (
     Consume,
     Delivery,
     DeliveryLedger,
-    DestinationCache,
     MessagingTelemetry,
+    PlainMethods,
+    Scope,
+    Scopes,
     capture_internal_exceptions,
     delivery_queue,
 )
 
 __all__ = [
+    "SCOPES",
     "ChannelState",
-    "active_state",
     "bypass_if_blocking",
-    "global_state",
-    "own_state",
     "recall",
     "release_bypasses",
     "remember",
-    "runtime",
+    "scope_of",
     "state_of",
 ]
 
-STATE_ATTRIBUTE: Final = "_otel_pika_state"
 _CLOSE_CALLBACK: Final = capture_internal_exceptions("pika channel close callback")
 MAX_TRACKED_DELIVERIES: Final = MAX_UNSETTLED
 MAX_CONSUMERS: Final = 4096
 
 
-class _Runtime:
-    """The telemetry of the global ``PikaInstrumentor().instrument()``; ``None`` when not instrumented."""
-
-    __slots__ = ("telemetry",)
-
-    def __init__(self) -> None:
-        self.telemetry: MessagingTelemetry | None = None
-
-
-runtime: Final = _Runtime()
-
-
-class ChannelState:
+class ChannelState(Scope):
     """The instrumentation's per-channel record (see the module docstring)."""
 
-    __slots__ = (
-        "blocking",
-        "deliveries",
-        "destinations",
-        "get_pending",
-        "own",
-        "pull",
-        "queues",
-        "telemetry",
-    )
+    __slots__ = ("blocking", "deliveries", "get_pending", "pull", "queues")
 
-    def __init__(self, blocking: bool) -> None:
+    def __init__(self, impl: Any = None, *, blocking: bool = False) -> None:
+        super().__init__(impl)
         self.blocking = blocking
-        self.own = False
-        self.telemetry: MessagingTelemetry | None = None
-        self.destinations = DestinationCache()
         # unsettled manual-ack deliveries: the core ledger (multiple=True, tag 0, the bound)
         self.deliveries: DeliveryLedger[Delivery] = DeliveryLedger()
         self.queues: dict[str, str] = {}
@@ -89,13 +67,13 @@ class ChannelState:
         # it must be acked, when it was sent
         self.get_pending: tuple[str, bool, float] | None = None
 
-    def bind(self, impl: Any, telemetry: MessagingTelemetry | None) -> None:
+    def server(self, obj: Any) -> tuple[str | None, int | None]:
+        return _server_of(obj)
+
+    def retarget(self, obj: Any, telemetry: MessagingTelemetry | None) -> None:
         """Serve ``telemetry`` from now on; what the previous one tracked is dropped."""
-        self.telemetry = telemetry
         self.deliveries.clear()
-        if telemetry is not None:
-            host, port = _server_of(impl)
-            self.destinations = telemetry.destinations(host, port)
+        super().retarget(obj, telemetry)
 
     def take(self, delivery_tag: int, multiple: bool) -> list[Delivery]:
         """The records settled by one ack/nack/reject, removed from the channel's ledger."""
@@ -139,60 +117,23 @@ def _server_of(impl: Any) -> tuple[str | None, int | None]:
     )
 
 
-def state_of(impl: Any) -> ChannelState | None:
-    """The state already kept on a ``pika.channel.Channel``, if any."""
-    return getattr(impl, STATE_ATTRIBUTE, None)
-
-
-def ensure_state(impl: Any) -> ChannelState:
-    """The channel's state, created (and freed on channel close) on first use."""
-    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
-    if state is not None:
-        return state
+def _new_state(impl: Any) -> ChannelState:
+    """A channel's state, made on its first lookup (and freed on channel close)."""
     from pika.adapters.blocking_connection import BlockingChannel
 
     state = ChannelState(blocking=isinstance(impl._get_cookie(), BlockingChannel))
-    setattr(impl, STATE_ATTRIBUTE, state)
     with _CLOSE_CALLBACK:  # a channel already torn down: nothing will be tracked for long
         if not impl.is_closed:  # a closed channel's callbacks are never called nor cleaned up
             impl.add_on_close_callback(state.closed)
     return state
 
 
-def active_state(impl: Any) -> ChannelState | None:
-    """The state of whatever instruments this channel now: its own ``instrument_channel()``
-    telemetry, else the global ``instrument()`` one, else ``None`` (not instrumented)."""
-    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
-    if state is not None and state.own:
-        return state
-    telemetry = runtime.telemetry
-    if telemetry is None:
-        return None
-    if state is None:
-        state = ensure_state(impl)
-    if state.telemetry is not telemetry:
-        state.bind(impl, telemetry)
-    return state
-
-
-def global_state(impl: Any) -> ChannelState | None:
-    """For the class-level patches: the global state, unless the channel has its own."""
-    # the per-message case first, in one call: a channel already bound to the global telemetry
-    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
-    if state is not None:
-        if state.own:
-            return None
-        telemetry = runtime.telemetry
-        if telemetry is not None and state.telemetry is telemetry:
-            return state
-    state = active_state(impl)
-    return None if state is None or state.own else state
-
-
-def own_state(impl: Any) -> ChannelState | None:
-    """For the per-channel patches of ``instrument_channel()``: the channel's own state."""
-    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
-    return state if state is not None and state.own else None
+#: the global telemetry and the channels ``instrument_channel()`` pinned (their ``pika.channel.Channel``)
+SCOPES: Final = Scopes("pika", _new_state)
+#: the state of whatever instruments a ``pika.channel.Channel`` now; ``None``: not instrumented
+scope_of: Final = SCOPES.of
+#: the state already kept on a ``pika.channel.Channel``, if any (no lookup)
+state_of: Final = SCOPES.cached
 
 
 # -- the pass-through wrappers of a BlockingChannel's underlying channel ---------------------------
@@ -203,23 +144,22 @@ def own_state(impl: Any) -> ChannelState | None:
 BYPASSED: Final = ("basic_publish", "_on_deliver")
 # underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
 _bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
-_OURS: Final = ("otel_pika._publish", "otel_pika._consume")
+# our class-level patch, and only that (never another library's wrapper above or below it)
+_PLAIN: Final = {
+    name: PlainMethods(name, ("otel_pika._publish", "otel_pika._consume")) for name in BYPASSED
+}
 
 
 def bypass_if_blocking(impl: Any, name: str) -> None:
     """On a ``BlockingChannel``'s underlying channel, bind pika's own ``name`` over the class's
     wrapper (one of :data:`BYPASSED`), so the next calls skip it; :func:`release_bypasses` (at
     ``uninstrument()``) takes the shadows back. Anything else is left alone."""
-    state: ChannelState | None = getattr(impl, STATE_ATTRIBUTE, None)
+    state = state_of(impl)
     if state is None or not state.blocking or name in impl.__dict__:
         return
-    import wrapt
-
-    found = next((k.__dict__[name] for k in type(impl).__mro__ if name in k.__dict__), None)
-    wrapper = getattr(found, "_self_wrapper", None)
-    # our class-level patch, and only that (never another library's wrapper above or below it)
-    if isinstance(found, wrapt.FunctionWrapper) and getattr(wrapper, "__module__", "") in _OURS:
-        impl.__dict__[name] = types.MethodType(found.__wrapped__, impl)
+    found = _PLAIN[name].of(type(impl))
+    if found is not None:
+        impl.__dict__[name] = types.MethodType(found, impl)
         _bypassed.add(impl)
 
 
@@ -231,6 +171,8 @@ def release_bypasses() -> None:
             if type(shadow) is types.MethodType and shadow.__self__ is impl:
                 del impl.__dict__[name]
     _bypassed.clear()
+    for plain in _PLAIN.values():
+        plain.clear()
 
 
 # -- contexts of pulled messages, for message_context() -------------------------------------------

@@ -12,7 +12,6 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import (
     ContribGuard,
-    InstrumentationOptions,
     MessageContext,
     MessagingInstrumentor,
     MessagingTelemetry,
@@ -21,15 +20,7 @@ from otel_messaging_core import (
     message_context_of,
 )
 from otel_pika._package import _instruments
-from otel_pika._state import (
-    ensure_state,
-    global_state,
-    own_state,
-    recall,
-    release_bypasses,
-    runtime,
-    state_of,
-)
+from otel_pika._state import SCOPES, recall, release_bypasses, scope_of
 from otel_pika.version import __version__
 
 __all__ = ["PikaInstrumentor", "message_context"]
@@ -101,6 +92,17 @@ def _channel_patches(channel: Any) -> tuple[Any, list[tuple[Any, Target]]]:
     return channel, [(channel, t) for t in channel_targets]
 
 
+_OURS: Final = ("otel_pika._publish", "otel_pika._consume", "otel_pika._settle")
+
+
+def _plain(bound: Any) -> Any:
+    """A channel's method as pika defines it: without our class-level wrapper, which a channel
+    with its own instrumentation must not go through (it would trace the call a second time)."""
+    if getattr(getattr(bound, "_self_wrapper", None), "__module__", None) in _OURS:
+        return bound.__wrapped__
+    return bound
+
+
 class _Bound:
     """A wrapper installed on one channel object by ``instrument_channel()``."""
 
@@ -127,6 +129,7 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
     _version = __version__
     _instruments = _instruments
     _contrib = _CONTRIB
+    _scopes = SCOPES
 
     @classmethod
     def _install(cls) -> None:
@@ -134,7 +137,7 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
 
         channel, blocking, _ = _targets()
         for owner, name, factory in (*channel, *blocking):
-            wrapt.wrap_function_wrapper(owner, name, factory(global_state))
+            wrapt.wrap_function_wrapper(owner, name, factory(scope_of))
 
     @classmethod
     def _remove(cls) -> None:
@@ -144,9 +147,8 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
         release_bypasses()
 
     @classmethod
-    def _swap_global(cls, made: Any) -> InstrumentationOptions | None:
-        old, runtime.telemetry = runtime.telemetry, made
-        return old.options if old is not None else None
+    def _needed_by_channels(cls) -> bool:
+        return False  # a channel's own instrumentation is patched onto the channel object
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
@@ -158,12 +160,13 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
 
         def bind(telemetry: MessagingTelemetry) -> None:
             impl, patches = _channel_patches(channel)
-            state = ensure_state(impl)
-            state.own = True
-            state.bind(impl, telemetry)
+            SCOPES.pin(impl, telemetry)
             for obj, (_owner, name, factory) in patches:
                 if not isinstance(obj.__dict__.get(name), _Bound):
-                    setattr(obj, name, _Bound(factory(own_state), getattr(obj, name), obj))
+                    setattr(obj, name, _Bound(factory(scope_of), _plain(getattr(obj, name)), obj))
+            state = scope_of(impl)
+            if state is not None and impl is not channel:
+                state.blocking = True  # pika drops the link to the BlockingChannel on close
 
         PikaInstrumentor._instrument_scope(bind, kwargs)
 
@@ -174,10 +177,7 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
         for obj, (_owner, name, _factory) in patches:
             if isinstance(obj.__dict__.get(name), _Bound):
                 delattr(obj, name)
-        state = state_of(impl)
-        if state is not None:
-            state.own = False
-            state.bind(impl, None)
+        SCOPES.unpin(impl)
 
 
 def message_context(properties: Any) -> MessageContext:
@@ -194,7 +194,7 @@ def message_context(properties: Any) -> MessageContext:
         context = recall(properties)
         if context is None:
             headers = getattr(properties, "headers", None)
-            telemetry = runtime.telemetry
+            telemetry = SCOPES.global_
     except Exception as internal:  # the block runs in the current context
         _MESSAGE_CONTEXT.report(internal)
         return MessageContext(otel_context.get_current())
