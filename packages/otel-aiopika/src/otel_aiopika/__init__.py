@@ -25,8 +25,7 @@ Instrument
     AioPikaInstrumentor().instrument()      # before or after consumers are registered
 
 Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
-``otel_aiopika``; options then come from the ``OTEL_PYTHON_RABBITMQ_*`` variables below, and
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_aiopika`` turns it off).
+``otel_aiopika``).
 
 ``instrument()`` patches aio-pika's classes, so exchanges, queues, iterators and messages that
 already exist are covered, and so are ``Queue.consume`` callbacks registered before it (from
@@ -49,19 +48,12 @@ Exchanges, queues and messages of that channel then use these options, whether o
 Options
 -------
 
-``instrument()`` and ``instrument_channel()`` take the keywords every plugin takes (see
-:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
-``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
-``capture_headers_max_length`` and ``baggage_attributes``; under ``opentelemetry-instrument``
-the ``OTEL_PYTHON_RABBITMQ_*`` variables give them. A wrong keyword or value in code is a
-``TypeError``/``ValueError`` at once, before anything is patched; a bad variable is logged once at
-ERROR and its default used, so tracing goes on.
-
-A hook is called as ``hook(span, envelope)`` for recording spans only, right after the span
-starts; for aio-pika, ``envelope.raw`` is the caller's ``aio_pika.Message`` on publish and the
-``IncomingMessage`` on consume. A hook that raises is logged once and never breaks the publish or
-the handler. With ``settle_spans=False``, note that aio-pika's ``reject()`` and
-``message.process()`` do not requeue unless told to: such a reject always makes its ERROR span.
+``instrument()`` and ``instrument_channel()`` take the keywords (and, under
+``opentelemetry-instrument``, the environment variables) every plugin takes, listed with their
+checks in :doc:`configuration`. In a hook's envelope, aio-pika's ``envelope.raw`` is the caller's
+``aio_pika.Message`` on publish and the ``IncomingMessage`` on consume. With
+``settle_spans=False``, note that aio-pika's ``reject()`` and ``message.process()`` do not requeue
+unless told to: such a reject always makes its ERROR span.
 
 Spans
 -----
@@ -95,18 +87,10 @@ Spans
      - CLIENT
      - the current span, else the delivery's process/receive span; links to the producer(s)
 
-Attributes (set when the span starts, so samplers see them): ``messaging.system=rabbitmq``,
-``messaging.operation.name`` (publish, process, receive, ack, nack, reject),
-``messaging.operation.type`` (send, process, receive, settle), ``messaging.destination.name``
-(publish: ``{exchange}:{routing_key}``; consume and settle: ``{exchange}:{routing_key}:{queue}``,
-empty parts dropped, a routing key equal to the queue kept once),
-``messaging.rabbitmq.destination.routing_key``, ``messaging.rabbitmq.message.delivery_tag``,
-``messaging.message.id``, ``messaging.message.conversation_id`` (the correlation id),
-``messaging.message.body.size``, ``messaging.batch.message_count`` (an ``ack(multiple=True)``
-of several deliveries), ``server.address`` (the host of the connection URL, never
-credentials), ``server.port``. A queue the broker names (``amq.gen-…``) or a robust channel
-names for you (``declare_queue()`` without a name: ``amq_<hex>``) is named ``amq.gen`` and
-marked ``messaging.destination.anonymous=true``.
+The attributes (set when the span starts, so samplers see them; ``server.address`` is the host
+of the connection URL) and the metrics are those of every plugin: :doc:`reference`. A queue a
+robust channel names for you (``declare_queue()`` without a name: ``amq_<hex>``) is named
+``amq.gen``, as one the broker names.
 
 Failures
 --------
@@ -170,15 +154,6 @@ After the broker drops a robust connection, aio-pika re-registers the consumers 
 your own callbacks; they are traced again, once (a traced callback is marked and never wrapped
 twice). Queue iterators go on making one receive span per message across the reconnect.
 
-Metrics
--------
-
-Meter ``otel_aiopika``: ``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
-``messaging.client.operation.duration`` (publish, receive, settle) and
-``messaging.process.duration``, with ``messaging.system``, ``messaging.operation.name``,
-``messaging.destination.name`` (generated queue names as ``amq.gen``), ``server.address``,
-``server.port`` and ``error.type`` on failure.
-
 Limits
 ------
 
@@ -225,7 +200,8 @@ up instrumented (``opentelemetry-instrument`` loads every installed instrumentor
 order), ``instrument()`` turns the contrib instrumentor off with a warning naming both, and a
 later contrib ``instrument()`` patches nothing (another warning), so no message is traced
 twice; ``uninstrument()`` does not switch it back on, and ``instrument_channel()`` does not turn
-it off. Dashboards and queries need these renames:
+it off. Dashboards and queries need the renames every contrib package needs
+(:doc:`migration`: attributes, the consumer span's link) and these:
 
 .. list-table::
    :header-rows: 1
@@ -245,18 +221,6 @@ it off. Dashboards and queries need these renames:
        routing key on consume)
      - ``messaging.destination.name`` (``exchange:routing_key[:queue]``) and
        ``messaging.rabbitmq.destination.routing_key``
-   * - ``messaging.temp_destination=true`` (on every publish)
-     - none; ``messaging.destination.anonymous=true`` only for generated queue names
-   * - ``messaging.operation=receive``
-     - ``messaging.operation.name`` and ``messaging.operation.type``
-   * - ``messaging.conversation_id``
-     - ``messaging.message.conversation_id``
-   * - ``messaging.message.id``
-     - ``messaging.message.id`` (unchanged)
-   * - ``net.peer.name``, ``net.peer.port``
-     - ``server.address``, ``server.port``
-   * - consumer span: child of the producer, no link
-     - child of the producer and linked to it (or linked only, ``consumer_context="link"``)
    * - the context is written into the caller's ``Message.headers``
      - sent in a copy; the caller's message and headers dict are never touched
    * - a ``bytes`` ``traceparent`` (other producers) raises ``TypeError`` in the consumer

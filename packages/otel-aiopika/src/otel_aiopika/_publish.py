@@ -21,17 +21,21 @@ from aio_pika.message import Message
 
 from otel_aiopika._state import SCOPES, resolve
 from otel_messaging_core import (
-    BROKER_NACK,
     UNROUTABLE,
     PlainMethods,
     Publish,
     capture_internal_exceptions,
+    publish_failure,
 )
 
 __all__ = ["forget_shadows", "headers_of", "publish", "with_headers"]
 
 
 _PUBLISH: Final = capture_internal_exceptions("aio-pika publish")
+# error.type of a publish that raised: the broker's answer when it is one
+_failure: Final = publish_failure(
+    unroutable=aiormq.exceptions.PublishError, broker_nack=aiormq.exceptions.DeliveryError
+)
 
 # aio-pika 8.x keeps the AMQP table in ``headers_raw`` (``headers`` is a decoding proxy over it);
 # aio-pika >= 9 keeps it in ``headers`` (``headers_raw`` is a deprecated, warning property).
@@ -93,15 +97,6 @@ def with_headers(message: Any, headers: Any) -> Any:
     return view
 
 
-def _failure(exc: BaseException) -> str | None:
-    """``error.type`` of a publish that raised: the broker's answer when it is one."""
-    if isinstance(exc, aiormq.exceptions.PublishError):
-        return UNROUTABLE
-    if isinstance(exc, aiormq.exceptions.DeliveryError):
-        return BROKER_NACK
-    return None
-
-
 def _returned(result: object) -> str | None:
     """With ``on_return_raises=False`` a returned mandatory message is the call's result."""
     if not isinstance(result, aiormq.abc.DeliveredMessage):
@@ -114,13 +109,13 @@ def _returned(result: object) -> str | None:
 
 def _start(
     instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]] | None:
-    """The publish span (``None`` on the unsampled fast path: no span, nothing to count), and
-    the call's arguments with a view of the message that carries the context (the caller's own
-    arguments when nothing was added to the message)."""
+) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]]:
+    """The publish span (``None`` when nothing is traced, and on the unsampled fast path: no span,
+    nothing to count), and the call's arguments with a view of the message that carries the
+    context (the caller's own arguments when nothing was added to the message)."""
     state = resolve(instance.channel)
     if state is None:
-        return None
+        return None, args, kwargs
     telemetry = state.telemetry
     assert telemetry is not None
     message = args[0] if args else kwargs["message"]
@@ -143,7 +138,7 @@ def _start(
             correlation_id=message.correlation_id,
             body=message.body,
             raw=message,
-        )
+        ).classified(_failure)
         sent = op.headers
     if sent is not headers:
         try:
@@ -158,29 +153,16 @@ def _start(
     return op, args, kwargs
 
 
-def _end(op: Publish, exc: BaseException | None, result: object = None) -> None:
-    try:
-        if exc is not None:
-            op.end(exc, error_type=_failure(exc))
-            return
-        description = None if result is None else _returned(result)
-        if description is not None:
-            op.end(error_type=UNROUTABLE, description=description)
-        else:
-            op.end()
-    except Exception as internal:
-        _PUBLISH.report(internal)
-
-
 async def _published(op: Publish, sending: Any) -> Any:
     """Await aio-pika's own publish coroutine, then end the span with its outcome."""
-    try:
+    with op:
         result = await sending
-    except BaseException as exc:
-        _end(op, exc)
-        raise
-    _end(op, None, result)
-    return result
+        if result is not None:
+            with _PUBLISH:
+                description = _returned(result)
+                if description is not None:  # the block's end then does nothing
+                    op.end(error_type=UNROUTABLE, description=description)
+        return result
 
 
 def publish(
@@ -192,23 +174,20 @@ def publish(
     context), and the awaitable returned is aio-pika's own coroutine when nothing is traced, else
     one coroutine that awaits it and ends the span: no second layer of wrapping.
     """
-    started = None
+    op = None
     try:
         if "publish" not in getattr(instance, "__dict__", ("publish",)):  # the class wrapper
             _shadow(instance)
-        started = _start(instance, args, kwargs)
+        op, args, kwargs = _start(instance, args, kwargs)
     except Exception as internal:
         _PUBLISH.report(internal)
-    if started is None:
-        return wrapped(*args, **kwargs)
-    op, args, kwargs = started
     if op is None:
         return wrapped(*args, **kwargs)
     try:
         sending = wrapped(*args, **kwargs)
-    except BaseException as exc:  # arguments aio-pika's publish rejects (TypeError)
-        _end(op, exc)
-        raise
+    except BaseException:  # arguments aio-pika's publish rejects (TypeError): ends the span
+        with op:
+            raise
     return _published(op, sending)
 
 

@@ -91,17 +91,9 @@ def settle(operation: str) -> Wrapper:
             guard.report(internal)
         if op is None:
             return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            with guard:
-                op.end(exc)
-            raise
-        try:
-            op.end(cause=_PROCESS_FAILURE.get())
-        except Exception as internal:
-            guard.report(internal)
-        return result
+        # inside ProcessContext.__aexit__, the exception that made it settle
+        with op.caused_by(_PROCESS_FAILURE.get()):
+            return await wrapped(*args, **kwargs)
 
     return wrapper
 

@@ -29,12 +29,12 @@ from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
-    BROKER_NACK,
     UNROUTABLE,
     Publish,
     capture_internal_exceptions,
     creation_span_context,
     extract_context,
+    publish_failure,
 )
 
 __all__ = ["forget_shadows", "wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
@@ -62,11 +62,16 @@ _RETURNED: Final = capture_internal_exceptions("kombu basic.return")
 try:  # kombu depends on amqp; the guard only keeps a broken install from breaking kombu
     from amqp.exceptions import MessageNacked as _MessageNacked
 except ImportError:  # pragma: no cover
-    _MessageNacked = None
+    _failure: Callable[[BaseException], str | None] = publish_failure()
+else:
+    _failure = publish_failure(broker_nack=_MessageNacked)
 
 
 class _Call:
-    """One publish in flight: its operation, the headers it was given, whether the broker returned it."""
+    """One publish in flight: its operation, the headers it was given, whether the broker returned it.
+
+    ``with call:`` ends the operation (if one was started by then) with the call's outcome.
+    """
 
     __slots__ = ("headers_in", "op", "producer", "returned")
 
@@ -75,6 +80,21 @@ class _Call:
         self.op = op
         self.headers_in = headers_in
         self.returned = False
+
+    def failure(self, exc: BaseException) -> str | None:
+        """``error.type`` of the publish that raised ``exc``."""
+        return UNROUTABLE if self.returned else _failure(exc)
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        op = self.op
+        if op is None:  # a retrying publish whose first attempt started nothing
+            return
+        if exc is None and self.returned:  # returned without failing the call (no confirm error)
+            op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
+        op.classified(self.failure).__exit__(exc_type, exc, tb)
 
 
 class _Local(threading.local):
@@ -96,26 +116,6 @@ def _producer_connection(producer: Any) -> Any:
     if channel is None or not hasattr(channel, "connection"):  # a ChannelPromise not yet resolved
         return None
     return connection_of_channel(channel)
-
-
-def _error_type(exc: BaseException | None, call: _Call | None) -> str | None:
-    if call is not None and call.returned:
-        return UNROUTABLE
-    if exc is not None and _MessageNacked is not None and isinstance(exc, _MessageNacked):
-        return BROKER_NACK
-    return None
-
-
-def _end(op: Publish, exc: BaseException | None, call: _Call | None) -> None:
-    """End the publish span with the call's outcome. Never raises."""
-    try:
-        error_type = _error_type(exc, call)
-        if error_type == UNROUTABLE and exc is None:
-            op.end(error_type=UNROUTABLE, description="returned by the broker: no queue is bound")
-        else:
-            op.end(exc, error_type=error_type)
-    except Exception as internal:
-        _PUBLISH.report(internal)
 
 
 _signatures: dict[Any, inspect.Signature] = {}
@@ -233,16 +233,10 @@ def wrap_publish(
     previous = _local.call
     _local.call = call
     try:
-        result = wrapped(*sent_args, **sent_kwargs)
-    except BaseException as exc:
+        with call:
+            return wrapped(*sent_args, **sent_kwargs)
+    finally:
         _local.call = previous
-        if call.op is not None:
-            _end(call.op, exc, call)
-        raise
-    _local.call = previous
-    if call.op is not None:
-        _end(call.op, None, call)
-    return result
 
 
 def _copy_headers(
@@ -335,22 +329,11 @@ def wrap_inner_publish(
         if watch is None:
             return wrapped(*args, **kwargs)
         return _call_watching_returns(wrapped, args, kwargs, watch)
-    try:
-        if watch is None:
-            result = wrapped(*args, **kwargs)
-        else:
-            result = _call_watching_returns(wrapped, args, kwargs, watch)
-    except BaseException as exc:
-        _end(op, exc, watch)
-        raise
-    if watch is None:  # the usual publish: nothing to classify
-        try:
-            op.end()
-        except Exception as internal:
-            _PUBLISH.report(internal)
-    else:
-        _end(op, None, watch)
-    return result
+    if watch is None:  # the usual publish
+        with op.classified(_failure):
+            return wrapped(*args, **kwargs)
+    with watch:
+        return _call_watching_returns(wrapped, args, kwargs, watch)
 
 
 def _call_watching_returns(

@@ -13,7 +13,7 @@ from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._consume import MESSAGE_ATTR, SKIPPED
-from otel_messaging_core import Consume, Settle, capture_internal_exceptions
+from otel_messaging_core import Consume, Settle, call_in, capture_internal_exceptions
 
 __all__ = ["wrap_ack", "wrap_reject", "wrap_requeue"]
 
@@ -70,10 +70,7 @@ def _settle(
         settle = _start(message, operation, requeue)
     except Exception as internal:
         _SETTLE.report(internal)
-    if settle is None:
-        return wrapped(*args, **kwargs)
-    with settle:
-        return wrapped(*args, **kwargs)
+    return call_in(settle, wrapped, args, kwargs)
 
 
 def wrap_ack(

@@ -36,6 +36,7 @@ from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
 from otel_messaging_core.instrumentor import MessagingInstrumentor
 from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
+from otel_messaging_core.operations import call_in, publish_failure
 from otel_messaging_core.options import (
     InstrumentationOptions,
     PluginOption,
@@ -84,6 +85,7 @@ __all__ = [
     "Wrapper",
     "__version__",
     "call_hook",
+    "call_in",
     "capture_internal_exceptions",
     "delivery_queue",
     "extract_context",
@@ -92,6 +94,7 @@ __all__ = [
     "is_suppressed",
     "log_internal_error",
     "message_context_of",
+    "publish_failure",
     "attach",
     "restore",
 ]

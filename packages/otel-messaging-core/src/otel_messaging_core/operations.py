@@ -17,7 +17,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from otel_messaging_core.attributes import ERROR_TYPE, Destination, error_type_of
+from otel_messaging_core.attributes import (
+    BROKER_NACK,
+    ERROR_TYPE,
+    UNROUTABLE,
+    Destination,
+    error_type_of,
+)
 from otel_messaging_core.consumer import attach, restore
 from otel_messaging_core.guard import log_internal_error
 from otel_messaging_core.metrics import MessagingMetrics
@@ -25,7 +31,16 @@ from otel_messaging_core.metrics import MessagingMetrics
 if TYPE_CHECKING:
     from otel_messaging_core.telemetry import MessagingTelemetry
 
-__all__ = ["Consume", "Delivery", "Publish", "Settle", "headers_to_send", "set_error"]
+__all__ = [
+    "Consume",
+    "Delivery",
+    "Publish",
+    "Settle",
+    "call_in",
+    "headers_to_send",
+    "publish_failure",
+    "set_error",
+]
 
 _SETTLE_ERROR: Final = "error"
 _Op = TypeVar("_Op", bound="_Operation")
@@ -54,7 +69,10 @@ class _Operation:
 
     ``with op:`` ends the operation when the block ends; an exception leaving the block ends it
     as ERROR (``error.type`` from :meth:`classified`, else the exception's qualified name) and goes
-    on unchanged. A failure of our own in ``__exit__`` is logged, never raised.
+    on unchanged. A failure of our own in ``__exit__`` is logged, never raised. An outcome known
+    only from the call's result (a returned message handed back as the result) is ended inside
+    the block, ``op.end(error_type=UNROUTABLE, description=...)``; the block's own end then does
+    nothing.
     """
 
     __slots__ = ("_start", "_telemetry", "_token", "classify", "destination", "span")
@@ -243,9 +261,10 @@ class Consume(_Operation):
 
 
 class Settle:
-    """One ack/nack/reject call; a span only when SPEC asks for one. ``with op:`` ends it."""
+    """One ack/nack/reject call; a span only when SPEC asks for one. ``with op:`` ends it;
+    ``with op.caused_by(exc):`` ends it as :meth:`end` with ``cause`` does when the call succeeds."""
 
-    __slots__ = ("_error_type", "_metric_attributes", "_start", "_telemetry", "span")
+    __slots__ = ("_cause", "_error_type", "_metric_attributes", "_start", "_telemetry", "span")
 
     def __init__(
         self,
@@ -258,6 +277,7 @@ class Settle:
         self.span = span
         self._metric_attributes = metric_attributes
         self._error_type = error_type
+        self._cause: BaseException | None = None
         self._start = perf_counter()
 
     @classmethod
@@ -292,14 +312,53 @@ class Settle:
         except Exception as internal:  # pragma: no cover - defensive
             log_internal_error("settle end", internal)
 
+    def caused_by(self, cause: BaseException | None) -> Settle:
+        """Give :meth:`end` at the ``with`` block's end ``cause`` (see there)."""
+        self._cause = cause
+        return self
+
     def __enter__(self) -> Settle:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            self.end(exc)
+            self.end(exc, cause=self._cause)
         except Exception as internal:  # a broken end() never replaces the user's outcome
             log_internal_error("settle end", internal)
+
+
+def publish_failure(
+    *,
+    unroutable: type[BaseException] | tuple[type[BaseException], ...] = (),
+    broker_nack: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> Callable[[BaseException], str | None]:
+    """The ``classify`` of a client's publish (:meth:`Publish.classified`): ``unroutable`` for the
+    exception a mandatory message the broker returned raises, ``broker_nack`` for a broker's
+    ``basic.nack`` (checked in that order: a client may derive one from the other), else ``None``
+    (the exception's qualified name)."""
+
+    def classify(exc: BaseException) -> str | None:
+        if isinstance(exc, unroutable):
+            return UNROUTABLE
+        if isinstance(exc, broker_nack):
+            return BROKER_NACK
+        return None
+
+    return classify
+
+
+def call_in(
+    op: _Operation | Settle | None,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``wrapped(*args, **kwargs)`` inside ``with op:``, or as it is when ``op`` is ``None``
+    (nothing traced): the tail of every wrapper. The call's exception reaches the caller unchanged."""
+    if op is None:
+        return wrapped(*args, **kwargs)
+    with op:
+        return wrapped(*args, **kwargs)
 
 
 def headers_to_send(

@@ -25,8 +25,7 @@ Instrument
     PikaInstrumentor().instrument()          # before or after connections are opened
 
 Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
-``otel_pika``; options then come from the ``OTEL_PYTHON_RABBITMQ_*`` variables below, and
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_pika`` turns it off).
+``otel_pika``).
 
 ``instrument()`` patches pika's classes, so channels that already exist are covered too, and
 so are consumers registered before it. Called again with options while instrumented (as when your
@@ -45,18 +44,10 @@ To instrument a single channel without touching pika's classes:
 Options
 -------
 
-``instrument()`` and ``instrument_channel()`` take the keywords every plugin takes (see
-:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
-``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
-``capture_headers_max_length`` and ``baggage_attributes``; under ``opentelemetry-instrument``
-the ``OTEL_PYTHON_RABBITMQ_*`` variables give them. A wrong keyword or value in code is a
-``TypeError``/``ValueError`` at once; a bad variable is logged once at ERROR and its default used,
-so tracing goes on.
-
-A hook is called as ``hook(span, envelope)`` for recording spans only, right after the span
-starts; for pika, ``envelope.raw`` is the message's ``pika.spec.BasicProperties`` and, on publish,
-``envelope.headers`` the headers actually sent. A hook that raises is logged once and never breaks
-the publish or the handler.
+``instrument()`` and ``instrument_channel()`` take the keywords (and, under
+``opentelemetry-instrument``, the environment variables) every plugin takes, listed with their
+checks in :doc:`configuration`. In a hook's envelope, pika's ``envelope.raw`` is the message's
+``pika.spec.BasicProperties`` and, on publish, ``envelope.headers`` the headers actually sent.
 
 Spans
 -----
@@ -96,16 +87,8 @@ Spans
      - PRODUCER
      - child of the publish span of that message
 
-Attributes (set when the span starts, so samplers see them): ``messaging.system=rabbitmq``,
-``messaging.operation.name`` (publish, process, receive, ack, nack, reject),
-``messaging.operation.type`` (send, process, receive, settle), ``messaging.destination.name``
-(publish: ``{exchange}:{routing_key}``; consume and settle: ``{exchange}:{routing_key}:{queue}``,
-empty parts dropped, a routing key equal to the queue kept once),
-``messaging.rabbitmq.destination.routing_key``, ``messaging.rabbitmq.message.delivery_tag``,
-``messaging.message.id``, ``messaging.message.conversation_id`` (the correlation id),
-``messaging.message.body.size``, ``server.address`` (the host of the connection parameters,
-never credentials), ``server.port``; ``messaging.destination.anonymous=true`` and the name
-``amq.gen`` for server-named queues.
+The attributes (set when the span starts, so samplers see them; ``server.address`` is the host
+of the connection parameters) and the metrics are those of every plugin: :doc:`reference`.
 
 Failures set status ERROR, record the exception and set ``error.type``; the original exception
 reaches the caller unchanged (same object). Where the instrumentation adds nothing to a message
@@ -129,15 +112,6 @@ Pulled messages
     if method is not None:
         with message_context(properties):
             handle(body)              # its spans join the order's trace
-
-Metrics
--------
-
-Meter ``otel_pika``: ``messaging.client.sent.messages``, ``messaging.client.consumed.messages``,
-``messaging.client.operation.duration`` (publish, receive, settle) and
-``messaging.process.duration``, with ``messaging.system``, ``messaging.operation.name``,
-``messaging.destination.name`` (server-named queues as ``amq.gen``), ``server.address``,
-``server.port`` and ``error.type`` on failure.
 
 Limits
 ------
@@ -172,7 +146,8 @@ twice; ``uninstrument()`` does not switch it back on. Channels opened while the 
 instrumentor alone was active keep its per-channel patches until they close, and
 ``instrument_channel()`` does not turn it off. Hooks change signature: contrib calls
 ``hook(span, body, properties)``, this package ``hook(span, envelope)`` with ``envelope.body``
-and ``envelope.raw`` (the properties). Dashboards and queries need these renames:
+and ``envelope.raw`` (the properties). Dashboards and queries need the renames every contrib
+package needs (:doc:`migration`: attributes, the consumer span's link) and these:
 
 .. list-table::
    :header-rows: 1
@@ -188,18 +163,6 @@ and ``envelope.raw`` (the properties). Dashboards and queries need these renames
    * - ``messaging.destination`` (exchange, or routing key on the default exchange)
      - ``messaging.destination.name`` (``exchange:routing_key[:queue]``) and
        ``messaging.rabbitmq.destination.routing_key``
-   * - ``messaging.temp_destination=true`` (on every publish)
-     - none; ``messaging.destination.anonymous=true`` only for server-named queues
-   * - ``messaging.operation=receive``
-     - ``messaging.operation.name`` and ``messaging.operation.type``
-   * - ``messaging.conversation_id``
-     - ``messaging.message.conversation_id``
-   * - ``messaging.message.id``
-     - ``messaging.message.id`` (unchanged)
-   * - ``net.peer.name``, ``net.peer.port``
-     - ``server.address``, ``server.port``
-   * - consumer span: child of the producer, no link
-     - child of the producer and linked to it (or linked only, ``consumer_context="link"``)
    * - no metrics
      - the four ``messaging.*`` metrics above
 """

@@ -13,32 +13,31 @@ from typing import Any, Callable, Final
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import (
-    BROKER_NACK,
-    UNROUTABLE,
-    Publish,
-    Wrapper,
-    capture_internal_exceptions,
-)
-from otel_pika._state import ChannelState, bypass_if_blocking
+from otel_messaging_core import Publish, Wrapper, capture_internal_exceptions, publish_failure
+from otel_pika._state import ChannelState
+from otel_pika._traced import Resolver, traced
 
 __all__ = ["blocking_publish", "channel_publish", "returned"]
 
-Resolver = Callable[[Any], "ChannelState | None"]
-
 _PUBLISH: Final = capture_internal_exceptions("pika publish")
 _RETURNED: Final = capture_internal_exceptions("pika returned message")
+# error.type of a blocking publish that raised: the broker's answer when it is one
+_failure: Final = publish_failure(unroutable=UnroutableError, broker_nack=NackError)
 
 
 def _start(
-    state: ChannelState, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]] | None:
-    """The publish span (``None`` on the unsampled fast path: no span, nothing to count), and
-    the call's arguments with a copy of the properties carrying context (the caller's own
-    arguments when nothing was added to the message)."""
+    state: ChannelState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    classify: Callable[[BaseException], str | None] | None = None,
+) -> tuple[Publish | None, tuple[Any, ...], dict[str, Any]]:
+    """The publish span (``None`` when nothing is traced, and on the unsampled fast path: no span,
+    nothing to count), ``classify`` giving its exceptions' ``error.type``, and the call's arguments
+    with a copy of the properties carrying context (the caller's own arguments when nothing was
+    added to the message)."""
     telemetry = state.telemetry
     if telemetry is None:
-        return None
+        return None, args, kwargs
     count = len(args)
     properties = args[3] if count > 3 else kwargs.get("properties")
     headers = None if properties is None else properties.headers
@@ -50,7 +49,7 @@ def _start(
         routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
         body = args[2] if count > 2 else kwargs.get("body")
         if type(exchange) is not str or type(routing_key) is not str:
-            return None  # pika rejects it; let it say so
+            return None, args, kwargs  # pika rejects it; let it say so
         if type(body) is not bytes:
             # pika accepts str (sent as UTF-8); anything else it rejects itself
             body = body.encode("utf-8") if type(body) is str else None
@@ -66,6 +65,8 @@ def _start(
                 body=body,
                 raw=properties,
             )
+        if classify is not None:
+            op.classified(classify)
         sent = op.headers
     if sent is headers:
         return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
@@ -94,65 +95,12 @@ def _with_headers(properties: Any, headers: Any) -> Any:
     return sent
 
 
-def channel_publish(resolve: Resolver) -> Wrapper:
-    """``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)."""
-
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        started = None
-        try:
-            state = resolve(instance)
-            # a BlockingChannel's publish made the span
-            if state is not None and not state.blocking:
-                started = _start(state, args, kwargs)
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        if started is None:
-            with _PUBLISH:  # a BlockingChannel's: its next publishes skip this wrapper
-                bypass_if_blocking(instance, "basic_publish")
-            return wrapped(*args, **kwargs)
-        op, args, kwargs = started
-        if op is None:
-            return wrapped(*args, **kwargs)
-        with op:
-            return wrapped(*args, **kwargs)
-
-    return wrapper
-
-
-def _failure(exc: BaseException) -> str | None:
-    """``error.type`` of a blocking publish that raised: the broker's answer when it is one."""
-    if isinstance(exc, UnroutableError):
-        return UNROUTABLE
-    if isinstance(exc, NackError):
-        return BROKER_NACK
-    return None
-
-
-def blocking_publish(resolve: Resolver) -> Wrapper:
-    """``BlockingChannel.basic_publish``, including the wait for a publisher confirm."""
-
-    def wrapper(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        started = None
-        try:
-            state = resolve(instance._impl)
-            if state is not None:
-                state.blocking = True  # pika drops the link to us when the channel closes: keep it
-                started = _start(state, args, kwargs)
-        except Exception as internal:
-            _PUBLISH.report(internal)
-        if started is None:
-            return wrapped(*args, **kwargs)
-        op, args, kwargs = started
-        if op is None:
-            return wrapped(*args, **kwargs)
-        with op.classified(_failure):
-            return wrapped(*args, **kwargs)
-
-    return wrapper
+#: ``Channel.basic_publish`` (SelectConnection, AsyncioConnection and the other adapters)
+channel_publish: Final = traced(
+    _start, None, where="pika publish", blocking=False, bypass="basic_publish"
+)
+#: ``BlockingChannel.basic_publish``, including the wait for a publisher confirm
+blocking_publish: Final = traced(_start, _failure, where="pika publish", blocking=True)
 
 
 def _record_return(state: ChannelState, instance: Any, args: tuple[Any, ...]) -> None:

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions
+from otel_messaging_core import Settle, Wrapper
 from otel_pika._state import ChannelState
+from otel_pika._traced import Resolver, traced
 
 __all__ = ["settle"]
 
-Resolver = Callable[[Any], "ChannelState | None"]
-
 
 def _start(
-    state: ChannelState, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Settle | None:
+    state: ChannelState, args: tuple[Any, ...], kwargs: dict[str, Any], operation: str
+) -> tuple[Settle | None, tuple[Any, ...], dict[str, Any]]:
     telemetry = state.telemetry
     if telemetry is None:
-        return None
+        return None, args, kwargs
     count = len(args)
     tag = args[0] if count > 0 else kwargs.get("delivery_tag")
     if operation == "reject":
@@ -44,41 +43,16 @@ def _start(
         # A message we did not see delivered (consumed before instrumentation) is still
         # dropped or dead-lettered here: that must not be silent.
         fallback = state.destinations.get("process", "", "", "")
-    return telemetry.start_settle(
+    op = telemetry.start_settle(
         operation,
         deliveries,
         requeue=requeue,
         delivery_tag=tag or None,
         fallback=fallback,
     )
+    return op, args, kwargs
 
 
 def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
     """A wrapper factory for ``basic_{operation}`` of ``BlockingChannel`` or ``Channel``."""
-    guard = capture_internal_exceptions(f"pika {operation}")
-
-    def factory(resolve: Resolver) -> Wrapper:
-        def wrapper(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            op = None
-            try:
-                state = resolve(instance._impl if blocking else instance)
-                if state is not None:
-                    if blocking:
-                        state.blocking = True
-                    if blocking or not state.blocking:  # a BlockingChannel's settle traces
-                        op = _start(state, operation, args, kwargs)
-            except Exception as internal:
-                guard.report(internal)
-            if op is None:
-                return wrapped(*args, **kwargs)
-            with op:
-                return wrapped(*args, **kwargs)
-
-        return wrapper
-
-    return factory
+    return traced(_start, operation, where=f"pika {operation}", blocking=blocking)
