@@ -342,6 +342,10 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
         ``error.type=rejected``: it is how a message gets dropped or dead-lettered.
         """
         try:
+            # The fast path of the usual settle (an ack, or a requeue, without settle spans and
+            # with no MeterProvider): nothing to record, whatever the message's trace.
+            if (requeue or operation == "ack") and not self._settle_spans and self.metrics.idle:
+                return Settle.noop()
             if is_suppressed():
                 return Settle.noop()
             known = [d for d in deliveries if d is not None]
