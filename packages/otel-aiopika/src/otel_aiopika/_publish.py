@@ -21,7 +21,13 @@ import aiormq
 from aio_pika.message import Message
 
 from otel_aiopika._state import registry, resolve
-from otel_messaging_core import BROKER_NACK, UNROUTABLE, Publish, capture_internal_exceptions
+from otel_messaging_core import (
+    BROKER_NACK,
+    UNROUTABLE,
+    Publish,
+    capture_internal_exceptions,
+    records_nothing,
+)
 
 __all__ = ["forget_shadows", "headers_of", "publish", "with_headers"]
 
@@ -140,6 +146,8 @@ def _start(
             raw=message,
         )
         sent = op.headers
+        if records_nothing(op):  # a trace its sampler did not sample, nothing to count
+            op = None  # aio-pika's own coroutine is returned, no awaitable of ours
     if sent is not headers:
         try:
             view = with_headers(message, sent)

@@ -19,6 +19,7 @@ from otel_messaging_core import (
     Publish,
     Wrapper,
     capture_internal_exceptions,
+    records_nothing,
 )
 from otel_pika._state import ChannelState, bypass_if_blocking
 
@@ -67,6 +68,8 @@ def _start(
                 raw=properties,
             )
         sent = op.headers
+        if records_nothing(op):  # a trace its sampler did not sample, nothing to count
+            op = None
     if sent is headers:
         return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
     try:
