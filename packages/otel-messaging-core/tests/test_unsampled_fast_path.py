@@ -195,3 +195,24 @@ def test_settle_with_nothing_to_record_starts_nothing(otel: Recorder) -> None:
     counted.start_settle("ack", [None], fallback=destination).end()
     assert [value for _, value in otel.points("messaging.client.operation.duration")] == [1]
     assert [s.name for s in otel.spans()] == ["reject orders.q", "ack orders.q"]
+
+
+def test_a_publish_records_nothing_only_when_its_end_has_nothing_to_do(otel: Recorder) -> None:
+    """A publish that starts a trace its sampler does not sample, with no MeterProvider, ends
+    with nothing to record (a plugin may drop it); sampled, counted or inside a not-sampled
+    parent with a MeterProvider, it has something to end."""
+    from otel_messaging_core import records_nothing
+
+    def started(telemetry: MessagingTelemetry) -> Any:
+        destination = telemetry.destinations().get("publish", "orders", "created")
+        return telemetry.start_publish(destination, None)
+
+    never = make(ParentBased(TraceIdRatioBased(0)))
+    op = started(never)
+    assert records_nothing(op)
+    assert op.headers is not None
+    assert not int(op.headers["traceparent"][-2:], 16) & 1  # not sampled
+    assert not records_nothing(started(make(ParentBased(ALWAYS_ON))))
+    counted = make(ParentBased(TraceIdRatioBased(0)), meter_provider=otel.meter_provider)
+    assert not records_nothing(started(counted))
+    assert not records_nothing(in_context(parent_context(), started, counted))
