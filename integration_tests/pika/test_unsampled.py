@@ -78,20 +78,21 @@ def test_blocking_channel_skips_the_pass_through_wrappers_until_uninstrument(
     queue: str,
 ) -> None:
     """A BlockingChannel's underlying channel bypasses the class wrappers that only pass through
-    for it, still with one span per publish and per delivery; uninstrument() takes the bypass
+    for it (publish, delivery, ack), still with one span per publish and per delivery; uninstrument() takes the bypass
     back, so the channel object is as pika made it."""
     instrumentor = instrument()
     channel.basic_publish("", queue, b"x")
     channel.basic_publish("", queue, b"y")
 
     def on_message(ch: BlockingChannel, method: Any, *_: Any) -> None:
+        ch.basic_ack(method.delivery_tag)
         if method.delivery_tag == 2:
             ch.stop_consuming()
 
-    channel.basic_consume(queue, on_message, auto_ack=True)
+    channel.basic_consume(queue, on_message)
     channel.start_consuming()
     impl = channel._impl
-    assert {"basic_publish", "_on_deliver"} <= set(vars(impl))
+    assert {"basic_publish", "_on_deliver", "basic_ack"} <= set(vars(impl))
     assert [s.name for s in otel.spans()] == [
         "publish amq.default",
         "publish amq.default",
@@ -99,7 +100,7 @@ def test_blocking_channel_skips_the_pass_through_wrappers_until_uninstrument(
         f"process {queue}",
     ]
     instrumentor.uninstrument()
-    assert not {"basic_publish", "_on_deliver"} & set(vars(impl))
+    assert not {"basic_publish", "_on_deliver", "basic_ack"} & set(vars(impl))
     otel.clear()
     channel.basic_publish("", queue, b"z")
     assert channel.basic_get(queue, auto_ack=True)[2] == b"z"

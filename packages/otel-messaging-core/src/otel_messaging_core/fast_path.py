@@ -16,7 +16,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
 from otel_messaging_core._private_api import REAL_INSTRUMENT, SPAN_KEY, SUPPRESS_KEY, get_current
 from otel_messaging_core.attributes import Destination
 from otel_messaging_core.guard import log_internal_error
-from otel_messaging_core.operations import Consume, Delivery, Publish, headers_to_send
+from otel_messaging_core.operations import Consume, Delivery, Publish, Settle, headers_to_send
 from otel_messaging_core.propagation import extract_context, fast_extract, inject_span
 
 __all__ = ["UnsampledFastPath", "records_nothing"]
@@ -24,12 +24,13 @@ __all__ = ["UnsampledFastPath", "records_nothing"]
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
 
 
-def records_nothing(op: Publish) -> bool:
+def records_nothing(op: Publish | Settle) -> bool:
     """True for a publish whose ``end()`` records nothing: above all one that started a trace
     its sampler did not sample while no MeterProvider is set
-    (:meth:`~otel_messaging_core.telemetry.MessagingTelemetry.start_publish`). A plugin can then
-    send ``op.headers`` and drop the operation (no ``with`` block, no awaitable of its own),
-    unless it matches returned messages to the operation's span."""
+    (:meth:`~otel_messaging_core.telemetry.MessagingTelemetry.start_publish`), or a settle with
+    no span and no MeterProvider (an ack without ``settle_spans``). A plugin can then send
+    ``op.headers`` and drop the operation (no ``with`` block, no awaitable of its own), unless it
+    matches returned messages to the operation's span."""
     return op._telemetry is None
 
 

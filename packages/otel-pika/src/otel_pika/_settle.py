@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions
-from otel_pika._state import ChannelState
+from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions, records_nothing
+from otel_pika._state import ChannelState, bypass_if_blocking
 
 __all__ = ["settle"]
 
@@ -44,13 +44,14 @@ def _start(
         # A message we did not see delivered (consumed before instrumentation) is still
         # dropped or dead-lettered here: that must not be silent.
         fallback = state.destinations.get("process", "", "", "")
-    return telemetry.start_settle(
+    op = telemetry.start_settle(
         operation,
         deliveries,
         requeue=requeue,
         delivery_tag=tag or None,
         fallback=fallback,
     )
+    return None if records_nothing(op) else op  # the usual ack: nothing to end
 
 
 def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
@@ -72,6 +73,8 @@ def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
                         state.blocking = True
                     if blocking or not state.blocking:  # a BlockingChannel's settle traces
                         op = _start(state, operation, args, kwargs)
+                    else:  # a BlockingChannel's: its next settles skip this wrapper
+                        bypass_if_blocking(instance, f"basic_{operation}")
             except Exception as internal:
                 guard.report(internal)
             if op is None:

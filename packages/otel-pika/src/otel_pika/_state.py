@@ -200,10 +200,10 @@ def own_state(impl: Any) -> ChannelState | None:
 #: Class-level wrappers of ``pika.channel.Channel`` that only pass through on a ``BlockingChannel``'s
 #: underlying channel (the ``BlockingChannel``'s own wrappers make those spans): a publish and every
 #: delivery would pay a wrapt dispatch for nothing (11k instructions each; docs/benchmarks.md).
-BYPASSED: Final = ("basic_publish", "_on_deliver")
+BYPASSED: Final = ("basic_publish", "_on_deliver", "basic_ack", "basic_nack", "basic_reject")
 # underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
 _bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
-_OURS: Final = ("otel_pika._publish", "otel_pika._consume")
+_OURS: Final = ("otel_pika._publish", "otel_pika._consume", "otel_pika._settle")
 
 
 def bypass_if_blocking(impl: Any, name: str) -> None:
