@@ -78,8 +78,8 @@ def test_blocking_channel_skips_the_pass_through_wrappers_until_uninstrument(
     queue: str,
 ) -> None:
     """A BlockingChannel's underlying channel bypasses the class wrappers that only pass through
-    for it (publish, delivery, ack), still with one span per publish and per delivery; uninstrument() takes the bypass
-    back, so the channel object is as pika made it."""
+    for it (publish, delivery, ack), still with one span per publish and per delivery;
+    uninstrument() takes the bypass back, so the channel object is as pika made it."""
     instrumentor = instrument()
     channel.basic_publish("", queue, b"x")
     channel.basic_publish("", queue, b"y")
