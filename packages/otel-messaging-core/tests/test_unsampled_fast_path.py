@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from broker_harness import Recorder
+from otel_messaging_core import records_nothing
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.telemetry import MessagingTelemetry
 
@@ -183,16 +184,21 @@ def test_settle_with_nothing_to_record_starts_nothing(otel: Recorder) -> None:
     for operation, requeue in (("ack", True), ("nack", True), ("reject", True)):
         op = telemetry.start_settle(operation, [None], requeue=requeue, fallback=destination)
         assert op.span is None
+        assert records_nothing(op)  # a plugin skips its with block
         op.end()
     lost = telemetry.start_settle("reject", [None], requeue=False, fallback=destination)
     assert lost.span is not None
+    assert not records_nothing(lost)
     lost.end()
     spans = make(tracer_provider=otel.tracer_provider, settle_spans=True)
     with_span = spans.start_settle("ack", [None], fallback=destination)
     assert with_span.span is not None
+    assert not records_nothing(with_span)
     with_span.end()
     counted = make(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
-    counted.start_settle("ack", [None], fallback=destination).end()
+    counted_ack = counted.start_settle("ack", [None], fallback=destination)
+    assert not records_nothing(counted_ack)
+    counted_ack.end()
     assert [value for _, value in otel.points("messaging.client.operation.duration")] == [1]
     assert [s.name for s in otel.spans()] == ["reject orders.q", "ack orders.q"]
 
@@ -201,7 +207,6 @@ def test_a_publish_records_nothing_only_when_its_end_has_nothing_to_do(otel: Rec
     """A publish that starts a trace its sampler does not sample, with no MeterProvider, ends
     with nothing to record (a plugin may drop it); sampled, counted or inside a not-sampled
     parent with a MeterProvider, it has something to end."""
-    from otel_messaging_core import records_nothing
 
     def started(telemetry: MessagingTelemetry) -> Any:
         destination = telemetry.destinations().get("publish", "orders", "created")
