@@ -28,6 +28,7 @@ Variants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -215,7 +216,7 @@ class Minimum:
 @dataclass
 class Spec:
     lib: str  # pika | aiopika | kombu
-    path: str  # publish | consume | pull
+    path: str  # publish | consume | consume_ack | pull
     variant: str
     messages: int
     warmup: int
@@ -762,6 +763,9 @@ def run(spec: Spec) -> dict[str, Any]:
             "cpu_seconds": took.cpu,
             "rate": spec.messages / took.wall,
         }
+    path = spec.path
+    if path == "consume_ack":  # push consume with manual acks (the ledger keeps each delivery)
+        spec = dataclasses.replace(spec, path="consume", manual_ack=True)
     sample = Sampler(spec)
     queue = spec.queue
     if spec.path != "publish" and not queue:
@@ -795,7 +799,7 @@ def run(spec: Spec) -> dict[str, Any]:
             delete_queue(spec, queue)
     result: dict[str, Any] = {
         "lib": spec.lib,
-        "path": spec.path,
+        "path": path,
         "variant": spec.variant,
         "messages": spec.messages,
         "seconds": took.wall,

@@ -14,29 +14,31 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, Instrument
 from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
+from integration_tests.unsampled_cases import (
+    BAGGAGE,
+    PATHS,
+    SPAN_ID,
+    TRACE_ID,
+    TRACEPARENT,
+    HookCalls,
+    handler_view,
+    links_of,
+    take_path,
+    unsampled_parent,
+)
+from otel_aiopika import message_context
+from otel_aiopika._state import deliveries_of, message_channel
 
-TRACE_ID = 0x5EED
-SPAN_ID = 0xF00D
-TRACEPARENT = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00"
 
-
-def unsampled_parent() -> otel_context.Context:
-    span = NonRecordingSpan(
-        SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=TraceFlags(0))
-    )
-    return baggage.set_baggage("order.id", "17", trace.set_span_in_context(span))
-
-
-async def publish_unsampled(channel: AbstractChannel, queue: AbstractQueue) -> None:
+async def publish_unsampled(channel: AbstractChannel, queue: AbstractQueue, count: int = 2) -> None:
     headers = {"x-app": "shop"}
     token = otel_context.attach(unsampled_parent())
     try:
-        for n in (0, 1):
+        for n in range(count):
             message = aio_pika.Message(b"order-%d" % n, headers=headers)
             await channel.default_exchange.publish(message, queue.name)
             assert message.headers == {"x-app": "shop"}
@@ -82,9 +84,7 @@ async def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     queue = await channel.declare_queue(unique("q"), exclusive=True)
     await publish_unsampled(channel, queue)
     seen = await consume_no_ack(queue)
-    assert seen == [
-        (b"order-%d" % n, TRACEPARENT, "order.id=17", TRACE_ID, False, "17") for n in (0, 1)
-    ]
+    assert seen == [(b"order-%d" % n, TRACEPARENT, BAGGAGE, TRACE_ID, False, "17") for n in (0, 1)]
     assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
     assert otel.spans() == []
 
@@ -112,3 +112,87 @@ async def test_a_broken_fast_path_never_reaches_the_user(
     assert [entry[0] for entry in seen] == [b"order-0", b"order-1"]
     assert fault_logged(caplog, step)
     assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", PATHS)
+async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
+    path: str,
+    instrument: Instrument,
+    otel: Recorder,
+    connect: Connect,
+    unique: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider) runs
+    each callback in that trace with its baggage (message_context() too), hooks never run, and
+    every ack settles its delivery: one inside the callback, then ack(multiple=True) outside it
+    for the other two, whose settle span (settle_spans=True; a new trace, so the sampler keeps
+    it) links both producers and names the queue. Nothing else is recorded; nothing redelivered.
+    The fast path and the general path give the same."""
+    general = take_path(monkeypatch, path)
+    hooks = HookCalls()
+    instrument(meter_provider=None, settle_spans=True, **hooks.options())
+    channel = await (await connect()).channel()
+    queue = await channel.declare_queue(unique("q"), exclusive=True)
+    await publish_unsampled(channel, queue, 3)
+    seen: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        with message_context(message):
+            in_block = handler_view()
+        if message.body == b"order-0":
+            await message.ack()
+        seen.put_nowait((message, message.headers.get("traceparent"), handler_view(), in_block))
+
+    tag = await queue.consume(on_message)
+    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(3)]
+    await queue.cancel(tag)
+    view = (TRACE_ID, False, "17")
+    assert [entry[1:] for entry in got] == [(TRACEPARENT, view, view)] * 3
+    messages = sorted((entry[0] for entry in got), key=lambda m: m.delivery_tag or 0)
+    records = deliveries_of(message_channel(messages[0]), create=False)
+    assert records is not None
+    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    await messages[2].ack(multiple=True)
+    assert records.records == {}
+    (ack,) = otel.spans()
+    assert ack.name == f"ack {queue.name}"
+    assert ack.parent is None
+    assert links_of(ack) == [(TRACE_ID, SPAN_ID)] * 2
+    assert ack.attributes is not None
+    assert ack.attributes["messaging.batch.message_count"] == 2
+    assert await queue.get(no_ack=True, fail=False) is None  # all settled
+    assert hooks.calls == []
+    assert general == ([] if path == "fast" else ["start_consume"] * 3)
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+
+
+@pytest.mark.asyncio
+async def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
+    instrument: Instrument, otel: Recorder, connect: Connect, unique: Callable[[str], str]
+) -> None:
+    """With a MeterProvider, not-sampled messages of a manual-ack consumer are still counted:
+    each delivery's process duration and each ack's settle duration, with no span."""
+    instrument()
+    channel = await (await connect()).channel()
+    queue = await channel.declare_queue(unique("q"), exclusive=True)
+    await publish_unsampled(channel, queue, 3)
+    done: asyncio.Queue[None] = asyncio.Queue()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        done.put_nowait(None)
+
+    tag = await queue.consume(on_message)
+    for _ in range(3):
+        await asyncio.wait_for(done.get(), 15)
+    await queue.cancel(tag)
+    assert [value for _, value in otel.points("messaging.process.duration")] == [3]
+    settles = [
+        value
+        for attributes, value in otel.points("messaging.client.operation.duration")
+        if attributes.get("messaging.operation.name") == "ack"
+    ]
+    assert settles == [3]
+    assert otel.spans() == []

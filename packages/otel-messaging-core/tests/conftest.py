@@ -8,8 +8,9 @@ suppressed for every property test here; the properties and their example counts
 
 from __future__ import annotations
 
-from broker_harness.pytest_plugin import otel
 from hypothesis import HealthCheck, settings
+
+from broker_harness.pytest_plugin import otel
 
 __all__ = ["otel"]
 

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from broker_harness import Recorder
+from otel_messaging_core import records_nothing
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.telemetry import MessagingTelemetry
 
@@ -129,3 +130,94 @@ def test_consume_fast_path_steps_aside_when_a_span_or_a_metric_is_due(otel: Reco
     assert make(meter_provider=otel.meter_provider).unsampled_consume(headers) is None
     with suppress_instrumentation():
         assert telemetry.unsampled_consume(headers) is None
+
+
+def general_delivery(telemetry: MessagingTelemetry, headers: Any, tag: int) -> Any:
+    destination = telemetry.destinations().get("process", "orders", "created", "orders.q")
+    op = telemetry.start_consume(destination, headers, delivery_tag=tag, track_delivery=True)
+    op.end()
+    return op
+
+
+@pytest.mark.parametrize(
+    "headers", [{"traceparent": UNSAMPLED}, {"traceparent": UNSAMPLED, "baggage": "order.id=17"}]
+)
+def test_manual_ack_record_is_the_general_paths(headers: Any) -> None:
+    """A manual-ack delivery on the fast path keeps the settle record start_consume keeps for a
+    not-sampled message (destination, tag, producer link, parent), so its ack/nack/reject
+    settles the same; the kept operation (kombu) has the same context and records nothing."""
+    telemetry = make(baggage_attributes=["order.id"])
+    context = telemetry.unsampled_consume(headers)
+    assert context is not None
+    destination = telemetry.destinations().get("process", "orders", "created", "orders.q")
+    fast = telemetry.unsampled_delivery(context, destination, 7)
+    general = general_delivery(telemetry, headers, 7)
+    assert not general.has_span
+    expected = general.delivery
+    assert (
+        fast.destination,
+        fast.delivery_tag,
+        fast.creation,
+        fast.span_context,
+        fast.baggage,
+    ) == (
+        expected.destination,
+        expected.delivery_tag,
+        expected.creation,
+        expected.span_context,
+        expected.baggage,
+    )
+    tracked = telemetry.unsampled_tracked(context, destination, 7)
+    assert tracked.context is context
+    assert not tracked.has_span
+    assert tracked.delivery is not None
+    assert tracked.delivery.span_context == expected.span_context
+    tracked.end()  # nothing to end, nothing to count
+
+
+def test_settle_with_nothing_to_record_starts_nothing(otel: Recorder) -> None:
+    """An ack, or a requeue, without settle spans and without a MeterProvider records nothing
+    (whatever the message's trace), so it starts nothing; a settle that drops the message, a
+    settle span or a MeterProvider still take the general path."""
+    telemetry = make(tracer_provider=otel.tracer_provider)
+    destination = telemetry.destinations().get("process", "orders", "created", "orders.q")
+    for operation, requeue in (("ack", True), ("nack", True), ("reject", True)):
+        op = telemetry.start_settle(operation, [None], requeue=requeue, fallback=destination)
+        assert op.span is None
+        assert records_nothing(op)  # a plugin skips its with block
+        op.end()
+    lost = telemetry.start_settle("reject", [None], requeue=False, fallback=destination)
+    assert lost.span is not None
+    assert not records_nothing(lost)
+    lost.end()
+    spans = make(tracer_provider=otel.tracer_provider, settle_spans=True)
+    with_span = spans.start_settle("ack", [None], fallback=destination)
+    assert with_span.span is not None
+    assert not records_nothing(with_span)
+    with_span.end()
+    counted = make(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    counted_ack = counted.start_settle("ack", [None], fallback=destination)
+    assert not records_nothing(counted_ack)
+    counted_ack.end()
+    assert [value for _, value in otel.points("messaging.client.operation.duration")] == [1]
+    assert [s.name for s in otel.spans()] == ["reject orders.q", "ack orders.q"]
+
+
+def test_a_publish_records_nothing_only_when_its_end_has_nothing_to_do(otel: Recorder) -> None:
+    """A publish that starts a trace its sampler does not sample, with no MeterProvider, ends
+    with nothing to record (a plugin may drop it); sampled, counted or inside a not-sampled
+    parent with a MeterProvider, it has something to end."""
+
+    def started(telemetry: MessagingTelemetry) -> Any:
+        destination = telemetry.destinations().get("publish", "orders", "created")
+        return telemetry.start_publish(destination, None)
+
+    never = make(ParentBased(TraceIdRatioBased(0)))
+    op = started(never)
+    assert records_nothing(op)
+    assert op.headers is not None
+    assert not int(op.headers["traceparent"][-2:], 16) & 1  # not sampled
+    assert not records_nothing(started(make(ParentBased(ALWAYS_ON))))
+    counted = make(ParentBased(TraceIdRatioBased(0)), meter_provider=otel.meter_provider)
+    assert not records_nothing(started(counted))
+    assert not records_nothing(in_context(parent_context(), started, counted))

@@ -123,13 +123,26 @@ def _begin(
     return op
 
 
-def _unsampled(state: OwnerState, message: Any, manual_ack: bool) -> Context | None:
+def _unsampled(state: OwnerState, message: Any, queue: str, manual_ack: bool) -> Context | None:
     """The unsampled fast path of a pushed message, decided first: the context its handler runs
-    in when no span is made and nothing is counted (docs/architecture.md), else ``None``."""
+    in when no span is made and nothing is counted (docs/architecture.md), else ``None``. A
+    manual-ack message's settle record is kept for its channel, as on the general path."""
     telemetry = state.telemetry
-    if manual_ack or telemetry is None:  # a manual ack's settle needs the general path's record
+    if telemetry is None:
         return None
-    return telemetry.unsampled_consume(headers_of(message))
+    context = telemetry.unsampled_consume(headers_of(message))
+    if context is not None and manual_ack:
+        # what _begin keeps for a message whose trace is not sampled
+        exchange = message.exchange
+        exchange = exchange if type(exchange) is str else str(exchange or "")
+        routing_key = message.routing_key
+        routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
+        if not queue:  # a consumer not seen registering
+            queue = delivery_queue(exchange, routing_key)
+        destination = state.destinations.get("process", exchange, routing_key, queue)
+        delivery = telemetry.unsampled_delivery(context, destination, message.delivery_tag)
+        track(message, telemetry, delivery, context, True)
+    return context
 
 
 def _process_start(owner: Any, message: Any, queue: str, manual_ack: bool) -> Consume | None:
@@ -175,7 +188,7 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
             try:
                 state = resolve(owner)
                 if state is not None:
-                    context = _unsampled(state, message, manual_ack)
+                    context = _unsampled(state, message, queue, manual_ack)
                     if context is not None:
                         token = attach(context)
                     else:
@@ -211,7 +224,7 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
             token = None
             with _PROCESS:
                 state = resolve(owner)
-                context = None if state is None else _unsampled(state, message, manual_ack)
+                context = None if state is None else _unsampled(state, message, queue, manual_ack)
                 if context is not None:
                     token = attach(context)
             if token is not None:

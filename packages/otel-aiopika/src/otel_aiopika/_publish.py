@@ -26,6 +26,7 @@ from otel_messaging_core import (
     Publish,
     capture_internal_exceptions,
     publish_failure,
+    records_nothing,
 )
 
 __all__ = ["forget_shadows", "headers_of", "publish", "with_headers"]
@@ -140,6 +141,8 @@ def _start(
             raw=message,
         ).classified(_failure)
         sent = op.headers
+        if records_nothing(op):  # a trace its sampler did not sample, nothing to count
+            op = None  # aio-pika's own coroutine is returned, no awaitable of ours
     if sent is not headers:
         try:
             view = with_headers(message, sent)

@@ -12,7 +12,13 @@ from contextvars import ContextVar
 from typing import Any, Callable, Final
 
 from otel_aiopika._state import SCOPES, deliveries_of, message_channel, server_of
-from otel_messaging_core import Settle, Wrapper, capture_internal_exceptions, delivery_queue
+from otel_messaging_core import (
+    Settle,
+    Wrapper,
+    capture_internal_exceptions,
+    delivery_queue,
+    records_nothing,
+)
 
 __all__ = ["process_exit", "settle"]
 
@@ -67,13 +73,14 @@ def _start(
         fallback = telemetry.destinations(*server_of(message_channel(message))).get(
             "process", exchange, routing_key, delivery_queue(exchange, routing_key)
         )
-    return telemetry.start_settle(
+    op = telemetry.start_settle(
         operation,
         [record[1] for record in records if record[0] is telemetry],
         requeue=requeue,
         delivery_tag=tag,
         fallback=fallback,
     )
+    return None if records_nothing(op) else op  # the usual ack: nothing to end
 
 
 def settle(operation: str) -> Wrapper:

@@ -220,8 +220,9 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
         # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
         no_ack = getattr(channel, "no_ack_consumers", None)
         track = not (no_ack and info and info.get("consumer_tag") in no_ack)
-        if not track:  # the unsampled fast path (a settle needs the general path's record)
-            context = _unsampled(binding, message, info)
+        context = _unsampled(binding, message, info)  # the unsampled fast path
+        if context is not None and track:  # a settle will read the record on the message
+            _track_unsampled(binding, consumer, message, info, context)
         if context is None:
             queue = _queue_of(consumer, info)
             op = _start(binding, "process", queue, message, track=track)
@@ -243,10 +244,10 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
 
 
 def _unsampled(binding: Binding, message: Any, info: Any) -> Context | None:
-    """The unsampled fast path of a delivery that is never settled: the context its callbacks
-    run in when no span is made and nothing is counted (docs/architecture.md), else ``None``.
-    A skipped Celery message goes the general way (which marks it); ``message_context()`` finds
-    no operation on the message and builds the same context from its headers."""
+    """The unsampled fast path of a delivery: the context its callbacks run in when no span is
+    made and nothing is counted (docs/architecture.md), else ``None``. A skipped Celery message
+    goes the general way (which marks it). A never-settled delivery (no_ack) keeps nothing on
+    the message: ``message_context()`` builds the same context from its headers."""
     headers = message.headers
     skip = binding.celery_skip
     if skip is not None and skip.skips(headers, (info or {}).get("exchange") or ""):
@@ -254,6 +255,25 @@ def _unsampled(binding: Binding, message: Any, info: Any) -> Context | None:
     telemetry = binding.telemetry
     assert telemetry is not None
     return telemetry.unsampled_consume(headers)
+
+
+def _track_unsampled(
+    binding: Binding, consumer: Any, message: Any, info: Any, context: Context
+) -> None:
+    """On a delivery a later ack/reject settles: the operation :func:`_start` would leave on it
+    for a message whose trace is not sampled (its settle record, its context)."""
+    info = info or {}
+    destination = binding.destinations.get(
+        "process",
+        info.get("exchange") or "",
+        info.get("routing_key") or "",
+        _queue_of(consumer, info),
+    )
+    telemetry = binding.telemetry
+    assert telemetry is not None
+    tag = message.delivery_tag
+    tracked = telemetry.unsampled_tracked(context, destination, tag if type(tag) is int else None)
+    setattr(message, MESSAGE_ATTR, tracked)
 
 
 def _in_context(context: Context, consumer: Any, message: Any) -> Any:

@@ -13,7 +13,13 @@ from typing import Any, Callable, Final
 
 from otel_kombu._binding import binding_for, connection_of_channel
 from otel_kombu._consume import MESSAGE_ATTR, SKIPPED
-from otel_messaging_core import Consume, Settle, call_in, capture_internal_exceptions
+from otel_messaging_core import (
+    Consume,
+    Settle,
+    call_in,
+    capture_internal_exceptions,
+    records_nothing,
+)
 
 __all__ = ["wrap_ack", "wrap_reject", "wrap_requeue"]
 
@@ -46,13 +52,14 @@ def _start(message: Any, operation: str, requeue: bool) -> Settle | None:
             return None
         fallback = binding.destinations.get("process", exchange, info.get("routing_key") or "")
     tag = message.delivery_tag
-    return telemetry.start_settle(
+    op = telemetry.start_settle(
         operation,
         (delivery,),
         requeue=requeue,
         delivery_tag=tag if type(tag) is int else None,
         fallback=fallback,
     )
+    return None if records_nothing(op) else op  # the usual ack: nothing to end
 
 
 def _settle(

@@ -33,6 +33,7 @@ from otel_messaging_core.consumer import (
     restore,
 )
 from otel_messaging_core.envelope import Envelope
+from otel_messaging_core.fast_path import records_nothing
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
 from otel_messaging_core.instrumentor import MessagingInstrumentor
 from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
@@ -95,6 +96,7 @@ __all__ = [
     "log_internal_error",
     "message_context_of",
     "publish_failure",
+    "records_nothing",
     "attach",
     "restore",
 ]

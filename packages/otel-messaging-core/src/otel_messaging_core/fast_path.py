@@ -1,6 +1,7 @@
 """The unsampled fast path (issue 18): what a plugin's wrapper calls first for a message whose
 trace is not sampled, so that it pays only for what a non-recording message needs (the context
-read, the headers written, the handler's context made current). Mixed into
+read, the headers written, the handler's context made current, and for a manual-ack delivery the
+ledger's record that its ack/nack/reject settles). Mixed into
 :class:`~otel_messaging_core.telemetry.MessagingTelemetry`; docs/architecture.md shows where each
 plugin calls it.
 """
@@ -10,16 +11,27 @@ from __future__ import annotations
 from typing import Any, Callable, Final, Literal, Mapping
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, TraceFlags
+from opentelemetry.trace import INVALID_SPAN, Span, TraceFlags
 
 from otel_messaging_core._private_api import REAL_INSTRUMENT, SPAN_KEY, SUPPRESS_KEY, get_current
+from otel_messaging_core.attributes import Destination
 from otel_messaging_core.guard import log_internal_error
-from otel_messaging_core.operations import headers_to_send
+from otel_messaging_core.operations import Consume, Delivery, Publish, Settle, headers_to_send
 from otel_messaging_core.propagation import extract_context, fast_extract, inject_span
 
-__all__ = ["UnsampledFastPath"]
+__all__ = ["UnsampledFastPath", "records_nothing"]
 
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
+
+
+def records_nothing(op: Publish | Settle) -> bool:
+    """True for a publish whose ``end()`` records nothing: above all one that started a trace
+    its sampler did not sample while no MeterProvider is set
+    (:meth:`~otel_messaging_core.telemetry.MessagingTelemetry.start_publish`), or a settle with
+    no span and no MeterProvider (an ack without ``settle_spans``). A plugin can then send
+    ``op.headers`` and drop the operation (no ``with`` block, no awaitable of its own), unless it
+    matches returned messages to the operation's span."""
+    return op._telemetry is None
 
 
 class UnsampledFastPath:
@@ -78,8 +90,9 @@ class UnsampledFastPath:
         be recorded), nothing suppresses instrumentation and no MeterProvider is set. The
         context is the message's own (its span context and baggage), what the general path
         makes current when it skips the span; the caller makes it current around the handler
-        (``attach`` / ``restore``) and does nothing else. A manual-ack delivery is for the
-        general path (its settle needs the ledger's record).
+        (``attach`` / ``restore``) and does nothing else; for a manual-ack delivery it also
+        keeps :meth:`unsampled_delivery`'s record in the channel's ledger, so that the later
+        ack/nack/reject settles as on the general path.
         """
         try:
             if not headers:
@@ -117,3 +130,26 @@ class UnsampledFastPath:
         except Exception as internal:
             log_internal_error("unsampled consume", internal)
             return None
+
+    @staticmethod
+    def unsampled_delivery(
+        context: Context, destination: Destination, delivery_tag: int | None
+    ) -> Delivery:
+        """The settle record of a manual-ack delivery that took :meth:`unsampled_consume`'s fast
+        path (``context`` is what it returned): the record :meth:`start_consume` keeps for a
+        message that makes no span, so its ack/nack/reject (:meth:`start_settle`) records what
+        it would after the general path. No span was made, so the message's producer is both
+        the link and the parent of a settle span made outside the handler."""
+        producer: Span = context[SPAN_KEY]  # type: ignore[assignment]  # checked by unsampled_consume
+        span_context = producer.get_span_context()
+        return Delivery(destination, delivery_tag, span_context, span_context)
+
+    @classmethod
+    def unsampled_tracked(
+        cls, context: Context, destination: Destination, delivery_tag: int | None
+    ) -> Consume:
+        """For a plugin that keeps the operation on the message (kombu): the :class:`Consume`
+        :meth:`start_consume` returns for a message that makes no span and counts nothing, with
+        :meth:`unsampled_delivery`'s record; its ``end()`` does nothing."""
+        delivery = cls.unsampled_delivery(context, destination, delivery_tag)
+        return Consume(None, destination, INVALID_SPAN, context, delivery)

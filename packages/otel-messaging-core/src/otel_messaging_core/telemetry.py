@@ -86,6 +86,11 @@ _SAMPLED: Final = int(TraceFlags.SAMPLED)
 Attributes = dict[str, AttributeValue]
 
 
+#: What the fast path of the usual settle returns: it records nothing and ends as nothing (its
+#: ``end()`` returns at once), so one object serves every call.
+_NOTHING_TO_SETTLE: Final = Settle.noop()
+
+
 def is_suppressed(context: Context | None = None) -> bool:
     """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
     return bool(otel_context.get_value(SUPPRESS_KEY, context))
@@ -342,6 +347,10 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
         ``error.type=rejected``: it is how a message gets dropped or dead-lettered.
         """
         try:
+            # The fast path of the usual settle (an ack, or a requeue, without settle spans and
+            # with no MeterProvider): nothing to record, whatever the message's trace.
+            if (requeue or operation == "ack") and not self._settle_spans and self.metrics.idle:
+                return _NOTHING_TO_SETTLE
             if is_suppressed():
                 return Settle.noop()
             known = [d for d in deliveries if d is not None]

@@ -24,7 +24,14 @@ from typing import Any, Callable, Final
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from otel_messaging_core import Consume, Wrapper, attach, capture_internal_exceptions, restore
+from otel_messaging_core import (
+    Consume,
+    MessagingTelemetry,
+    Wrapper,
+    attach,
+    capture_internal_exceptions,
+    restore,
+)
 from otel_pika._state import (
     ChannelState,
     bypass_if_blocking,
@@ -90,13 +97,32 @@ def _begin(
     return op
 
 
-def _unsampled(state: ChannelState, properties: Any, manual_ack: bool) -> Context | None:
+def _unsampled(
+    state: ChannelState, method: Any, properties: Any, manual_ack: bool
+) -> Context | None:
     """The unsampled fast path of a pushed delivery, decided first: the context its handler runs
-    in when no span is made and nothing is counted (docs/architecture.md), else ``None``."""
+    in when no span is made and nothing is counted (docs/architecture.md), else ``None``. A
+    manual-ack delivery's settle record goes into the channel's ledger, as on the general path."""
     telemetry = state.telemetry
-    if manual_ack or telemetry is None:  # a manual ack's settle needs the general path's record
+    if telemetry is None:
         return None
-    return telemetry.unsampled_consume(properties.headers)
+    context = telemetry.unsampled_consume(properties.headers)
+    if context is not None and manual_ack:
+        _track_unsampled(state, telemetry, context, method)
+    return context
+
+
+def _track_unsampled(
+    state: ChannelState, telemetry: MessagingTelemetry, context: Context, method: Any
+) -> None:
+    """Keep the settle record of a manual-ack delivery on the fast path (what :func:`_begin`
+    keeps for a message whose trace is not sampled)."""
+    exchange = method.exchange
+    routing_key = method.routing_key
+    queue = state.queue_of(method.consumer_tag, exchange, routing_key)
+    destination = state.destinations.get("process", exchange, routing_key, queue)
+    tag = method.delivery_tag
+    state.deliveries.track(tag, telemetry.unsampled_delivery(context, destination, tag))
 
 
 def _in_context(
@@ -151,7 +177,7 @@ def deliver(resolve: Resolver) -> Wrapper:
                 if consumer_tag in instance._consumers and consumer_tag not in instance._cancelled:
                     properties = args[1].properties
                     manual_ack = consumer_tag not in instance._consumers_with_noack
-                    context = _unsampled(state, properties, manual_ack)
+                    context = _unsampled(state, method, properties, manual_ack)
                     if context is None:
                         op = _begin(state, "process", method, properties, args[2], "", manual_ack)
         except Exception as internal:
@@ -188,8 +214,10 @@ class _TracedCallback:
                 # the unsampled fast path first (written out here: this runs per message)
                 telemetry = state.telemetry
                 context = None
-                if telemetry is not None and not self.manual_ack:
+                if telemetry is not None:
                     context = telemetry.unsampled_consume(properties.headers)
+                    if context is not None and self.manual_ack:
+                        _track_unsampled(state, telemetry, context, method)
                 if context is not None:
                     token = attach(context)
                 else:

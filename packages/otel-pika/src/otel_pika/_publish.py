@@ -13,7 +13,13 @@ from typing import Any, Callable, Final
 from pika.exceptions import NackError, UnroutableError
 from pika.spec import BasicProperties
 
-from otel_messaging_core import Publish, Wrapper, capture_internal_exceptions, publish_failure
+from otel_messaging_core import (
+    Publish,
+    Wrapper,
+    capture_internal_exceptions,
+    publish_failure,
+    records_nothing,
+)
 from otel_pika._state import ChannelState
 from otel_pika._traced import Resolver, traced
 
@@ -68,6 +74,8 @@ def _start(
         if classify is not None:
             op.classified(classify)
         sent = op.headers
+        if records_nothing(op):  # a trace its sampler did not sample, nothing to count
+            op = None
     if sent is headers:
         return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from otel_messaging_core import Settle, Wrapper
+from otel_messaging_core import Settle, Wrapper, records_nothing
 from otel_pika._state import ChannelState
 from otel_pika._traced import Resolver, traced
 
@@ -50,9 +50,17 @@ def _start(
         delivery_tag=tag or None,
         fallback=fallback,
     )
+    if records_nothing(op):  # the usual ack: nothing to end
+        return None, args, kwargs
     return op, args, kwargs
 
 
 def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
     """A wrapper factory for ``basic_{operation}`` of ``BlockingChannel`` or ``Channel``."""
-    return traced(_start, operation, where=f"pika {operation}", blocking=blocking)
+    return traced(
+        _start,
+        operation,
+        where=f"pika {operation}",
+        blocking=blocking,
+        bypass=None if blocking else f"basic_{operation}",
+    )

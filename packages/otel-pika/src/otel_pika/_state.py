@@ -141,13 +141,12 @@ state_of: Final = SCOPES.cached
 #: Class-level wrappers of ``pika.channel.Channel`` that only pass through on a ``BlockingChannel``'s
 #: underlying channel (the ``BlockingChannel``'s own wrappers make those spans): a publish and every
 #: delivery would pay a wrapt dispatch for nothing (11k instructions each; docs/benchmarks.md).
-BYPASSED: Final = ("basic_publish", "_on_deliver")
+BYPASSED: Final = ("basic_publish", "_on_deliver", "basic_ack", "basic_nack", "basic_reject")
 # underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
 _bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
 # our class-level patch, and only that (never another library's wrapper above or below it)
-_PLAIN: Final = {
-    name: PlainMethods(name, ("otel_pika._publish", "otel_pika._consume")) for name in BYPASSED
-}
+_OURS: Final = ("otel_pika._publish", "otel_pika._consume", "otel_pika._settle")
+_PLAIN: Final = {name: PlainMethods(name, _OURS) for name in BYPASSED}
 
 
 def bypass_if_blocking(impl: Any, name: str) -> None:
