@@ -36,7 +36,7 @@ async def unsampled_queue(
     """A new queue holding ``count`` messages published inside the unsampled trace; the
     caller's message and headers are left as they were."""
     channel = await (await connect()).channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
+    queue: AbstractQueue = await channel.declare_queue(unique("q"), exclusive=True)
     headers = {"x-app": "shop"}
     with in_unsampled_trace():
         for n in range(count):
