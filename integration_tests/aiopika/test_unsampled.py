@@ -112,9 +112,9 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
     unique: Callable[[str], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ManualAck on aio-pika: one message.ack() inside the callback, then ack(multiple=True)
-    outside it for the other two, which leaves no delivery recorded and nothing to redeliver,
-    with one settle span for the two and nothing else recorded."""
+    """What every plugin's manual-ack consumer gives (ManualAck), on aio-pika: one
+    message.ack() inside the callback, then ack(multiple=True) outside it for the other two
+    leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
     case = ManualAck(instrument, monkeypatch, path)
     queue = await unsampled_queue(connect, unique, 3)
     seen: asyncio.Queue[Any] = asyncio.Queue()
@@ -144,8 +144,8 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
 async def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     instrument: Instrument, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
-    """check_counted_without_spans on aio-pika: three not-sampled messages, each acked in its
-    callback."""
+    """Not-sampled messages are still counted with a MeterProvider (check_counted_without_spans)
+    on aio-pika: three, each acked in its callback."""
     instrument()
     queue = await unsampled_queue(connect, unique, 3)
     done: asyncio.Queue[None] = asyncio.Queue()

@@ -109,10 +109,10 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     entities: tuple[Exchange, Queue],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ManualAck on kombu: an ack inside the callback, a reject without requeue after it, each
-    finding the delivery's record (its queue, its producer), message_context() in the trace
-    after the callback too. No span is recorded (settle_spans=True: each settle span is in the
-    unsampled trace); nothing is left in the queue."""
+    """What every plugin's manual-ack consumer gives (ManualAck), on kombu: an ack inside the
+    callback, a reject without requeue after it, each finding the delivery's record (its queue,
+    its producer), message_context() in the trace after the callback too. No span is recorded
+    (settle_spans=True: each settle span is in the unsampled trace); nothing is redelivered."""
     case = ManualAck(instrument, monkeypatch, path)
     queue = publish_unsampled(connection, entities)
     seen: list[Any] = []
@@ -151,8 +151,8 @@ def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     connection: Connection,
     entities: tuple[Exchange, Queue],
 ) -> None:
-    """check_counted_without_spans on kombu: two not-sampled messages (one published with
-    retry=True), each acked in its callback."""
+    """Not-sampled messages are still counted with a MeterProvider (check_counted_without_spans)
+    on kombu: two (one published with retry=True), each acked in its callback."""
     instrument()
     queue = publish_unsampled(connection, entities)
     acked: list[Any] = []

@@ -140,9 +140,9 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     queue: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ManualAck on a BlockingChannel: one basic_ack inside the callback, then
-    basic_ack(multiple=True) outside it for the other two, which leaves no delivery recorded
-    and nothing to redeliver, with one settle span for the two and nothing else recorded."""
+    """What every plugin's manual-ack consumer gives (ManualAck), on a BlockingChannel: one
+    basic_ack inside the callback, then basic_ack(multiple=True) outside it for the other two
+    leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
     case = ManualAck(instrument, monkeypatch, path)
     publish_three(channel, queue)
     seen: list[Any] = []
@@ -173,8 +173,8 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     instrument: Instrument, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
-    """check_counted_without_spans on pika: three not-sampled messages, each acked in its
-    BlockingChannel callback."""
+    """Not-sampled messages are still counted with a MeterProvider (check_counted_without_spans)
+    on pika: three, each acked in its BlockingChannel callback."""
     instrument()
     publish_three(channel, queue)
     consume_acking(channel, queue, 3)
