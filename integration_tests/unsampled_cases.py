@@ -1,10 +1,12 @@
 """What the three plugins' test_unsampled.py share (issue 18): the trace that was not sampled
-upstream, what a message of it carries, and hooks that must never run for it."""
+upstream, what a message of it carries, hooks that must never run for it, and the checks each
+plugin's test makes after its own publish and consume: each test keeps the client library's
+calls, the check says what every plugin must give."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from broker_harness import Recorder
 from otel_messaging_core import MessagingTelemetry
 
 __all__ = [
@@ -21,8 +24,14 @@ __all__ = [
     "SPAN_ID",
     "TRACEPARENT",
     "TRACE_ID",
+    "VIEW",
     "HookCalls",
+    "ManualAck",
+    "check_carried",
+    "check_counted_without_spans",
+    "check_nothing_current",
     "handler_view",
+    "handler_views",
     "in_unsampled_trace",
     "links_of",
     "take_path",
@@ -54,7 +63,12 @@ def in_unsampled_trace() -> Iterator[None]:
         otel_context.detach(token)
 
 
-def handler_view() -> tuple[int, bool, str | None]:
+View = tuple[int, bool, str | None]
+#: what :func:`handler_view` gives inside :func:`unsampled_parent`'s trace
+VIEW: View = (TRACE_ID, False, "17")
+
+
+def handler_view() -> View:
     """What a handler sees of the current context: trace id, sampled flag, ``order.id``."""
     span_context = trace.get_current_span().get_span_context()
     entry = baggage.get_baggage("order.id")
@@ -63,6 +77,46 @@ def handler_view() -> tuple[int, bool, str | None]:
         span_context.trace_flags.sampled,
         None if entry is None else str(entry),
     )
+
+
+def handler_views(
+    message_context: Callable[[Any], AbstractContextManager[Any]], message: Any
+) -> tuple[View, View]:
+    """Called in a consumer callback: :func:`handler_view` there, and inside the plugin's
+    ``message_context(message)``."""
+    with message_context(message):
+        in_block = handler_view()
+    return handler_view(), in_block
+
+
+def check_nothing_current() -> None:
+    """After the test's publishes and consumers, no context of ours is left current."""
+    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+
+
+def check_carried(
+    seen: Sequence[tuple[Any, str | None, str | None, View]], bodies: list[Any]
+) -> None:
+    """``seen`` holds, per delivered message, its body, its ``traceparent`` and ``baggage``
+    headers and :func:`handler_view` in its callback: each message published inside
+    :func:`unsampled_parent` arrives in order with the trace's traceparent (flags 00) and the
+    baggage, and its callback runs in that trace, not sampled, with that baggage."""
+    expected = [(body, TRACEPARENT, BAGGAGE, VIEW) for body in bodies]
+    assert list(seen) == expected, f"{list(seen)!r} != {expected!r}"
+
+
+def check_counted_without_spans(otel: Recorder, deliveries: int) -> None:
+    """With a MeterProvider, not-sampled messages of a manual-ack consumer are still counted:
+    each delivery's process duration and each ack's settle duration, with no span."""
+    processed = [value for _, value in otel.points("messaging.process.duration")]
+    assert processed == [deliveries], processed
+    settles = [
+        value
+        for attributes, value in otel.points("messaging.client.operation.duration")
+        if attributes.get("messaging.operation.name") == "ack"
+    ]
+    assert settles == [deliveries], settles
+    assert otel.spans() == [], otel.spans()
 
 
 def links_of(span: ReadableSpan) -> list[tuple[int, int]]:
@@ -106,3 +160,49 @@ def take_path(monkeypatch: pytest.MonkeyPatch, path: str) -> list[str]:
 
     monkeypatch.setattr(MessagingTelemetry, "start_consume", noted)
     return general
+
+
+class ManualAck:
+    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider, hooks
+    noted, ``settle_spans=True``), on ``path``: each callback runs in that trace with its
+    baggage (``message_context()`` too), hooks never run, every settle finds its delivery's
+    record, and the fast path and the general path give the same.
+
+    Made before the test's first publish: it picks the path and instruments through the
+    plugin's ``instrument`` fixture. The test publishes and consumes with its client library,
+    then calls the checks."""
+
+    def __init__(
+        self, instrument: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
+    ) -> None:
+        self.path = path
+        self.general = take_path(monkeypatch, path)
+        self.hooks = HookCalls()
+        instrument(meter_provider=None, settle_spans=True, **self.hooks.options())
+
+    def check_callbacks(self, seen: Sequence[tuple[str | None, View, View]], count: int) -> None:
+        """``seen`` holds, per callback, its message's ``traceparent`` header and
+        :func:`handler_views`: ``count`` callbacks, each with the trace's traceparent and in
+        that trace with its baggage, inside ``message_context()`` too."""
+        expected = [(TRACEPARENT, VIEW, VIEW)] * count
+        assert list(seen) == expected, f"{list(seen)!r} != {expected!r}"
+
+    @staticmethod
+    def check_multiple_ack_span(spans: Sequence[ReadableSpan], queue: str) -> None:
+        """The only span is the settle span of one ``ack(multiple=True)`` of two deliveries:
+        a new trace (so the sampler keeps it) that links both producers and names the queue."""
+        assert len(spans) == 1, [span.name for span in spans]
+        (ack,) = spans
+        assert ack.name == f"ack {queue}", ack.name
+        assert ack.parent is None, ack.parent
+        assert links_of(ack) == [(TRACE_ID, SPAN_ID)] * 2, links_of(ack)
+        assert ack.attributes is not None
+        assert ack.attributes["messaging.batch.message_count"] == 2, ack.attributes
+
+    def check_quiet(self, deliveries: int) -> None:
+        """No hook ran; each of the ``deliveries`` took the test's path (the general path's
+        ``start_consume`` once each, the fast path's never); nothing of ours stays current."""
+        assert self.hooks.calls == [], self.hooks.calls
+        expected = [] if self.path == "fast" else ["start_consume"] * deliveries
+        assert self.general == expected, self.general
+        check_nothing_current()

@@ -1,5 +1,5 @@
-"""The unsampled fast path on aio-pika (issue 18), against the real broker: what a message of a
-trace that is not sampled still carries and gets, and a broken fast path never reaching the
+"""otel-aiopika with a trace not sampled upstream (issue 18), against the real broker: what its
+messages carry and what their consumers get, and a fast path that breaks never reaching the
 user's publish or callback."""
 
 from __future__ import annotations
@@ -11,57 +11,51 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, Instrument
 from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
 from integration_tests.unsampled_cases import (
-    BAGGAGE,
     PATHS,
-    SPAN_ID,
-    TRACE_ID,
-    TRACEPARENT,
-    HookCalls,
+    ManualAck,
+    check_carried,
+    check_counted_without_spans,
+    check_nothing_current,
     handler_view,
-    links_of,
-    take_path,
-    unsampled_parent,
+    handler_views,
+    in_unsampled_trace,
 )
 from otel_aiopika import message_context
 from otel_aiopika._state import deliveries_of, message_channel
 
 
-async def publish_unsampled(channel: AbstractChannel, queue: AbstractQueue, count: int = 2) -> None:
+async def unsampled_queue(
+    connect: Connect, unique: Callable[[str], str], count: int = 2
+) -> AbstractQueue:
+    """A new queue holding ``count`` messages published inside the unsampled trace; the
+    caller's message and headers are left as they were."""
+    channel = await (await connect()).channel()
+    queue: AbstractQueue = await channel.declare_queue(unique("q"), exclusive=True)
     headers = {"x-app": "shop"}
-    token = otel_context.attach(unsampled_parent())
-    try:
+    with in_unsampled_trace():
         for n in range(count):
             message = aio_pika.Message(b"order-%d" % n, headers=headers)
             await channel.default_exchange.publish(message, queue.name)
             assert message.headers == {"x-app": "shop"}
-    finally:
-        otel_context.detach(token)
     assert headers == {"x-app": "shop"}
+    return queue
 
 
 async def consume_no_ack(queue: AbstractQueue) -> list[tuple[Any, ...]]:
+    """Two messages consumed with no_ack: each one's body, traceparent and baggage headers, and
+    handler_view() in its callback."""
     seen: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        span_context = trace.get_current_span().get_span_context()
         headers = message.headers
         seen.put_nowait(
-            (
-                message.body,
-                headers.get("traceparent"),
-                headers.get("baggage"),
-                span_context.trace_id,
-                span_context.trace_flags.sampled,
-                baggage.get_baggage("order.id"),
-            )
+            (message.body, headers.get("traceparent"), headers.get("baggage"), handler_view())
         )
 
     tag = await queue.consume(on_message, no_ack=True)
@@ -80,12 +74,9 @@ async def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     that trace with that baggage, and no span is made; the caller's message and headers are
     left as they were."""
     instrument(meter_provider=None)
-    channel = await (await connect()).channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
-    await publish_unsampled(channel, queue)
-    seen = await consume_no_ack(queue)
-    assert seen == [(b"order-%d" % n, TRACEPARENT, BAGGAGE, TRACE_ID, False, "17") for n in (0, 1)]
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    queue = await unsampled_queue(connect, unique)
+    check_carried(await consume_no_ack(queue), [b"order-0", b"order-1"])
+    check_nothing_current()
     assert otel.spans() == []
 
 
@@ -105,13 +96,10 @@ async def test_a_broken_fast_path_never_reaches_the_user(
     caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
     inject(monkeypatch, step)
     instrument(meter_provider=None)
-    channel = await (await connect()).channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
-    await publish_unsampled(channel, queue)
-    seen = await consume_no_ack(queue)
+    seen = await consume_no_ack(await unsampled_queue(connect, unique))
     assert [entry[0] for entry in seen] == [b"order-0", b"order-1"]
     assert fault_logged(caplog, step)
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    check_nothing_current()
 
 
 @pytest.mark.asyncio
@@ -124,60 +112,42 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
     unique: Callable[[str], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider) runs
-    each callback in that trace with its baggage (message_context() too), hooks never run, and
-    every ack settles its delivery: one inside the callback, then ack(multiple=True) outside it
-    for the other two, whose settle span (settle_spans=True; a new trace, so the sampler keeps
-    it) links both producers and names the queue. Nothing else is recorded; nothing redelivered.
-    The fast path and the general path give the same."""
-    general = take_path(monkeypatch, path)
-    hooks = HookCalls()
-    instrument(meter_provider=None, settle_spans=True, **hooks.options())
-    channel = await (await connect()).channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
-    await publish_unsampled(channel, queue, 3)
+    """What every plugin's manual-ack consumer gives (ManualAck), on aio-pika: one
+    message.ack() inside the callback, then ack(multiple=True) outside it for the other two
+    leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
+    case = ManualAck(instrument, monkeypatch, path)
+    queue = await unsampled_queue(connect, unique, 3)
     seen: asyncio.Queue[Any] = asyncio.Queue()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        with message_context(message):
-            in_block = handler_view()
+        views = handler_views(message_context, message)
         if message.body == b"order-0":
             await message.ack()
-        seen.put_nowait((message, message.headers.get("traceparent"), handler_view(), in_block))
+        seen.put_nowait((message, message.headers.get("traceparent"), *views))
 
     tag = await queue.consume(on_message)
     got = [await asyncio.wait_for(seen.get(), 15) for _ in range(3)]
     await queue.cancel(tag)
-    view = (TRACE_ID, False, "17")
-    assert [entry[1:] for entry in got] == [(TRACEPARENT, view, view)] * 3
+    case.check_callbacks([entry[1:] for entry in got], 3)
     messages = sorted((entry[0] for entry in got), key=lambda m: m.delivery_tag or 0)
     records = deliveries_of(message_channel(messages[0]), create=False)
     assert records is not None
     assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
     await messages[2].ack(multiple=True)
     assert records.records == {}
-    (ack,) = otel.spans()
-    assert ack.name == f"ack {queue.name}"
-    assert ack.parent is None
-    assert links_of(ack) == [(TRACE_ID, SPAN_ID)] * 2
-    assert ack.attributes is not None
-    assert ack.attributes["messaging.batch.message_count"] == 2
+    case.check_multiple_ack_span(otel.spans(), queue.name)
     assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    assert hooks.calls == []
-    assert general == ([] if path == "fast" else ["start_consume"] * 3)
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    case.check_quiet(3)
 
 
 @pytest.mark.asyncio
 async def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     instrument: Instrument, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
-    """With a MeterProvider, not-sampled messages of a manual-ack consumer are still counted:
-    each delivery's process duration and each ack's settle duration, with no span."""
+    """Not-sampled messages are still counted with a MeterProvider (check_counted_without_spans)
+    on aio-pika: three, each acked in its callback."""
     instrument()
-    channel = await (await connect()).channel()
-    queue = await channel.declare_queue(unique("q"), exclusive=True)
-    await publish_unsampled(channel, queue, 3)
+    queue = await unsampled_queue(connect, unique, 3)
     done: asyncio.Queue[None] = asyncio.Queue()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
@@ -188,11 +158,4 @@ async def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider
     for _ in range(3):
         await asyncio.wait_for(done.get(), 15)
     await queue.cancel(tag)
-    assert [value for _, value in otel.points("messaging.process.duration")] == [3]
-    settles = [
-        value
-        for attributes, value in otel.points("messaging.client.operation.duration")
-        if attributes.get("messaging.operation.name") == "ack"
-    ]
-    assert settles == [3]
-    assert otel.spans() == []
+    check_counted_without_spans(otel, 3)

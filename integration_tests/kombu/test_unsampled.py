@@ -1,6 +1,6 @@
-"""The unsampled fast path on kombu (issue 18), against the real broker: what a message of a
-trace that is not sampled still carries and gets, and a broken fast path never reaching the
-user's publish or callback."""
+"""otel-kombu with a trace not sampled upstream (issue 18), against the real broker: what its
+messages carry (plain and retrying publishes) and what their consumers get, and a fast path that
+breaks never reaching the user's publish or callback."""
 
 from __future__ import annotations
 
@@ -11,55 +11,50 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
-from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
 
 from broker_harness import Recorder
 from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
 from integration_tests.kombu.conftest import Instrument, declare, drain
 from integration_tests.unsampled_cases import (
-    BAGGAGE,
     PATHS,
     SPAN_ID,
     TRACE_ID,
-    TRACEPARENT,
-    HookCalls,
+    VIEW,
+    ManualAck,
+    check_carried,
+    check_counted_without_spans,
+    check_nothing_current,
     handler_view,
-    take_path,
-    unsampled_parent,
+    handler_views,
+    in_unsampled_trace,
 )
 from otel_kombu import message_context
 from otel_kombu._consume import MESSAGE_ATTR
 
 
-def publish_unsampled(connection: Connection, exchange: Exchange, headers: Any) -> None:
+def publish_unsampled(connection: Connection, entities: tuple[Exchange, Queue]) -> Queue:
+    """Declare ``entities`` and publish two messages to them inside the unsampled trace, the
+    second with ``retry=True``; the caller's headers are left as they were. Returns the queue."""
+    exchange, queue = entities
+    declare(connection, exchange, queue)
+    headers = {"x-app": "shop"}
     producer = Producer(connection, exchange=exchange)
-    token = otel_context.attach(unsampled_parent())
-    try:
+    with in_unsampled_trace():
         producer.publish({"n": 0}, routing_key="order.created", headers=headers)
         producer.publish({"n": 1}, routing_key="order.created", headers=headers, retry=True)
-    finally:
-        otel_context.detach(token)
+    assert headers == {"x-app": "shop"}
+    return queue
 
 
 def consume_no_ack(connection: Connection, queue: Queue) -> list[tuple[Any, ...]]:
+    """Both messages consumed with no_ack: each one's body, traceparent and baggage headers,
+    handler_view() in its callback, and handler_view() inside message_context()."""
     seen: list[tuple[Any, ...]] = []
 
     def on_message(body: Any, message: Any) -> None:
-        span_context = trace.get_current_span().get_span_context()
-        with message_context(message):
-            in_block = trace.get_current_span().get_span_context().trace_id
-        seen.append(
-            (
-                body,
-                message.headers.get("traceparent"),
-                message.headers.get("baggage"),
-                span_context.trace_id,
-                span_context.trace_flags.sampled,
-                baggage.get_baggage("order.id"),
-                in_block,
-            )
-        )
+        headers = message.headers
+        views = handler_views(message_context, message)
+        seen.append((body, headers.get("traceparent"), headers.get("baggage"), *views))
 
     with Consumer(connection, [queue], callbacks=[on_message], no_ack=True):
         drain(connection, lambda: len(seen) == 2)
@@ -77,16 +72,10 @@ def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     consumer's callback runs in that trace with that baggage (message_context() too), and no
     span is made; the caller's headers are left as they were, nothing stays current."""
     instrument(meter_provider=None)
-    exchange, queue = entities
-    declare(connection, exchange, queue)
-    headers = {"x-app": "shop"}
-    publish_unsampled(connection, exchange, headers)
-    assert headers == {"x-app": "shop"}
-    seen = consume_no_ack(connection, queue)
-    assert seen == [
-        ({"n": n}, TRACEPARENT, BAGGAGE, TRACE_ID, False, "17", TRACE_ID) for n in (0, 1)
-    ]
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    seen = consume_no_ack(connection, publish_unsampled(connection, entities))
+    check_carried([entry[:4] for entry in seen], [{"n": 0}, {"n": 1}])
+    assert [entry[4] for entry in seen] == [VIEW, VIEW]  # in message_context()
+    check_nothing_current()
     assert otel.spans() == []
 
 
@@ -105,15 +94,10 @@ def test_a_broken_fast_path_never_reaches_the_user(
     caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
     inject(monkeypatch, step)
     instrument(meter_provider=None)
-    exchange, queue = entities
-    declare(connection, exchange, queue)
-    headers = {"x-app": "shop"}
-    publish_unsampled(connection, exchange, headers)
-    assert headers == {"x-app": "shop"}
-    seen = consume_no_ack(connection, queue)
+    seen = consume_no_ack(connection, publish_unsampled(connection, entities))
     assert [entry[0] for entry in seen] == [{"n": 0}, {"n": 1}]
     assert fault_logged(caplog, step)
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    check_nothing_current()
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -125,37 +109,30 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     entities: tuple[Exchange, Queue],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider) runs
-    each callback in that trace with its baggage (message_context() too, in the callback and
-    after it), hooks never run, and each settle finds the delivery's record (its queue, its
-    producer): an ack inside the callback, a reject without requeue after it. No span is
-    recorded (settle_spans=True: each settle span is in the unsampled trace); nothing is left
-    in the queue. The fast path and the general path give the same."""
-    general = take_path(monkeypatch, path)
-    hooks = HookCalls()
-    instrument(meter_provider=None, settle_spans=True, **hooks.options())
-    exchange, queue = entities
-    declare(connection, exchange, queue)
-    publish_unsampled(connection, exchange, {"x-app": "shop"})
+    """What every plugin's manual-ack consumer gives (ManualAck), on kombu: an ack inside the
+    callback, a reject without requeue after it, each finding the delivery's record (its queue,
+    its producer), message_context() in the trace after the callback too. No span is recorded
+    (settle_spans=True: each settle span is in the unsampled trace); nothing is redelivered."""
+    case = ManualAck(instrument, monkeypatch, path)
+    queue = publish_unsampled(connection, entities)
     seen: list[Any] = []
 
     def on_message(body: Any, message: Any) -> None:
-        with message_context(message):
-            in_block = handler_view()
-        seen.append((message, message.headers.get("traceparent"), handler_view(), in_block))
+        seen.append(
+            (message, message.headers.get("traceparent"), *handler_views(message_context, message))
+        )
         if body == {"n": 0}:
             message.ack()
 
     with Consumer(connection, [queue], callbacks=[on_message]):
         drain(connection, lambda: len(seen) == 2)
-        view = (TRACE_ID, False, "17")
-        assert [entry[1:] for entry in seen] == [(TRACEPARENT, view, view)] * 2
+        case.check_callbacks([entry[1:] for entry in seen], 2)
         later = seen[1][0]
         record = getattr(later, MESSAGE_ATTR).delivery
         assert record.destination.queue == queue.name
         assert (record.creation.trace_id, record.creation.span_id) == (TRACE_ID, SPAN_ID)
         with message_context(later):
-            assert handler_view() == view
+            assert handler_view() == VIEW
         later.reject(requeue=False)
         # all settled: nothing unacknowledged comes back
         connection.default_channel.basic_recover(requeue=True)
@@ -165,9 +142,7 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
                 connection.drain_events(timeout=0.3)
         assert len(seen) == 2
     assert otel.spans() == []
-    assert hooks.calls == []
-    assert general == ([] if path == "fast" else ["start_consume"] * 2)
-    assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"
+    case.check_quiet(2)
 
 
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
@@ -176,12 +151,10 @@ def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     connection: Connection,
     entities: tuple[Exchange, Queue],
 ) -> None:
-    """With a MeterProvider, not-sampled messages of a manual-ack consumer are still counted:
-    each delivery's process duration and each ack's settle duration, with no span."""
+    """Not-sampled messages are still counted with a MeterProvider (check_counted_without_spans)
+    on kombu: two (one published with retry=True), each acked in its callback."""
     instrument()
-    exchange, queue = entities
-    declare(connection, exchange, queue)
-    publish_unsampled(connection, exchange, {"x-app": "shop"})
+    queue = publish_unsampled(connection, entities)
     acked: list[Any] = []
 
     def on_message(body: Any, message: Any) -> None:
@@ -190,11 +163,4 @@ def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
 
     with Consumer(connection, [queue], callbacks=[on_message]):
         drain(connection, lambda: len(acked) == 2)
-    assert [value for _, value in otel.points("messaging.process.duration")] == [2]
-    settles = [
-        value
-        for attributes, value in otel.points("messaging.client.operation.duration")
-        if attributes.get("messaging.operation.name") == "ack"
-    ]
-    assert settles == [2]
-    assert otel.spans() == []
+    check_counted_without_spans(otel, 2)
