@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from opentelemetry import context as otel_context
+import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -14,22 +14,19 @@ from otel_aiopika._package import _instruments
 from otel_aiopika._state import SCOPES, recall
 from otel_aiopika.version import __version__
 from otel_messaging_core import (
+    ClassPatches,
     ContribGuard,
     InstrumentationOptions,
     MessageContext,
+    MessageContexts,
     MessagingInstrumentor,
     MessagingTelemetry,
-    Wrapper,
-    capture_internal_exceptions,
-    message_context_of,
+    Patch,
 )
 
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_aiopika"
-_MESSAGE_CONTEXT: Final = capture_internal_exceptions("aio-pika message_context()")
-
-Target = tuple[type, str, Wrapper]
 
 # opentelemetry-instrumentation-aio-pika would trace every message a second time: kept off while
 # this instrumentor is instrumented (see otel_messaging_core.conflicts).
@@ -42,7 +39,7 @@ _CONTRIB = ContribGuard(
 )
 
 
-def _targets() -> list[Target]:
+def _targets() -> list[Patch]:
     """Every patch, as (class, attribute, wrapper); the same list drives wrap and unwrap.
 
     The patches are on aio-pika's classes because ``Queue`` and ``IncomingMessage`` take no
@@ -58,7 +55,7 @@ def _targets() -> list[Target]:
 
     from otel_aiopika import _consume, _publish, _settle
 
-    targets: list[Target] = [
+    targets: list[Patch] = [
         (Exchange, "publish", _publish.publish),
         (Queue, "consume", _consume.consume),
         (Queue, "get", _consume.get),
@@ -82,40 +79,8 @@ def _telemetry(options: InstrumentationOptions) -> MessagingTelemetry:
     return AioPikaInstrumentor._make(options)
 
 
-class _Patches:
-    """The class patches, installed while anything (global or a channel) is instrumented."""
-
-    installed = False
-
-    @classmethod
-    def install(cls) -> None:
-        """Install every patch, or none (a failure takes back those made, then raises)."""
-        if cls.installed:
-            return
-        import wrapt
-
-        done: list[Target] = []
-        try:
-            for owner, name, wrapper in _targets():
-                wrapt.wrap_function_wrapper(owner, name, wrapper)
-                done.append((owner, name, wrapper))
-        except BaseException:
-            for owner, name, _wrapper in done:
-                unwrap(owner, name)
-            raise
-        cls.installed = True
-
-    @classmethod
-    def remove(cls) -> None:
-        if not cls.installed:
-            return
-        from otel_aiopika._consume import finish_iterations
-
-        with AioPikaInstrumentor._guard:
-            finish_iterations()  # without the patches, nothing would end an open receive span
-        for owner, name, _wrapper in _targets():
-            unwrap(owner, name)
-        cls.installed = False
+#: the class patches, installed while anything (global or a channel) is instrumented
+_PATCHES: Final = ClassPatches(_targets, wrap=wrapt.wrap_function_wrapper, unwrap=unwrap)
 
 
 class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
@@ -130,15 +95,17 @@ class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ign
     _version = __version__
     _instruments = _instruments
     _contrib = _CONTRIB
+    _patches = _PATCHES
     _scopes = SCOPES
 
     @classmethod
-    def _install(cls) -> None:
-        _Patches.install()
-
-    @classmethod
     def _remove(cls) -> None:
-        _Patches.remove()
+        if cls._patches.installed:
+            from otel_aiopika._consume import finish_iterations
+
+            with cls._guard:
+                finish_iterations()  # without the patches, nothing would end an open receive span
+        super()._remove()
 
     @staticmethod
     def instrument_channel(channel: Any, **kwargs: Any) -> None:
@@ -164,15 +131,15 @@ def message_context(message: Any) -> MessageContext:
     the receive span); otherwise the context comes from the message's headers under the
     ``consumer_context`` rule. The message's baggage is current in the block either way.
     """
-    context = headers = telemetry = None
-    try:
-        context = recall(message)
-        if context is None:
-            from otel_aiopika._publish import headers_of
+    return _MESSAGE_CONTEXT(message)
 
-            headers = headers_of(message)
-            telemetry = SCOPES.global_
-    except Exception as internal:  # the block runs in the current context
-        _MESSAGE_CONTEXT.report(internal)
-        return MessageContext(otel_context.get_current())
-    return message_context_of(context, headers, telemetry)
+
+def _headers_of(message: Any) -> Any:
+    from otel_aiopika._publish import headers_of
+
+    return headers_of(message)
+
+
+_MESSAGE_CONTEXT: Final = MessageContexts(
+    "aio-pika", recall=recall, headers_of=_headers_of, telemetry_of=lambda _message: SCOPES.global_
+)

@@ -30,6 +30,7 @@ from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
     UNROUTABLE,
+    PlainMethods,
     Publish,
     capture_internal_exceptions,
     creation_span_context,
@@ -141,38 +142,26 @@ def _positional(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
 # unchanged (a subclass that overrides either keeps the class wrappers); forget_shadows() takes
 # them back whenever instrumentation changes.
 
-# Producer class -> (publish, _publish) as kombu defines them, or None (keep the class wrappers)
-_plain: dict[type, tuple[Any, Any] | None] = {}
+# per Producer class: publish and _publish as kombu defines them under our class wrappers
+_plain_publish: Final = PlainMethods("publish", ("otel_kombu._publish",))
+_plain_inner: Final = PlainMethods("_publish", ("otel_kombu._publish",))
+_plain_publish_of: Final = _plain_publish.cached
+_plain_inner_of: Final = _plain_inner.cached
 _shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _originals(kind: type) -> tuple[Any, Any] | None:
-    found = _plain.get(kind, _plain)
-    if found is _plain:
-        outer = inspect.getattr_static(kind, "publish", None)
-        inner = inspect.getattr_static(kind, "_publish", None)
-        found = None
-        if (
-            getattr(outer, "_self_wrapper", None) is wrap_publish
-            and getattr(inner, "_self_wrapper", None) is wrap_inner_publish
-        ):
-            found = (outer.__wrapped__, inner.__wrapped__)
-        _plain[kind] = found
-    return found  # type: ignore[return-value]
-
-
 def _shadow_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
-    originals = _plain.get(type(producer))
-    if originals is None:  # instrumentation changed under a call in flight: kombu's own
+    plain = _plain_publish_of(type(producer))
+    if plain is None:  # instrumentation changed under a call in flight: kombu's own
         return type(producer).publish(producer, *args, **kwargs)
-    return wrap_publish(MethodType(originals[0], producer), producer, args, kwargs)
+    return wrap_publish(MethodType(plain, producer), producer, args, kwargs)
 
 
 def _shadow_inner_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
-    originals = _plain.get(type(producer))
-    if originals is None:
+    plain = _plain_inner_of(type(producer))
+    if plain is None:
         return type(producer)._publish(producer, *args, **kwargs)
-    return wrap_inner_publish(MethodType(originals[1], producer), producer, args, kwargs)
+    return wrap_inner_publish(MethodType(plain, producer), producer, args, kwargs)
 
 
 # what kombu and its callers see as the methods' names (Connection.ensure names its retry loop)
@@ -183,7 +172,8 @@ _shadow_inner_publish.__name__ = "_publish"
 def _shadow(producer: Any) -> None:
     """Bind the plain wrappers on ``producer`` (see above); callers guard."""
     state = producer.__dict__
-    if "_publish" in state or _originals(type(producer)) is None:
+    kind = type(producer)
+    if "_publish" in state or _plain_publish.of(kind) is None or _plain_inner.of(kind) is None:
         return
     state["publish"] = MethodType(_shadow_publish, producer)
     state["_publish"] = MethodType(_shadow_inner_publish, producer)
@@ -199,7 +189,8 @@ def forget_shadows() -> None:
             if type(bound) is MethodType and bound.__func__ is function:
                 del state[name]
     _shadowed.clear()
-    _plain.clear()
+    _plain_publish.clear()
+    _plain_inner.clear()
 
 
 def wrap_publish(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Callable, Final, NamedTuple
+from typing import Any, Callable, Final, Iterator, NamedTuple
 
 import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -18,7 +18,7 @@ from otel_kombu._celery import CELERY_KINDS, DEFAULT_SKIP
 from otel_kombu._consume import forget_sweeps
 from otel_kombu._package import _instruments
 from otel_kombu.version import __version__
-from otel_messaging_core import MessagingInstrumentor, PluginOption
+from otel_messaging_core import ClassPatches, MessagingInstrumentor, Patch, PluginOption
 
 __all__ = ["SKIP_CELERY_MESSAGES_ENV", "KombuInstrumentor"]
 
@@ -71,7 +71,6 @@ PATCHES: Final = (
     _Patch("kombu.message", "Message", "requeue", _settle.wrap_requeue),
 )
 
-_installed: list[_Patch] = []
 # every change of instrumentation: consumers and producers are checked again
 SCOPES.listeners.append(forget_sweeps)
 
@@ -80,29 +79,19 @@ def _owner(patch: _Patch) -> Any:
     return getattr(importlib.import_module(patch.module), patch.owner)
 
 
-def _install() -> None:
-    """Install every patch, or none (a failure takes back those made, then raises)."""
-    if _installed:
-        return
-    try:
-        for patch in PATCHES:
-            try:
-                owner = _owner(patch)
-            except (ImportError, AttributeError):
-                # a transport whose driver is not installed: nothing of it can run either
-                _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
-                continue
-            wrapt.wrap_function_wrapper(owner, patch.attribute, patch.wrapper)
-            _installed.append(patch)
-    except BaseException:
-        _remove()
-        raise
+def _targets() -> Iterator[Patch]:
+    """:data:`PATCHES` whose class can be imported."""
+    for patch in PATCHES:
+        try:
+            owner = _owner(patch)
+        except (ImportError, AttributeError):
+            # a transport whose driver is not installed: nothing of it can run either
+            _logger.debug("otel_kombu: %s.%s not found, not wrapped", patch.module, patch.owner)
+            continue
+        yield owner, patch.attribute, patch.wrapper
 
 
-def _remove() -> None:
-    while _installed:
-        patch = _installed.pop()
-        unwrap(_owner(patch), patch.attribute)
+_PATCHES: Final = ClassPatches(_targets, wrap=wrapt.wrap_function_wrapper, unwrap=unwrap)
 
 
 class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
@@ -122,15 +111,8 @@ class KombuInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignor
     _version = __version__
     _instruments = _instruments
     _plugin_options = (SKIP_CELERY,)
+    _patches = _PATCHES
     _scopes = SCOPES
-
-    @classmethod
-    def _install(cls) -> None:
-        _install()
-
-    @classmethod
-    def _remove(cls) -> None:
-        _remove()
 
     @staticmethod
     def instrument_connection(connection: Any, **kwargs: Any) -> None:

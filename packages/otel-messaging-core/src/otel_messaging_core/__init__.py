@@ -26,6 +26,7 @@ from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.consumer import (
     ContextActivation,
     MessageContext,
+    MessageContexts,
     attach,
     creation_span_context,
     handling_parent,
@@ -35,7 +36,7 @@ from otel_messaging_core.consumer import (
 from otel_messaging_core.envelope import Envelope
 from otel_messaging_core.fast_path import records_nothing
 from otel_messaging_core.guard import call_hook, capture_internal_exceptions, log_internal_error
-from otel_messaging_core.instrumentor import MessagingInstrumentor
+from otel_messaging_core.instrumentor import ClassPatches, MessagingInstrumentor, Patch
 from otel_messaging_core.ledger import MAX_UNSETTLED, DeliveryLedger
 from otel_messaging_core.operations import call_in, publish_failure
 from otel_messaging_core.options import (
@@ -61,6 +62,7 @@ __all__ = [
     "log_reconfigured",
     "has_options",
     "creation_span_context",
+    "ClassPatches",
     "ContribGuard",
     "MAX_UNSETTLED",
     "BROKER_NACK",
@@ -75,8 +77,10 @@ __all__ = [
     "Envelope",
     "InstrumentationOptions",
     "MessageContext",
+    "MessageContexts",
     "MessagingInstrumentor",
     "MessagingTelemetry",
+    "Patch",
     "PlainMethods",
     "PluginOption",
     "Publish",

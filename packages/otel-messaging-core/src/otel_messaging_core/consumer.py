@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, Final, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Final, Literal, Mapping
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, INVALID_SPAN_CONTEXT, Link, Span, SpanContext
 
 from otel_messaging_core._private_api import SPAN_KEY, attach, detach
-from otel_messaging_core.guard import log_internal_error
+from otel_messaging_core.guard import capture_internal_exceptions, log_internal_error
 from otel_messaging_core.propagation import extract_context
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ __all__ = [
     "ConsumerContextMode",
     "ContextActivation",
     "MessageContext",
+    "MessageContexts",
     "consumer_parent",
     "creation_span_context",
     "handling_parent",
@@ -198,3 +199,42 @@ def message_context_of(
         except Exception as internal:
             log_internal_error("message_context()", internal)
     return MessageContext(context if context is not None else otel_context.get_current())
+
+
+class MessageContexts:
+    """A plugin's ``message_context(message)``, written once: ``MessageContexts("pika", recall=...,
+    headers_of=..., telemetry_of=...)(message)``.
+
+    ``recall(message)`` gives the handling context of the message's receive span when the plugin
+    recorded one; otherwise ``headers_of(message)`` and ``telemetry_of(message)`` (the telemetry
+    serving the message, ``None`` when nothing instruments it any more) go to
+    :func:`message_context_of`. A failure of the lookups is logged once for the plugin's place
+    (``"<library> message_context()"``) and the block runs in the current context. Never raises.
+    """
+
+    __slots__ = ("_guard", "_headers_of", "_recall", "_telemetry_of")
+
+    def __init__(
+        self,
+        library: str,
+        *,
+        recall: Callable[[Any], Context | None],
+        headers_of: Callable[[Any], Mapping[Any, Any] | None],
+        telemetry_of: Callable[[Any], MessagingTelemetry | None],
+    ) -> None:
+        self._guard = capture_internal_exceptions(f"{library} message_context()")
+        self._recall = recall
+        self._headers_of = headers_of
+        self._telemetry_of = telemetry_of
+
+    def __call__(self, message: Any) -> MessageContext:
+        context = headers = telemetry = None
+        try:
+            context = self._recall(message)
+            if context is None:
+                headers = self._headers_of(message)
+                telemetry = self._telemetry_of(message)
+        except Exception as internal:  # the block runs in the current context
+            self._guard.report(internal)
+            return MessageContext(otel_context.get_current())
+        return message_context_of(context, headers, telemetry)

@@ -15,18 +15,19 @@
   (or per-connection) instrumentation still needs them, and the contrib instrumentor may
   instrument again.
 
-The plugin says what differs: how it installs and removes its patches, and its
-:class:`~otel_messaging_core.Scopes` registry (``_scopes``), which holds the global telemetry and
-the objects ``instrument_channel()`` / ``instrument_connection()`` pin (:meth:`_pin`,
-:meth:`_unpin`). The core does not depend on
-``opentelemetry-instrumentation``: ``BaseInstrumentor`` comes from the plugin's side of the
-class statement, reached through ``super()``.
+The plugin says what differs: its patch list (:class:`ClassPatches`, ``_patches``: installed
+all or none, removed from the same list) and its :class:`~otel_messaging_core.Scopes` registry
+(``_scopes``), which holds the global telemetry and the objects ``instrument_channel()`` /
+``instrument_connection()`` pin (:meth:`_pin`, :meth:`_unpin`). The core does not depend on
+``opentelemetry-instrumentation`` nor on ``wrapt``: ``BaseInstrumentor`` comes from the plugin's
+side of the class statement, reached through ``super()``, and the plugin hands
+:class:`ClassPatches` its wrap and unwrap functions.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
 
 from otel_messaging_core.guard import capture_internal_exceptions
 from otel_messaging_core.options import (
@@ -41,14 +42,64 @@ if TYPE_CHECKING:
     from otel_messaging_core.conflicts import ContribGuard
     from otel_messaging_core.scope import Scopes
 
-__all__ = ["MessagingInstrumentor"]
+__all__ = ["ClassPatches", "MessagingInstrumentor", "Patch"]
+
+#: one class patch: (owner, attribute, wrapt wrapper ``(wrapped, instance, args, kwargs)``)
+Patch = tuple[Any, str, Callable[..., Any]]
+
+
+class ClassPatches:
+    """A plugin's patches: one list drives both wrap and unwrap, installed all or none.
+
+    ``targets()`` gives the patches (it imports the library, so it is called only at install);
+    ``wrap`` is ``wrapt.wrap_function_wrapper`` and ``unwrap``
+    ``opentelemetry.instrumentation.utils.unwrap`` (on the plugin's side of the dependencies).
+    """
+
+    __slots__ = ("_installed", "_targets", "_unwrap", "_wrap")
+
+    def __init__(
+        self,
+        targets: Callable[[], Iterable[Patch]],
+        *,
+        wrap: Callable[[Any, str, Callable[..., Any]], Any],
+        unwrap: Callable[[Any, str], Any],
+    ) -> None:
+        self._targets = targets
+        self._wrap = wrap
+        self._unwrap = unwrap
+        self._installed: list[tuple[Any, str]] = []
+
+    @property
+    def installed(self) -> bool:
+        """True while the patches are in place."""
+        return bool(self._installed)
+
+    def install(self) -> None:
+        """Install every patch, or none (a failure takes back those made, then raises); nothing
+        when they are installed."""
+        if self._installed:
+            return
+        try:
+            for owner, name, wrapper in self._targets():
+                self._wrap(owner, name, wrapper)
+                self._installed.append((owner, name))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove every patch installed, the last first."""
+        while self._installed:
+            owner, name = self._installed.pop()
+            self._unwrap(owner, name)
 
 
 class MessagingInstrumentor:
     """The shared ``BaseInstrumentor`` lifecycle (see the module docstring).
 
-    A subclass sets the class attributes (``_scopes`` among them) and implements :meth:`_install`
-    and :meth:`_remove`.
+    A subclass sets the class attributes (``_patches`` and ``_scopes`` among them); it extends
+    :meth:`_install` / :meth:`_remove` only for what its patches leave behind.
     """
 
     #: the instrumentation scope, logger and entry point name (``otel_pika``)
@@ -63,6 +114,8 @@ class MessagingInstrumentor:
     _contrib: ClassVar[ContribGuard | None] = None
     #: keywords of the plugin's own, on top of the shared ones
     _plugin_options: ClassVar[Sequence[PluginOption]] = ()
+    #: the plugin's patches, installed while anything (global or pinned) is instrumented
+    _patches: ClassVar[ClassPatches]
     #: the plugin's registry: the global telemetry and the pinned objects
     _scopes: ClassVar[Scopes[Any]]
     #: the guard of ``instrument()`` and of per-channel instrumentation: ``"<name> instrument()"``
@@ -74,17 +127,17 @@ class MessagingInstrumentor:
         if name is not None:
             cls._guard = capture_internal_exceptions(f"{name} instrument()")
 
-    # what a plugin provides ------------------------------------------------------------------
+    # what a plugin may change ----------------------------------------------------------------
 
     @classmethod
     def _install(cls) -> None:
         """Install every patch (doing nothing when they are installed)."""
-        raise NotImplementedError
+        cls._patches.install()
 
     @classmethod
     def _remove(cls) -> None:
         """Remove every patch (doing nothing when none is installed)."""
-        raise NotImplementedError
+        cls._patches.remove()
 
     @classmethod
     def _swap_global(cls, made: Any) -> InstrumentationOptions | None:

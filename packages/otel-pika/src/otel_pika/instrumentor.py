@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Final
 
-from opentelemetry import context as otel_context
+import wrapt
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
 from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import (
+    ClassPatches,
     ContribGuard,
     MessageContext,
+    MessageContexts,
     MessagingInstrumentor,
     MessagingTelemetry,
+    Patch,
     Wrapper,
-    capture_internal_exceptions,
-    message_context_of,
 )
 from otel_pika._package import _instruments
 from otel_pika._state import SCOPES, recall, release_bypasses, scope_of
@@ -26,10 +27,10 @@ from otel_pika.version import __version__
 __all__ = ["PikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_pika"
-_MESSAGE_CONTEXT: Final = capture_internal_exceptions("pika message_context()")
 
 Resolver = Callable[[Any], Any]
-Target = tuple[Any, str, Callable[[Resolver], Wrapper]]
+Factory = Callable[[Resolver], Wrapper]
+Target = tuple[Any, str, Factory]
 
 # opentelemetry-instrumentation-pika would trace every message a second time: kept off while
 # this instrumentor is instrumented (see otel_messaging_core.conflicts).
@@ -53,30 +54,41 @@ def _targets() -> tuple[list[Target], list[Target], list[Target]]:
 
     from otel_pika import _consume, _publish, _settle
 
-    channel: list[Target] = [
-        (Channel, "basic_publish", _publish.channel_publish),
-        (Channel, "_on_return", _publish.returned),
-        (Channel, "basic_consume", _consume.consumer_queue),
-        (Channel, "_on_deliver", _consume.deliver),
-        (Channel, "basic_get", _consume.channel_get),
-        (Channel, "_on_getok", _consume.getok),
-        (Channel, "basic_ack", _settle.settle("ack", blocking=False)),
-        (Channel, "basic_nack", _settle.settle("nack", blocking=False)),
-        (Channel, "basic_reject", _settle.settle("reject", blocking=False)),
+    def settle(verb: str) -> tuple[str, Factory, Factory]:
+        plain, blocking = _settle.settle(verb, blocking=False), _settle.settle(verb, blocking=True)
+        return f"basic_{verb}", plain, blocking
+
+    # attribute: its wrapper factory on pika.channel.Channel, on BlockingChannel (None: not there)
+    table: list[tuple[str, Factory | None, Factory | None]] = [
+        ("basic_publish", _publish.channel_publish, _publish.blocking_publish),
+        ("_on_return", _publish.returned, None),
+        ("basic_consume", _consume.consumer_queue, None),
+        ("_on_deliver", _consume.deliver, None),
+        ("basic_get", _consume.channel_get, _consume.blocking_get),
+        ("_on_getok", _consume.getok, None),
+        ("_dispatch_events", None, _consume.dispatch_events),
+        ("consume", None, _consume.consume),
+        ("cancel", None, _consume.cancel),
+        settle("ack"),
+        settle("nack"),
+        settle("reject"),
     ]
-    blocking: list[Target] = [
-        (BlockingChannel, "basic_publish", _publish.blocking_publish),
-        (BlockingChannel, "_dispatch_events", _consume.dispatch_events),
-        (BlockingChannel, "consume", _consume.consume),
-        (BlockingChannel, "cancel", _consume.cancel),
-        (BlockingChannel, "basic_get", _consume.blocking_get),
-        (BlockingChannel, "basic_ack", _settle.settle("ack", blocking=True)),
-        (BlockingChannel, "basic_nack", _settle.settle("nack", blocking=True)),
-        (BlockingChannel, "basic_reject", _settle.settle("reject", blocking=True)),
+    channel = [(Channel, name, plain) for name, plain, _ in table if plain is not None]
+    blocking = [
+        (BlockingChannel, name, factory) for name, _, factory in table if factory is not None
     ]
     # what a BlockingChannel's own publish/get/settle/dispatch wrappers do not cover
     blocking_impl = [t for t in channel if t[1] in ("_on_return", "basic_consume")]
     return channel, blocking, blocking_impl
+
+
+def _class_patches() -> list[Patch]:
+    channel, blocking, _ = _targets()
+    return [(owner, name, factory(scope_of)) for owner, name, factory in (*channel, *blocking)]
+
+
+#: the class patches of ``instrument()`` (``instrument_channel()`` patches channel objects)
+_PATCHES: Final = ClassPatches(_class_patches, wrap=wrapt.wrap_function_wrapper, unwrap=unwrap)
 
 
 def _channel_patches(channel: Any) -> tuple[Any, list[tuple[Any, Target]]]:
@@ -129,21 +141,12 @@ class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore
     _version = __version__
     _instruments = _instruments
     _contrib = _CONTRIB
+    _patches = _PATCHES
     _scopes = SCOPES
 
     @classmethod
-    def _install(cls) -> None:
-        import wrapt
-
-        channel, blocking, _ = _targets()
-        for owner, name, factory in (*channel, *blocking):
-            wrapt.wrap_function_wrapper(owner, name, factory(scope_of))
-
-    @classmethod
     def _remove(cls) -> None:
-        channel, blocking, _ = _targets()
-        for owner, name, _factory in (*channel, *blocking):
-            unwrap(owner, name)
+        super()._remove()
         release_bypasses()
 
     @classmethod
@@ -189,13 +192,12 @@ def message_context(properties: Any) -> MessageContext:
     from the message's headers under the ``consumer_context`` rule. The message's baggage is
     current in the block either way.
     """
-    context = headers = telemetry = None
-    try:
-        context = recall(properties)
-        if context is None:
-            headers = getattr(properties, "headers", None)
-            telemetry = SCOPES.global_
-    except Exception as internal:  # the block runs in the current context
-        _MESSAGE_CONTEXT.report(internal)
-        return MessageContext(otel_context.get_current())
-    return message_context_of(context, headers, telemetry)
+    return _MESSAGE_CONTEXT(properties)
+
+
+_MESSAGE_CONTEXT: Final = MessageContexts(
+    "pika",
+    recall=recall,
+    headers_of=lambda properties: getattr(properties, "headers", None),
+    telemetry_of=lambda _properties: SCOPES.global_,
+)
