@@ -35,6 +35,7 @@ from otel_messaging_core._private_api import (
     REAL_INSTRUMENT,
     SPAN_KEY,
     SUPPRESS_KEY,
+    get_current,
     sampler_drops_unsampled,
 )
 from otel_messaging_core.attributes import (
@@ -189,7 +190,7 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
     ) -> Publish:
         """Start the PRODUCER span and build the headers to send: a copy with the context injected."""
         try:
-            current = otel_context.get_current()
+            current = get_current()
             carrier = dict(headers) if headers else {}
             if current.get(SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
