@@ -139,10 +139,12 @@ def _start(
             correlation_id=message.correlation_id,
             body=message.body,
             raw=message,
-        ).classified(_failure)
+        )
         sent = op.headers
         if records_nothing(op):  # a trace its sampler did not sample, nothing to count
             op = None  # aio-pika's own coroutine is returned, no awaitable of ours
+        else:
+            op.classified(_failure)
     if sent is not headers:
         try:
             view = with_headers(message, sent)

@@ -264,16 +264,27 @@ def _start(producer: Any, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
     properties = args[_PROPERTIES] or {}
     destination = binding.destinations.get("publish", exchange, args[_ROUTING_KEY] or "")
     body = args[_BODY]
-    op = telemetry.start_publish(
-        destination,
-        headers,
-        # a Celery task has no message_id: its task id, as Celery's own spans record it
-        message_id=properties.get("message_id") or task_id(headers),
-        correlation_id=properties.get("correlation_id"),
-        body=body if type(body) is bytes else None,
-        body_size=body_size(body),
-        raw=properties,
-    )
+    # a Celery task has no message_id: its task id, as Celery's own spans record it
+    message_id = properties.get("message_id") or (task_id(headers) if headers else None)
+    correlation_id = properties.get("correlation_id")
+    if type(body) is bytes:
+        size: int | None = len(body)
+    else:
+        size, body = body_size(body), None
+    if message_id is None and correlation_id is None:  # the usual message: fewer keywords
+        op = telemetry.start_publish(
+            destination, headers, body=body, body_size=size, raw=properties
+        )
+    else:
+        op = telemetry.start_publish(
+            destination,
+            headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            body=body,
+            body_size=size,
+            raw=properties,
+        )
     return op, op.headers
 
 

@@ -32,8 +32,10 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
 from otel_messaging_core._private_api import (
+    REAL_INSTRUMENT,
     SPAN_KEY,
     SUPPRESS_KEY,
+    get_current,
     sampler_drops_unsampled,
 )
 from otel_messaging_core.attributes import (
@@ -188,7 +190,7 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
     ) -> Publish:
         """Start the PRODUCER span and build the headers to send: a copy with the context injected."""
         try:
-            current = otel_context.get_current()
+            current = get_current()
             carrier = dict(headers) if headers else {}
             if current.get(SUPPRESS_KEY):
                 propagate.inject(carrier, context=current)
@@ -224,9 +226,14 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
                         destination, body, carrier, message_id, correlation_id, raw
                     )
                     call_hook(self._publish_hook, span, envelope)
-            elif self.metrics.idle:
-                # not sampled and nothing to count: nothing to end or time (the span, which
-                # ends as a no-op, stays on the operation for a plugin matching returns)
+            elif (proxy := self._meter_proxy) is not None and getattr(
+                proxy, REAL_INSTRUMENT
+            ) is None:
+                # MessagingMetrics.idle, read without a call: not sampled and nothing to count,
+                # so nothing to end or time (the span, which ends as a no-op, stays on the
+                # operation for a plugin matching returns)
+                if len(carrier) != (len(headers) if headers else 0):  # the usual case
+                    return Publish(None, destination, span, carrier)
                 return Publish(None, destination, span, headers_to_send(carrier, headers))
             if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
                 return Publish(self, destination, span, headers_to_send(carrier, headers))

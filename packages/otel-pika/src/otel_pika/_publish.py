@@ -61,21 +61,25 @@ def _start(
             body = body.encode("utf-8") if type(body) is str else None
         destination = state.destinations.get("publish", exchange, routing_key)
         if properties is None:
-            op = telemetry.start_publish(destination, None, body=body, raw=None)
+            op = telemetry.start_publish(destination, None, body=body)
         else:
-            op = telemetry.start_publish(
-                destination,
-                headers,
-                message_id=properties.message_id,
-                correlation_id=properties.correlation_id,
-                body=body,
-                raw=properties,
-            )
-        if classify is not None:
-            op.classified(classify)
+            message_id, correlation_id = properties.message_id, properties.correlation_id
+            if message_id is None and correlation_id is None:  # the usual message: fewer keywords
+                op = telemetry.start_publish(destination, headers, body=body, raw=properties)
+            else:
+                op = telemetry.start_publish(
+                    destination,
+                    headers,
+                    message_id=message_id,
+                    correlation_id=correlation_id,
+                    body=body,
+                    raw=properties,
+                )
         sent = op.headers
         if records_nothing(op):  # a trace its sampler did not sample, nothing to count
             op = None
+        elif classify is not None:
+            op.classified(classify)
     if sent is headers:
         return op, args, kwargs  # nothing added: pika gets exactly the caller's arguments
     try:
@@ -83,7 +87,9 @@ def _start(
     except Exception as internal:  # the caller's message goes out as it is, without context
         _PUBLISH.report(internal)
         return op, args, kwargs
-    if count > 3:
+    if count == 4:  # the usual call: exchange, routing_key, body, properties
+        args = (args[0], args[1], args[2], with_context)
+    elif count > 3:
         args = (*args[:3], with_context, *args[4:])
     else:
         kwargs["properties"] = with_context  # wrapt hands each call a dict of its own
@@ -108,7 +114,9 @@ channel_publish: Final = traced(
     _start, None, where="pika publish", blocking=False, bypass="basic_publish"
 )
 #: ``BlockingChannel.basic_publish``, including the wait for a publisher confirm
-blocking_publish: Final = traced(_start, _failure, where="pika publish", blocking=True)
+blocking_publish: Final = traced(
+    _start, _failure, where="pika publish", blocking=True, shadow="basic_publish"
+)
 
 
 def _record_return(state: ChannelState, instance: Any, args: tuple[Any, ...]) -> None:

@@ -11,12 +11,21 @@ skip the wrapper altogether.
 
 from __future__ import annotations
 
+import weakref
+from types import MethodType
 from typing import Any, Callable
 
-from otel_messaging_core import Publish, Settle, Wrapper, call_in, capture_internal_exceptions
-from otel_pika._state import ChannelState, bypass_if_blocking
+from otel_messaging_core import (
+    PlainMethods,
+    Publish,
+    Settle,
+    Wrapper,
+    call_in,
+    capture_internal_exceptions,
+)
+from otel_pika._state import SCOPES, ChannelState, bypass_if_blocking
 
-__all__ = ["Resolver", "Start", "traced"]
+__all__ = ["Resolver", "Start", "forget_shadows", "traced"]
 
 Resolver = Callable[[Any], "ChannelState | None"]
 #: ``start(state, args, kwargs, param)``: the operation (``None``: nothing to trace) and the
@@ -25,14 +34,25 @@ Start = Callable[..., "tuple[Publish | Settle | None, tuple[Any, ...], dict[str,
 
 
 def traced(
-    start: Start, param: Any, *, where: str, blocking: bool, bypass: str | None = None
+    start: Start,
+    param: Any,
+    *,
+    where: str,
+    blocking: bool,
+    bypass: str | None = None,
+    shadow: str | None = None,
 ) -> Callable[[Resolver], Wrapper]:
     """A wrapper factory for a method of ``BlockingChannel`` (``blocking``) or ``Channel``;
-    ``param`` is passed on to every ``start``."""
+    ``param`` is passed on to every ``start``. ``shadow`` (the method's name): the first call
+    through the class wrapper binds a plain function on the channel object, so that its next
+    calls skip wrapt's dispatch (see :func:`forget_shadows`)."""
     guard = capture_internal_exceptions(where)
+    plain = None if shadow is None else PlainMethods(shadow, (start.__module__,))
+    if plain is not None:
+        _plains.append(plain)
 
     def factory(resolve: Resolver) -> Wrapper:
-        def wrapper(
+        def run(
             wrapped: Callable[..., Any],
             instance: Any,
             args: tuple[Any, ...],
@@ -53,9 +73,69 @@ def traced(
                 guard.report(internal)
             return call_in(op, wrapped, args, kwargs)
 
+        if plain is None or shadow is None or not blocking:
+            wrapper = run
+        else:
+            name: str = shadow
+
+            def shadowed(channel: Any, *args: Any, **kwargs: Any) -> Any:
+                original = plain.cached(type(channel))
+                if original is None:  # instrumentation changed under it: the class's own
+                    return getattr(type(channel), name)(channel, *args, **kwargs)
+                op = None
+                try:
+                    state = resolve(channel._impl)
+                    if state is not None:
+                        state.blocking = True
+                        op, args, kwargs = start(state, args, kwargs, param)
+                except Exception as internal:
+                    guard.report(internal)
+                if op is None:  # what ``run`` does, without a bound method and a call more
+                    return original(channel, *args, **kwargs)
+                with op:
+                    return original(channel, *args, **kwargs)
+
+            shadowed.__name__ = name
+
+            def wrapper(
+                wrapped: Callable[..., Any],
+                instance: Any,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+            ) -> Any:
+                try:
+                    state = instance.__dict__
+                    # through the class wrapper, for a class whose method is ours unchanged
+                    if name not in state and plain.of(type(instance)) is not None:
+                        state[name] = MethodType(shadowed, instance)
+                        _shadowed.setdefault(instance, {})[name] = shadowed
+                except Exception as internal:  # no shadow: the class wrapper serves it
+                    guard.report(internal)
+                return run(wrapped, instance, args, kwargs)
+
         # named after the module of what it traces (``_state.bypass_if_blocking`` recognises our
         # publish wrapper by its module)
         wrapper.__module__ = start.__module__
         return wrapper
 
     return factory
+
+
+# channels holding shadows (name -> function); the PlainMethods of every shadowed method
+_shadowed: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_plains: list[PlainMethods] = []
+
+
+def forget_shadows() -> None:
+    """Instrumentation changed: every channel goes through its class's methods again."""
+    for channel, shadows in list(_shadowed.items()):
+        for name, function in shadows.items():
+            bound = channel.__dict__.get(name)
+            if type(bound) is MethodType and bound.__func__ is function:
+                del channel.__dict__[name]
+    _shadowed.clear()
+    for plain in _plains:
+        plain.clear()
+
+
+SCOPES.listeners.append(forget_shadows)
