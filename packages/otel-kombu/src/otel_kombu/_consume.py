@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from contextvars import Token
 from time import perf_counter
 from types import MethodType
 from typing import Any, Callable, Final
@@ -214,6 +215,7 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
         return None
     op: Consume | None = None
     context: Context | None = None
+    token: Token[Context] | None = None
     try:
         info = message.delivery_info
         # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
@@ -227,6 +229,7 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
         if skip is None or not skip.skips(headers, (info or {}).get("exchange") or ""):
             context = binding.telemetry.unsampled_consume(headers)  # type: ignore[union-attr]
         if context is not None:
+            token = attach(context)  # the callbacks run in it
             if track:  # a settle will read the record on the message
                 _track_unsampled(binding, consumer, message, info, context)
         else:
@@ -236,8 +239,11 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
                 op.activate()
     except Exception as internal:
         _PROCESS.report(internal)
-    if context is not None:
-        return _in_context(context, consumer, message)
+    if token is not None:
+        try:
+            return _handle(consumer, message)
+        finally:
+            restore(token)
     if op is None:
         return _handle(consumer, message)
     try:
@@ -266,19 +272,6 @@ def _track_unsampled(
     tag = message.delivery_tag
     tracked = telemetry.unsampled_tracked(context, destination, tag if type(tag) is int else None)
     setattr(message, MESSAGE_ATTR, tracked)
-
-
-def _in_context(context: Context, consumer: Any, message: Any) -> Any:
-    """Decode and call back with ``context`` current; the previous context comes back after."""
-    try:
-        token = attach(context)
-    except Exception as internal:  # pragma: no cover - defensive: the callbacks run all the same
-        _PROCESS.report(internal)
-        return _handle(consumer, message)
-    try:
-        return _handle(consumer, message)
-    finally:
-        restore(token)
 
 
 def _binding_to_process(consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
