@@ -41,6 +41,7 @@ from otel_aiopika._state import SCOPES, OwnerState, resolve, track
 from otel_messaging_core import (
     Consume,
     ContextActivation,
+    MessagingTelemetry,
     attach,
     capture_internal_exceptions,
     delivery_queue,
@@ -123,13 +124,12 @@ def _begin(
     return op
 
 
-def _unsampled(state: OwnerState, message: Any, queue: str, manual_ack: bool) -> Context | None:
+def _unsampled(
+    telemetry: MessagingTelemetry, state: OwnerState, message: Any, queue: str, manual_ack: bool
+) -> Context | None:
     """The unsampled fast path of a pushed message, decided first: the context its handler runs
     in when no span is made and nothing is counted (docs/architecture.md), else ``None``. A
     manual-ack message's settle record is kept for its channel, as on the general path."""
-    telemetry = state.telemetry
-    if telemetry is None:
-        return None
     context = telemetry.unsampled_consume(headers_of(message))
     if context is not None and manual_ack:
         # what _begin keeps for a message whose trace is not sampled
@@ -182,13 +182,23 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
     if _ensure_awaitable is not None or _iscoroutinepartial(callback):
         inner = _ensure_awaitable(callback) if _ensure_awaitable is not None else callback
 
+        # the owner's scope, looked up again only when the instrumentation changes (what
+        # resolve() answers in between)
+        seen = -1
+        scope: OwnerState | None = None
+
         async def traced(message: Any) -> Any:
+            nonlocal seen, scope
             # inlined (one message per call): _process_start / _process_end for the usual case
             op = token = None
             try:
-                state = resolve(owner)
-                if state is not None:
-                    context = _unsampled(state, message, queue, manual_ack)
+                generation = SCOPES.generation
+                if seen != generation:
+                    scope, seen = resolve(owner), generation
+                state = scope
+                telemetry = None if state is None else state.telemetry
+                if state is not None and telemetry is not None:
+                    context = _unsampled(telemetry, state, message, queue, manual_ack)
                     if context is not None:
                         token = attach(context)
                     else:
@@ -224,9 +234,11 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
             token = None
             with _PROCESS:
                 state = resolve(owner)
-                context = None if state is None else _unsampled(state, message, queue, manual_ack)
-                if context is not None:
-                    token = attach(context)
+                telemetry = None if state is None else state.telemetry
+                if state is not None and telemetry is not None:
+                    context = _unsampled(telemetry, state, message, queue, manual_ack)
+                    if context is not None:
+                        token = attach(context)
             if token is not None:
                 try:
                     return callback(message)
