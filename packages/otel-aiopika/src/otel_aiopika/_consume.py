@@ -41,6 +41,7 @@ from otel_aiopika._state import SCOPES, OwnerState, resolve, track
 from otel_messaging_core import (
     Consume,
     ContextActivation,
+    MessagingTelemetry,
     attach,
     capture_internal_exceptions,
     delivery_queue,
@@ -123,26 +124,21 @@ def _begin(
     return op
 
 
-def _unsampled(state: OwnerState, message: Any, queue: str, manual_ack: bool) -> Context | None:
-    """The unsampled fast path of a pushed message, decided first: the context its handler runs
-    in when no span is made and nothing is counted (docs/architecture.md), else ``None``. A
-    manual-ack message's settle record is kept for its channel, as on the general path."""
-    telemetry = state.telemetry
-    if telemetry is None:
-        return None
-    context = telemetry.unsampled_consume(headers_of(message))
-    if context is not None and manual_ack:
-        # what _begin keeps for a message whose trace is not sampled
-        exchange = message.exchange
-        exchange = exchange if type(exchange) is str else str(exchange or "")
-        routing_key = message.routing_key
-        routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
-        if not queue:  # a consumer not seen registering
-            queue = delivery_queue(exchange, routing_key)
-        destination = state.destinations.get("process", exchange, routing_key, queue)
-        delivery = telemetry.unsampled_delivery(context, destination, message.delivery_tag)
-        track(message, telemetry, delivery, context, True)
-    return context
+def _track_unsampled(
+    telemetry: MessagingTelemetry, state: OwnerState, message: Any, queue: str, context: Context
+) -> None:
+    """A manual-ack message that took the unsampled fast path (its handler runs in ``context``,
+    ``unsampled_consume``'s answer): its settle record is kept for its channel, what
+    :func:`_begin` keeps for a message whose trace is not sampled."""
+    exchange = message.exchange
+    exchange = exchange if type(exchange) is str else str(exchange or "")
+    routing_key = message.routing_key
+    routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
+    if not queue:  # a consumer not seen registering
+        queue = delivery_queue(exchange, routing_key)
+    destination = state.destinations.get("process", exchange, routing_key, queue)
+    delivery = telemetry.unsampled_delivery(context, destination, message.delivery_tag)
+    track(message, telemetry, delivery, context, True)
 
 
 def _process_start(owner: Any, message: Any, queue: str, manual_ack: bool) -> Consume | None:
@@ -182,15 +178,28 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
     if _ensure_awaitable is not None or _iscoroutinepartial(callback):
         inner = _ensure_awaitable(callback) if _ensure_awaitable is not None else callback
 
+        # the owner's scope, looked up again only when the instrumentation changes (what
+        # resolve() answers in between)
+        seen = -1
+        scope: OwnerState | None = None
+
         async def traced(message: Any) -> Any:
+            nonlocal seen, scope
             # inlined (one message per call): _process_start / _process_end for the usual case
             op = token = None
             try:
-                state = resolve(owner)
-                if state is not None:
-                    context = _unsampled(state, message, queue, manual_ack)
+                generation = SCOPES.generation
+                if seen != generation:
+                    scope, seen = resolve(owner), generation
+                state = scope
+                telemetry = None if state is None else state.telemetry
+                if state is not None and telemetry is not None:
+                    # the unsampled fast path, decided first (docs/architecture.md)
+                    context = telemetry.unsampled_consume(headers_of(message))
                     if context is not None:
                         token = attach(context)
+                        if manual_ack:  # its settle record, as on the general path
+                            _track_unsampled(telemetry, state, message, queue, context)
                     else:
                         op = _begin(state, "process", message, queue, manual_ack)
                         if op is not None:
@@ -224,9 +233,14 @@ def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
             token = None
             with _PROCESS:
                 state = resolve(owner)
-                context = None if state is None else _unsampled(state, message, queue, manual_ack)
-                if context is not None:
-                    token = attach(context)
+                telemetry = None if state is None else state.telemetry
+                if state is not None and telemetry is not None:
+                    # the unsampled fast path, decided first (docs/architecture.md)
+                    context = telemetry.unsampled_consume(headers_of(message))
+                    if context is not None:
+                        token = attach(context)
+                        if manual_ack:  # its settle record, as on the general path
+                            _track_unsampled(telemetry, state, message, queue, context)
             if token is not None:
                 try:
                     return callback(message)

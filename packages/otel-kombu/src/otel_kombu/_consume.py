@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from contextvars import Token
 from time import perf_counter
 from types import MethodType
 from typing import Any, Callable, Final
@@ -200,12 +201,11 @@ def _end(op: Consume, exc: BaseException | None = None) -> None:
             op.deactivate()  # whatever failed, the caller's context comes back
 
 
-def _process(consumer: Any, binding: Binding, message: Any) -> Any:
+def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
     """Kombu's ``_receive_callback`` with the process span: convert the delivery (pyamqp's raw
-    ``amqp.Message``) to kombu's ``Message``, start the span on it, then decode and call back."""
-    channel = consumer.channel
+    ``amqp.Message``) to kombu's ``Message`` with ``m2p`` (:func:`_converter`), start the span on
+    it, then decode and call back."""
     try:
-        m2p = _converter(channel)
         if m2p:
             message = m2p(message)
     except Exception as exc:  # as kombu: the consumer's on_decode_error, or raise
@@ -215,23 +215,35 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
         return None
     op: Consume | None = None
     context: Context | None = None
+    token: Token[Context] | None = None
     try:
         info = message.delivery_info
         # a no_ack consumer's messages are never settled: no delivery record to keep (pyamqp)
-        no_ack = getattr(channel, "no_ack_consumers", None)
+        no_ack = getattr(consumer.channel, "no_ack_consumers", None)
         track = not (no_ack and info and info.get("consumer_tag") in no_ack)
-        context = _unsampled(binding, message, info)  # the unsampled fast path
-        if context is not None and track:  # a settle will read the record on the message
-            _track_unsampled(binding, consumer, message, info, context)
-        if context is None:
+        # the unsampled fast path (docs/architecture.md); a skipped Celery message goes the
+        # general way (which marks it). A never-settled delivery (no_ack) keeps nothing on the
+        # message: message_context() builds the same context from its headers.
+        headers = message.headers
+        skip = binding.celery_skip
+        if skip is None or not skip.skips(headers, (info or {}).get("exchange") or ""):
+            context = binding.telemetry.unsampled_consume(headers)  # type: ignore[union-attr]
+        if context is not None:
+            token = attach(context)  # the callbacks run in it
+            if track:  # a settle will read the record on the message
+                _track_unsampled(binding, consumer, message, info, context)
+        else:
             queue = _queue_of(consumer, info)
             op = _start(binding, "process", queue, message, track=track)
             if op is not None:
                 op.activate()
     except Exception as internal:
         _PROCESS.report(internal)
-    if context is not None:
-        return _in_context(context, consumer, message)
+    if token is not None:
+        try:
+            return _handle(consumer, message)
+        finally:
+            restore(token)
     if op is None:
         return _handle(consumer, message)
     try:
@@ -241,20 +253,6 @@ def _process(consumer: Any, binding: Binding, message: Any) -> Any:
         raise
     _end(op)
     return result
-
-
-def _unsampled(binding: Binding, message: Any, info: Any) -> Context | None:
-    """The unsampled fast path of a delivery: the context its callbacks run in when no span is
-    made and nothing is counted (docs/architecture.md), else ``None``. A skipped Celery message
-    goes the general way (which marks it). A never-settled delivery (no_ack) keeps nothing on
-    the message: ``message_context()`` builds the same context from its headers."""
-    headers = message.headers
-    skip = binding.celery_skip
-    if skip is not None and skip.skips(headers, (info or {}).get("exchange") or ""):
-        return None
-    telemetry = binding.telemetry
-    assert telemetry is not None
-    return telemetry.unsampled_consume(headers)
 
 
 def _track_unsampled(
@@ -276,22 +274,16 @@ def _track_unsampled(
     setattr(message, MESSAGE_ATTR, tracked)
 
 
-def _in_context(context: Context, consumer: Any, message: Any) -> Any:
-    """Decode and call back with ``context`` current; the previous context comes back after."""
-    try:
-        token = attach(context)
-    except Exception as internal:  # pragma: no cover - defensive: the callbacks run all the same
-        _PROCESS.report(internal)
-        return _handle(consumer, message)
-    try:
-        return _handle(consumer, message)
-    finally:
-        restore(token)
-
-
 def _binding_to_process(consumer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The binding to trace this delivery with, or ``None``: pass it through (callers guard)."""
-    if len(args) != 1 or kwargs or consumer.__dict__.get(_SIMPLE_ATTR):
+    if len(args) != 1 or kwargs:
+        return None
+    return _binding_of(consumer)
+
+
+def _binding_of(consumer: Any) -> Binding | None:
+    """The binding to trace ``consumer``'s deliveries with, or ``None`` (callers guard)."""
+    if consumer.__dict__.get(_SIMPLE_ATTR):
         return None
     binding = binding_for(connection_of_channel(consumer.channel))
     return binding if binding.telemetry is not None else None
@@ -308,7 +300,7 @@ def wrap_receive_callback(
         _PROCESS.report(internal)
     if binding is None:
         return wrapped(*args, **kwargs)
-    return _process(consumer, binding, args[0])
+    return _process(consumer, binding, args[0], _converter(consumer.channel))
 
 
 # -- one plain call a delivery ---------------------------------------------------------------------
@@ -317,7 +309,10 @@ def wrap_receive_callback(
 # the class wrapper that is a wrapt bound wrapper, one dispatch per delivery. Consumer.consume
 # (once per consumer) binds a plain function on the consumer first, so the channel holds that
 # instead; only for a class whose _receive_callback is ours unchanged. After uninstrument() it
-# passes deliveries to kombu's own method (as the wrapt wrapper a channel may hold does).
+# passes deliveries to kombu's own method (as the wrapt wrapper a channel may hold does). What a
+# delivery needs of its consumer (the binding, the channel's converter) is kept on the bound
+# function's _Route and looked up again when the consumer's channel (kombu revives a consumer on
+# a new channel after a reconnect or failover) or the instrumentation changes.
 
 # Consumer class -> its _receive_callback as kombu defines it, or None (not ours: keep the class's)
 _receivers: dict[type, Any] = {}
@@ -335,21 +330,52 @@ def _receiver(kind: type) -> Any:
     return found
 
 
-def _shadow_receive_callback(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+class _Route:
+    """A shadowed consumer and what its deliveries need, looked up again when its channel or the
+    instrumentation changes (or a ``SimpleQueue.get`` claims it): its binding (``None``: pass
+    through) and its channel's ``message_to_python`` (:func:`_converter`)."""
+
+    __slots__ = ("binding", "channel", "consumer", "convert", "generation")
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.channel: Any = _UNKNOWN
+        self.generation = -1
+        self.binding: Binding | None = None
+        self.convert: Any = None
+
+    def refresh(self, channel: Any) -> None:
+        self.channel = _UNKNOWN  # until found
+        self.binding = _binding_of(self.consumer)
+        self.convert = _converter(channel) if self.binding is not None else None
+        self.generation = SCOPES.generation
+        self.channel = channel
+
+
+def _shadow_receive_callback(route: _Route, *args: Any, **kwargs: Any) -> Any:
+    consumer = route.consumer
     binding: Binding | None = None
     try:
-        binding = _binding_to_process(consumer, args, kwargs)
+        if len(args) == 1 and not kwargs:
+            channel = consumer.channel
+            if route.channel is not channel or route.generation != SCOPES.generation:
+                route.refresh(channel)
+            binding = route.binding
     except Exception as internal:
         _PROCESS.report(internal)
     if binding is not None:
-        return _process(consumer, binding, args[0])
+        return _process(consumer, binding, args[0], route.convert)
     original = _receiver(type(consumer))
     if original is None:  # not instrumented any more: kombu's own method (or a wrapper of it)
         return type(consumer)._receive_callback(consumer, *args, **kwargs)
     return original(consumer, *args, **kwargs)
 
 
-_shadow_receive_callback.__name__ = "_receive_callback"
+def _forget_route(consumer: Any) -> None:
+    """``consumer``'s deliveries look their route up again (a SimpleQueue claimed them)."""
+    bound = consumer.__dict__.get("_receive_callback")
+    if type(bound) is MethodType and isinstance(bound.__self__, _Route):
+        bound.__self__.channel = _UNKNOWN
 
 
 def wrap_consume(
@@ -360,7 +386,7 @@ def wrap_consume(
     try:
         state = consumer.__dict__
         if "_receive_callback" not in state and _receiver(type(consumer)) is not None:
-            state["_receive_callback"] = MethodType(_shadow_receive_callback, consumer)
+            state["_receive_callback"] = MethodType(_shadow_receive_callback, _Route(consumer))
             _shadowed_consumers.add(consumer)
     except Exception as internal:
         _CONSUMER.report(internal)
@@ -418,6 +444,7 @@ def wrap_simple_get(
         if block:
             # its deliveries reach the buffer through Consumer callbacks: no process span for those
             simple.consumer.__dict__[_SIMPLE_ATTR] = True
+            _forget_route(simple.consumer)
     if not block:
         return wrapped(*args, **kwargs)  # get_nowait -> Queue.get, traced there
     message = wrapped(*args, **kwargs)

@@ -108,8 +108,8 @@ class UnsampledFastPath:
             current = get_current()
             proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
             if (
-                current.get(SPAN_KEY) is not None
-                or current.get(SUPPRESS_KEY)
+                # a consumer's usual context is the empty one: nothing to read in it
+                (current and (current.get(SPAN_KEY) is not None or current.get(SUPPRESS_KEY)))
                 or proxy is None
                 or getattr(proxy, REAL_INSTRUMENT) is not None
                 or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
