@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
@@ -108,6 +108,29 @@ def test_consume_of_a_not_sampled_message_gives_the_message_context() -> None:
     assert alone is not None
     assert trace.get_current_span(alone).get_span_context() == span_context
     assert baggage.get_all(alone) == {}
+
+
+@pytest.mark.parametrize("flags", ["00", "02"])
+def test_consume_fast_path_takes_what_the_sdk_writes_for_a_trace_it_does_not_sample(
+    flags: str,
+) -> None:
+    """opentelemetry-sdk 1.4x starts every trace with W3C level 2's random-trace-id flag, so a
+    not-sampled message from it carries flags 02, not 00: it takes the fast path all the same,
+    with the same context the general path would make current (flags kept as sent)."""
+    sdk = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    with sdk.get_tracer("shop").start_as_current_span("checkout"):
+        written: dict[str, str] = {}
+        propagate.inject(written)
+    assert not int(written["traceparent"][-2:], 16) & 1  # what the SDK wrote is not sampled
+    headers = {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-{flags}"}
+    context = make().unsampled_consume(headers)
+    assert context is not None
+    span_context = trace.get_current_span(context).get_span_context()
+    assert (span_context.trace_id, span_context.span_id) == (TRACE_ID, SPAN_ID)
+    assert int(span_context.trace_flags) == int(flags, 16)
+    assert make().unsampled_consume(dict(written)) is not None
+    sampled = {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-03"}
+    assert make().unsampled_consume(sampled) is None  # sampled (with the random flag)
 
 
 def test_consume_fast_path_steps_aside_when_a_span_or_a_metric_is_due(otel: Recorder) -> None:

@@ -22,6 +22,8 @@ from otel_messaging_core.propagation import extract_context, fast_extract, injec
 __all__ = ["UnsampledFastPath", "records_nothing"]
 
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
+#: a traceparent's flags field of a not-sampled trace, as writers spell it (02: the random flag)
+_UNSAMPLED_FLAGS: Final = frozenset({"00", "02"})
 
 
 def records_nothing(op: Publish | Settle) -> bool:
@@ -101,9 +103,14 @@ class UnsampledFastPath:
                 value = headers.get("traceparent")
             except Exception:  # an exotic mapping, bytes keys under python -bb: the general path
                 return None
-            # flags "00" (a sampled or malformed one, or another spelling of the key, goes the
-            # general way, which reads it fully)
-            if type(value) is not str or value[-2:] != "00" or self._parent_mode != "parent":
+            # not sampled: flags "00", or "02" (the random-trace-id flag of W3C Trace Context
+            # level 2, which opentelemetry-sdk 1.4x writes on every trace it starts); a sampled
+            # or malformed one, or another spelling of the key, goes the general way
+            if (
+                type(value) is not str
+                or value[-2:] not in _UNSAMPLED_FLAGS
+                or self._parent_mode != "parent"
+            ):
                 return None
             current = get_current()
             proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
@@ -115,7 +122,7 @@ class UnsampledFastPath:
                 or not (self._drops_unsampled() if self._drops_fixed is None else self._drops_fixed)
             ):
                 return None
-            # The usual message (a traceparent alone) is read directly: its flags are the "00"
+            # The usual message (a traceparent alone) is read directly: its flags are the ones
             # seen above and its ids were checked, so it is what we want as it is.
             creation = fast_extract(headers)
             if creation is None:  # baggage, tracestate, ...: read in full, then checked

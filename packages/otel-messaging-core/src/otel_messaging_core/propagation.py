@@ -254,8 +254,8 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _default_textmap: TextMapPropagator | None = None
 _BAGGAGE_PROPAGATOR = W3CBaggagePropagator()
-# the two flags nearly every traceparent carries, made once
-_TRACE_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
+# the flags nearly every traceparent carries (02/03: W3C level 2's random trace id), made once
+_TRACE_FLAGS = {flags: TraceFlags(int(flags, 16)) for flags in ("00", "01", "02", "03")}
 
 
 def _is_default(textmap: TextMapPropagator) -> bool:
