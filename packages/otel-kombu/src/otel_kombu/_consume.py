@@ -20,7 +20,6 @@ as it was; :func:`message_context` makes the message's context current for a blo
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from contextvars import Token
 from time import perf_counter
@@ -37,6 +36,7 @@ from otel_kombu._util import body_size
 from otel_messaging_core import (
     Consume,
     MessageContext,
+    PlainMethods,
     attach,
     capture_internal_exceptions,
     message_context_of,
@@ -64,8 +64,7 @@ MESSAGE_ATTR: Final = "_otel_kombu"
 _SIMPLE_ATTR: Final = "_otel_kombu_simple"
 # On a kombu Connection: the instrumentation generation its consumers were last checked at.
 _SWEPT_ATTR: Final = "_otel_kombu_swept"
-# A channel class -> its message_to_python without our wrapper (None: look it up on the channel)
-_converters: dict[type, Any] = {}
+# _Route.channel until the consumer's channel is known
 _UNKNOWN: Final = object()
 # Connections whose drain_events is shadowed by kombu's own bound method (see _sweep)
 _shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -160,15 +159,7 @@ def _queue_of(consumer: Any, info: Any) -> str:
 def _converter(channel: Any) -> Any:
     """The channel's ``message_to_python`` as kombu's ``_receive_callback`` looks it up, minus our
     own wrapper (which only sweeps, :func:`wrap_message_to_python`): one interception a message."""
-    kind = type(channel)
-    found = _converters.get(kind, _UNKNOWN)
-    if found is _UNKNOWN:
-        found = inspect.getattr_static(kind, "message_to_python", None)
-        if getattr(found, "_self_wrapper", None) is not wrap_message_to_python:
-            found = None  # not ours (or none): looked up on the channel as kombu does
-        else:
-            found = found.__wrapped__
-        _converters[kind] = found
+    found = _CONVERTER.of(type(channel))  # None: not ours, looked up as kombu does
     if found is not None and "message_to_python" not in getattr(channel, "__dict__", ()):
         return MethodType(found, channel)
     return getattr(channel, "message_to_python", None)
@@ -315,19 +306,9 @@ def wrap_receive_callback(
 # a new channel after a reconnect or failover) or the instrumentation changes.
 
 # Consumer class -> its _receive_callback as kombu defines it, or None (not ours: keep the class's)
-_receivers: dict[type, Any] = {}
+_RECEIVER: Final = PlainMethods("_receive_callback", wrap_receive_callback)
+_receiver: Final = _RECEIVER.of
 _shadowed_consumers: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _receiver(kind: type) -> Any:
-    found = _receivers.get(kind, _UNKNOWN)
-    if found is _UNKNOWN:
-        wrapper = inspect.getattr_static(kind, "_receive_callback", None)
-        found = None
-        if getattr(wrapper, "_self_wrapper", None) is wrap_receive_callback:
-            found = wrapper.__wrapped__
-        _receivers[kind] = found
-    return found
 
 
 class _Route:
@@ -410,6 +391,10 @@ def wrap_message_to_python(
 
 # kept for the patch list: the same wrapper serves every transport
 wrap_virtual_message_to_python: Final = wrap_message_to_python
+
+
+# Channel class -> its message_to_python as kombu defines it, or None (not ours)
+_CONVERTER: Final = PlainMethods("message_to_python", wrap_message_to_python)
 
 
 def _receive(channel: Any, queue: str, message: Any, started: float) -> None:
@@ -530,7 +515,8 @@ def forget_sweeps() -> None:
         if type(bound) is MethodType and bound.__func__ is _shadow_receive_callback:
             del consumer.__dict__["_receive_callback"]
     _shadowed_consumers.clear()
-    _receivers.clear()
+    _RECEIVER.clear()
+    _CONVERTER.clear()
     for connection in list(_shadowed):
         shadow = connection.__dict__.get("drain_events")
         if type(shadow) is MethodType and shadow.__self__ is connection:
