@@ -14,6 +14,7 @@ from otel_messaging_core import (
     PlainMethods,
     Scope,
     Scopes,
+    Shadows,
 )
 
 
@@ -197,3 +198,36 @@ def test_plain_methods_finds_the_function_under_our_wrapper() -> None:
     assert plain.of(Library) is original  # cached until clear()
     plain.clear()
     assert plain.of(Library) is None
+
+
+def test_shadows_are_bound_on_the_object_and_taken_back() -> None:
+    """A shadow answers for its object alone (bound to the object, or to what it is given);
+    forget() takes back every shadow still in place, leaves one the user replaced since, and
+    clears the PlainMethods the shadows came from."""
+    plain = PlainMethods("send", _ours)
+    shadows = Shadows(plain)
+    one, other, replaced = Library(), Library(), Library()
+
+    def shadow(target: Any) -> str:
+        return f"shadow of {type(target).__name__}"
+
+    shadows.bind(one, "send", shadow)
+    shadows.bind(replaced, "send", shadow, to=other)
+    assert (one.send(), other.send(), replaced.send()) == (
+        "shadow of Library",
+        "sent",
+        "shadow of Library",
+    )
+    replaced.__dict__["send"] = lambda: "the user's"
+    original = Library.__dict__["send"]
+    wrapt.wrap_function_wrapper(Library, "send", _ours)
+    try:
+        assert plain.of(Library) is original
+    finally:
+        Library.send = original  # type: ignore[method-assign]
+    shadows.forget()
+    assert "send" not in one.__dict__
+    assert one.send() == "sent"
+    assert replaced.send() == "the user's"
+    assert plain.cached(Library) is None  # cleared with the shadows
+    shadows.forget()  # nothing held any more: nothing to do

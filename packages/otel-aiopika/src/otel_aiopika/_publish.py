@@ -11,7 +11,6 @@ result otherwise (both ``error.type=unroutable``).
 
 from __future__ import annotations
 
-import weakref
 from types import MethodType
 from typing import Any, Callable, Final
 
@@ -24,6 +23,7 @@ from otel_messaging_core import (
     UNROUTABLE,
     PlainMethods,
     Publish,
+    Shadows,
     capture_internal_exceptions,
     publish_failure,
     records_nothing,
@@ -206,7 +206,7 @@ def publish(
 
 # Exchange class -> its publish as aio-pika defines it, or None (keep the class wrapper)
 _PLAIN: Final = PlainMethods("publish", publish)
-_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+_SHADOWS: Final = Shadows(_PLAIN)
 
 
 def _shadow_publish(exchange: Any, *args: Any, **kwargs: Any) -> Any:
@@ -223,18 +223,11 @@ def _shadow(exchange: Any) -> None:
     """Bind the plain wrapper on ``exchange`` (see above); callers guard."""
     if _PLAIN.of(type(exchange)) is None:
         return
-    exchange.__dict__["publish"] = MethodType(_shadow_publish, exchange)
-    _shadowed.add(exchange)
+    _SHADOWS.bind(exchange, "publish", _shadow_publish)
 
 
-def forget_shadows() -> None:
-    """Instrumentation changed: every exchange goes through its class's publish again."""
-    for exchange in list(_shadowed):
-        bound = exchange.__dict__.get("publish")
-        if type(bound) is MethodType and bound.__func__ is _shadow_publish:
-            del exchange.__dict__["publish"]
-    _shadowed.clear()
-    _PLAIN.clear()
+#: Instrumentation changed: every exchange goes through its class's publish again.
+forget_shadows: Final = _SHADOWS.forget
 
 
 SCOPES.listeners.append(forget_shadows)

@@ -20,7 +20,6 @@ as it was; :func:`message_context` makes the message's context current for a blo
 
 from __future__ import annotations
 
-import weakref
 from contextvars import Token
 from time import perf_counter
 from types import MethodType
@@ -37,6 +36,7 @@ from otel_messaging_core import (
     Consume,
     MessageContext,
     PlainMethods,
+    Shadows,
     attach,
     capture_internal_exceptions,
     message_context_of,
@@ -67,7 +67,7 @@ _SWEPT_ATTR: Final = "_otel_kombu_swept"
 # _Route.channel until the consumer's channel is known
 _UNKNOWN: Final = object()
 # Connections whose drain_events is shadowed by kombu's own bound method (see _sweep)
-_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+_SWEPT: Final = Shadows()
 
 _PROCESS: Final = capture_internal_exceptions("kombu process")
 _RECEIVE: Final = capture_internal_exceptions("kombu receive")
@@ -308,7 +308,7 @@ def wrap_receive_callback(
 # Consumer class -> its _receive_callback as kombu defines it, or None (not ours: keep the class's)
 _RECEIVER: Final = PlainMethods("_receive_callback", wrap_receive_callback)
 _receiver: Final = _RECEIVER.of
-_shadowed_consumers: weakref.WeakSet[Any] = weakref.WeakSet()
+_CONSUMERS: Final = Shadows(_RECEIVER)
 
 
 class _Route:
@@ -367,8 +367,9 @@ def wrap_consume(
     try:
         state = consumer.__dict__
         if "_receive_callback" not in state and _receiver(type(consumer)) is not None:
-            state["_receive_callback"] = MethodType(_shadow_receive_callback, _Route(consumer))
-            _shadowed_consumers.add(consumer)
+            _CONSUMERS.bind(
+                consumer, "_receive_callback", _shadow_receive_callback, _Route(consumer)
+            )
     except Exception as internal:
         _CONSUMER.report(internal)
     return wrapped(*args, **kwargs)
@@ -499,29 +500,17 @@ def _sweep(connection: Any) -> None:
     # nothing for this check (forget_sweeps() takes the shadow back).
     from kombu.connection import Connection
 
-    connection.__dict__["drain_events"] = MethodType(
-        _unwrapped(Connection, "drain_events"), connection
-    )
-    _shadowed.add(connection)
+    _SWEPT.bind(connection, "drain_events", _unwrapped(Connection, "drain_events"))
 
 
 def forget_sweeps() -> None:
     """Instrumentation changed: every connection's drain_events checks its consumers again, and
     every producer goes through the class's (maybe unwrapped) methods again."""
     forget_shadows()
-    for consumer in list(_shadowed_consumers):
-        # the channel keeps what it was given (it passes through when not instrumented)
-        bound = consumer.__dict__.get("_receive_callback")
-        if type(bound) is MethodType and bound.__func__ is _shadow_receive_callback:
-            del consumer.__dict__["_receive_callback"]
-    _shadowed_consumers.clear()
-    _RECEIVER.clear()
+    # a channel keeps the shadow it was given (it passes through when not instrumented)
+    _CONSUMERS.forget()
     _CONVERTER.clear()
-    for connection in list(_shadowed):
-        shadow = connection.__dict__.get("drain_events")
-        if type(shadow) is MethodType and shadow.__self__ is connection:
-            del connection.__dict__["drain_events"]
-    _shadowed.clear()
+    _SWEPT.forget()
 
 
 def _sweep_if_changed(connection: Any) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import weakref
 from types import MethodType
 from typing import Any, Callable, Final
 
@@ -32,6 +31,7 @@ from otel_messaging_core import (
     UNROUTABLE,
     PlainMethods,
     Publish,
+    Shadows,
     capture_internal_exceptions,
     creation_span_context,
     extract_context,
@@ -147,7 +147,7 @@ _plain_publish: Final = PlainMethods("publish", ("otel_kombu._publish",))
 _plain_inner: Final = PlainMethods("_publish", ("otel_kombu._publish",))
 _plain_publish_of: Final = _plain_publish.cached
 _plain_inner_of: Final = _plain_inner.cached
-_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
+_SHADOWS: Final = Shadows(_plain_publish, _plain_inner)
 
 
 def _shadow_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
@@ -175,22 +175,12 @@ def _shadow(producer: Any) -> None:
     kind = type(producer)
     if "_publish" in state or _plain_publish.of(kind) is None or _plain_inner.of(kind) is None:
         return
-    state["publish"] = MethodType(_shadow_publish, producer)
-    state["_publish"] = MethodType(_shadow_inner_publish, producer)
-    _shadowed.add(producer)
+    _SHADOWS.bind(producer, "publish", _shadow_publish)
+    _SHADOWS.bind(producer, "_publish", _shadow_inner_publish)
 
 
-def forget_shadows() -> None:
-    """Instrumentation changed: every producer goes through the class's attributes again."""
-    for producer in list(_shadowed):
-        state = producer.__dict__
-        for name, function in (("publish", _shadow_publish), ("_publish", _shadow_inner_publish)):
-            bound = state.get(name)
-            if type(bound) is MethodType and bound.__func__ is function:
-                del state[name]
-    _shadowed.clear()
-    _plain_publish.clear()
-    _plain_inner.clear()
+#: Instrumentation changed: every producer goes through the class's attributes again.
+forget_shadows: Final = _SHADOWS.forget
 
 
 def wrap_publish(

@@ -46,7 +46,7 @@ from otel_messaging_core.options import (
     log_reconfigured,
 )
 from otel_messaging_core.propagation import extract_context, headers_getter
-from otel_messaging_core.scope import PlainMethods, Scope, Scopes
+from otel_messaging_core.scope import PlainMethods, Scope, Scopes, Shadows
 from otel_messaging_core.telemetry import (
     Consume,
     Delivery,
@@ -86,6 +86,7 @@ __all__ = [
     "Publish",
     "Scope",
     "Scopes",
+    "Shadows",
     "Settle",
     "Wrapper",
     "__version__",

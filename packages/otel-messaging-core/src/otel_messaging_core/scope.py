@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
+from types import MethodType
 from typing import Any, Callable, Generic, TypeVar
 
 from otel_messaging_core.attributes import DestinationCache
 from otel_messaging_core.guard import capture_internal_exceptions
 from otel_messaging_core.telemetry import MessagingTelemetry
 
-__all__ = ["PlainMethods", "Scope", "Scopes"]
+__all__ = ["PlainMethods", "Scope", "Scopes", "Shadows"]
 
 
 class Scope:
@@ -207,3 +208,39 @@ class PlainMethods:
     def clear(self) -> None:
         """Instrumentation changed: look every class up again."""
         self._found.clear()
+
+
+class Shadows:
+    """Functions bound on library objects over a class-level wrapper, so the next calls on that
+    object skip its dispatch, and taken back whenever instrumentation changes.
+
+    :meth:`bind` puts ``function`` bound to ``to`` (the object itself unless given) into
+    ``obj.__dict__[name]`` and remembers it weakly; :meth:`forget` deletes every one still in
+    place (one the library or the user replaced since stays as it is) and clears ``plains``, the
+    :class:`PlainMethods` the shadows were made from.
+    """
+
+    __slots__ = ("_held", "plains")
+
+    def __init__(self, *plains: PlainMethods) -> None:
+        self._held: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.plains: list[PlainMethods] = list(plains)
+
+    def bind(self, obj: Any, name: str, function: Callable[..., Any], to: Any = None) -> None:
+        """Shadow ``obj.<name>`` with ``function`` bound to ``to`` (default: ``obj``)."""
+        obj.__dict__[name] = MethodType(function, obj if to is None else to)
+        self._held.setdefault(obj, {})[name] = function
+
+    def forget(self) -> None:
+        """Take every shadow back: the objects go through their classes' attributes again."""
+        for obj, names in list(self._held.items()):
+            state = obj.__dict__
+            for name, function in names.items():
+                bound = state.get(name)
+                if type(bound) is MethodType and bound.__func__ is function:
+                    del state[name]
+        self._held.clear()
+        for plain in self.plains:
+            plain.clear()

@@ -15,7 +15,6 @@ missing.
 
 from __future__ import annotations
 
-import types
 import weakref
 from typing import Any, Final
 
@@ -30,6 +29,7 @@ from otel_messaging_core import (
     PlainMethods,
     Scope,
     Scopes,
+    Shadows,
     capture_internal_exceptions,
     delivery_queue,
 )
@@ -142,11 +142,11 @@ state_of: Final = SCOPES.cached
 #: underlying channel (the ``BlockingChannel``'s own wrappers make those spans): a publish and every
 #: delivery would pay a wrapt dispatch for nothing (11k instructions each; docs/benchmarks.md).
 BYPASSED: Final = ("basic_publish", "_on_deliver", "basic_ack", "basic_nack", "basic_reject")
-# underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
-_bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
 # our class-level patch, and only that (never another library's wrapper above or below it)
 _OURS: Final = ("otel_pika._publish", "otel_pika._consume", "otel_pika._settle")
 _PLAIN: Final = {name: PlainMethods(name, _OURS) for name in BYPASSED}
+# underlying channels on which pika's own methods, bound to them, shadow the class's wrappers
+_BYPASSES: Final = Shadows(*_PLAIN.values())
 
 
 def bypass_if_blocking(impl: Any, name: str) -> None:
@@ -158,20 +158,11 @@ def bypass_if_blocking(impl: Any, name: str) -> None:
         return
     found = _PLAIN[name].of(type(impl))
     if found is not None:
-        impl.__dict__[name] = types.MethodType(found, impl)
-        _bypassed.add(impl)
+        _BYPASSES.bind(impl, name, found)
 
 
-def release_bypasses() -> None:
-    """Remove every shadow :func:`bypass_if_blocking` set: the channels are as pika made them."""
-    for impl in list(_bypassed):
-        for name in BYPASSED:
-            shadow = impl.__dict__.get(name)
-            if type(shadow) is types.MethodType and shadow.__self__ is impl:
-                del impl.__dict__[name]
-    _bypassed.clear()
-    for plain in _PLAIN.values():
-        plain.clear()
+#: Remove every shadow :func:`bypass_if_blocking` set: the channels are as pika made them.
+release_bypasses: Final = _BYPASSES.forget
 
 
 # -- contexts of pulled messages, for message_context() -------------------------------------------

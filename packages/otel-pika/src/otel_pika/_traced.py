@@ -11,14 +11,13 @@ skip the wrapper altogether.
 
 from __future__ import annotations
 
-import weakref
-from types import MethodType
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from otel_messaging_core import (
     PlainMethods,
     Publish,
     Settle,
+    Shadows,
     Wrapper,
     call_in,
     capture_internal_exceptions,
@@ -49,7 +48,7 @@ def traced(
     guard = capture_internal_exceptions(where)
     plain = None if shadow is None else PlainMethods(shadow, (start.__module__,))
     if plain is not None:
-        _plains.append(plain)
+        _SHADOWS.plains.append(plain)
 
     def factory(resolve: Resolver) -> Wrapper:
         def run(
@@ -107,8 +106,7 @@ def traced(
                     state = instance.__dict__
                     # through the class wrapper, for a class whose method is ours unchanged
                     if name not in state and plain.of(type(instance)) is not None:
-                        state[name] = MethodType(shadowed, instance)
-                        _shadowed.setdefault(instance, {})[name] = shadowed
+                        _SHADOWS.bind(instance, name, shadowed)
                 except Exception as internal:  # no shadow: the class wrapper serves it
                     guard.report(internal)
                 return run(wrapped, instance, args, kwargs)
@@ -121,21 +119,10 @@ def traced(
     return factory
 
 
-# channels holding shadows (name -> function); the PlainMethods of every shadowed method
-_shadowed: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_plains: list[PlainMethods] = []
-
-
-def forget_shadows() -> None:
-    """Instrumentation changed: every channel goes through its class's methods again."""
-    for channel, shadows in list(_shadowed.items()):
-        for name, function in shadows.items():
-            bound = channel.__dict__.get(name)
-            if type(bound) is MethodType and bound.__func__ is function:
-                del channel.__dict__[name]
-    _shadowed.clear()
-    for plain in _plains:
-        plain.clear()
+# channels holding shadows, and the PlainMethods of every shadowed method
+_SHADOWS: Final = Shadows()
+#: Instrumentation changed: every channel goes through its class's methods again.
+forget_shadows: Final = _SHADOWS.forget
 
 
 SCOPES.listeners.append(forget_shadows)
