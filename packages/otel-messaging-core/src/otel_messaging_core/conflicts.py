@@ -49,6 +49,21 @@ class ContribGuard:
         self.entry_point = entry_point
         self._engaged: Any = None
 
+    @classmethod
+    def of_library(cls, library: str, class_name: str, *, ours: str) -> ContribGuard:
+        """The guard of opentelemetry-python-contrib's instrumentation of ``library``, named as
+        contrib names every one: ``aio-pika`` is the distribution
+        ``opentelemetry-instrumentation-aio-pika``, the module
+        ``opentelemetry.instrumentation.aio_pika`` and the entry point ``aio-pika``; its
+        instrumentor class is ``class_name``."""
+        return cls(
+            "opentelemetry.instrumentation." + library.replace("-", "_"),
+            class_name,
+            ours=ours,
+            theirs="opentelemetry-instrumentation-" + library,
+            entry_point=library,
+        )
+
     def _instrumentor(self) -> Any:
         """The contrib instrumentor's singleton, or ``None`` when the package is not installed."""
         try:
