@@ -102,8 +102,8 @@ def test_missing_contrib_package_is_nothing_to_guard() -> None:
 def test_of_library_names_the_contrib_instrumentation_as_contrib_does() -> None:
     """of_library finds the contrib module, distribution and entry point from the library's name."""
     keeper = ContribGuard.of_library("aio-pika", "AioPikaInstrumentor", ours="otel-aiopika")
-    assert keeper._module == "opentelemetry.instrumentation.aio_pika"
-    assert keeper._class_name == "AioPikaInstrumentor"
+    assert keeper.module == "opentelemetry.instrumentation.aio_pika"
+    assert keeper.class_name == "AioPikaInstrumentor"
     assert (keeper.ours, keeper.theirs) == (
         "otel-aiopika",
         "opentelemetry-instrumentation-aio-pika",

@@ -10,6 +10,7 @@ rest); a plugin ends each one exactly once. Publish and Consume share one finish
 from __future__ import annotations
 
 from contextvars import Token
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Final, Mapping, TypeVar
 
@@ -75,11 +76,11 @@ class _Operation:
     nothing.
     """
 
-    __slots__ = ("_start", "_telemetry", "_token", "classify", "destination", "span")
+    __slots__ = ("_start", "_telemetry", "classify", "destination", "span")
 
     _telemetry: MessagingTelemetry | None
     _start: float
-    #: the context token of an activated Consume; always ``None`` on a Publish
+    #: the context token of an activated Consume (a slot of Consume; ``None`` on a Publish, by class)
     _token: Token[Context] | None
     destination: Destination | None
     span: Span
@@ -159,6 +160,7 @@ class Publish(_Operation):
 
     __slots__ = ("headers",)
     _where = "publish end"
+    _token = None  # a publish never changes the context: no slot, nothing to set per message
 
     def __init__(
         self,
@@ -171,7 +173,6 @@ class Publish(_Operation):
         self.destination = destination
         self.span = span
         self.headers = headers
-        self._token = None
         self._start = perf_counter()
 
     @classmethod
@@ -180,25 +181,16 @@ class Publish(_Operation):
         return cls(None, None, INVALID_SPAN, headers)
 
 
+@dataclass(eq=False, slots=True)
 class Delivery:
     """What a later ack/nack/reject needs to know about one delivery; small, kept per unsettled message."""
 
-    __slots__ = ("baggage", "creation", "delivery_tag", "destination", "span_context")
-
-    def __init__(
-        self,
-        destination: Destination,
-        delivery_tag: int | None,
-        creation: SpanContext | None,
-        span_context: SpanContext | None,
-        baggage: Mapping[str, AttributeValue] | None = None,
-    ) -> None:
-        self.destination = destination
-        self.delivery_tag = delivery_tag
-        self.creation = creation
-        self.span_context = span_context
-        # the baggage_attributes of the message, for a settle span made after its handler ended
-        self.baggage = baggage
+    destination: Destination
+    delivery_tag: int | None
+    creation: SpanContext | None
+    span_context: SpanContext | None
+    #: the baggage_attributes of the message, for a settle span made after its handler ended
+    baggage: Mapping[str, AttributeValue] | None = None
 
 
 class Consume(_Operation):
@@ -207,7 +199,7 @@ class Consume(_Operation):
     ``with op:`` makes the handling context current for the block and ends the span with it.
     """
 
-    __slots__ = ("context", "delivery")
+    __slots__ = ("_token", "context", "delivery")
     _where = "consume end"
 
     def __init__(
