@@ -76,11 +76,11 @@ class _Operation:
     nothing.
     """
 
-    __slots__ = ("_start", "_telemetry", "classify", "destination", "span")
+    __slots__ = ("_start", "_telemetry", "_token", "classify", "destination", "span")
 
     _telemetry: MessagingTelemetry | None
     _start: float
-    #: the context token of an activated Consume (a slot of Consume; ``None`` on a Publish, by class)
+    #: the context token of an activated Consume; ``None`` on a Publish (by class: never set)
     _token: Token[Context] | None
     destination: Destination | None
     span: Span
@@ -199,7 +199,7 @@ class Consume(_Operation):
     ``with op:`` makes the handling context current for the block and ends the span with it.
     """
 
-    __slots__ = ("_token", "context", "delivery")
+    __slots__ = ("context", "delivery")
     _where = "consume end"
 
     def __init__(
