@@ -160,7 +160,7 @@ class Publish(_Operation):
 
     __slots__ = ("headers",)
     _where = "publish end"
-    _token = None  # a publish never changes the context: no slot, nothing to set per message
+    _token = None  # a publish never changes the context: nothing to set per message
 
     def __init__(
         self,
