@@ -80,7 +80,7 @@ class _Operation:
 
     _telemetry: MessagingTelemetry | None
     _start: float
-    #: the context token of an activated Consume; ``None`` on a Publish (by class: never set)
+    #: the context token of an activated Consume; always ``None`` on a Publish
     _token: Token[Context] | None
     destination: Destination | None
     span: Span
@@ -160,7 +160,6 @@ class Publish(_Operation):
 
     __slots__ = ("headers",)
     _where = "publish end"
-    _token = None  # a publish never changes the context: nothing to set per message
 
     def __init__(
         self,
@@ -173,6 +172,7 @@ class Publish(_Operation):
         self.destination = destination
         self.span = span
         self.headers = headers
+        self._token = None
         self._start = perf_counter()
 
     @classmethod
