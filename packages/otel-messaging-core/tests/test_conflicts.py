@@ -97,3 +97,15 @@ def test_missing_contrib_package_is_nothing_to_guard() -> None:
     )
     keeper.engage()
     keeper.release()
+
+
+def test_of_library_names_the_contrib_instrumentation_as_contrib_does() -> None:
+    """of_library finds the contrib module, distribution and entry point from the library's name."""
+    keeper = ContribGuard.of_library("aio-pika", "AioPikaInstrumentor", ours="otel-aiopika")
+    assert keeper.module == "opentelemetry.instrumentation.aio_pika"
+    assert keeper.class_name == "AioPikaInstrumentor"
+    assert (keeper.ours, keeper.theirs) == (
+        "otel-aiopika",
+        "opentelemetry-instrumentation-aio-pika",
+    )
+    assert keeper.entry_point == "aio-pika"

@@ -6,35 +6,21 @@ consumer join the trace of the producer, in every consumption style (callbacks, 
 iterator, ``Queue.get``); the four semconv messaging metrics are recorded. It covers plain and
 robust connections, aio-pika 8.x, 9.x and 10.x, Python 3.10 to 3.13.
 
-Install
--------
-
-.. code-block:: console
-
-    pip install "otel-aiopika[instruments]"
-
-The ``instruments`` extra pulls in a supported aio-pika; leave it out to keep your own pin.
-
 Instrument
 ----------
 
 .. code-block:: python
 
-    from otel_aiopika import AioPikaInstrumentor
+    from otel_aiopika import AioPikaInstrumentor   # pip install "otel-aiopika[instruments]"
 
-    AioPikaInstrumentor().instrument()      # before or after consumers are registered
+    AioPikaInstrumentor().instrument()   # before or after consumers are registered
 
-Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
-``otel_aiopika``).
-
-``instrument()`` patches aio-pika's classes, so exchanges, queues, iterators and messages that
-already exist are covered, and so are ``Queue.consume`` callbacks registered before it (from
-their next message on). Called again with options while instrumented (as when your code runs
-under ``opentelemetry-instrument``), ``instrument()`` applies them to the live instrumentation and
-logs what changed at INFO; it never patches twice. ``uninstrument()`` restores every patched
-attribute, and consumers stop producing telemetry.
-
-To instrument one channel (plain or robust) with options of its own:
+Installing, the entry point (``otel_aiopika``) and what ``instrument()`` called again does are
+the same for every plugin: :doc:`index`. ``instrument()`` patches aio-pika's classes, so
+exchanges, queues, iterators and messages that already exist are covered, and so are
+``Queue.consume`` callbacks registered before it (from their next message on); after
+``uninstrument()`` consumers stop producing telemetry. To instrument one channel (plain or
+robust) with options of its own:
 
 .. code-block:: python
 
@@ -43,74 +29,34 @@ To instrument one channel (plain or robust) with options of its own:
     AioPikaInstrumentor.uninstrument_channel(channel)
 
 Exchanges, queues and messages of that channel then use these options, whether or not
-``instrument()`` was called; other channels are left to ``instrument()`` (or alone).
-
-Options
--------
-
-``instrument()`` and ``instrument_channel()`` take the keywords (and, under
-``opentelemetry-instrument``, the environment variables) every plugin takes, listed with their
-checks in :doc:`configuration`. In a hook's envelope, aio-pika's ``envelope.raw`` is the caller's
-``aio_pika.Message`` on publish and the ``IncomingMessage`` on consume. With
-``settle_spans=False``, note that aio-pika's ``reject()`` and ``message.process()`` do not requeue
-unless told to: such a reject always makes its ERROR span.
+``instrument()`` was called; other channels are left to ``instrument()`` (or alone). Both take the
+keywords every plugin takes (:doc:`configuration`). In a hook's envelope, aio-pika's
+``envelope.raw`` is the caller's ``aio_pika.Message`` on publish and the ``IncomingMessage`` on
+consume.
 
 Spans
 -----
 
-.. list-table::
-   :header-rows: 1
+The spans, their attributes, their errors and the metrics are those of every plugin, and the
+aio-pika column of :doc:`reference` says which call makes which span: ``Exchange.publish``
+(``channel.default_exchange`` too; one span per call), ``Queue.consume`` callbacks, each message
+of the queue iterator (``async for message in queue.iterator()``), ``Queue.get``,
+``IncomingMessage.ack`` / ``nack`` / ``reject`` and those ``message.process()`` makes.
+``server.address`` is the host of the connection URL. What is aio-pika's own:
 
-   * - aio-pika call
-     - span name
-     - kind
-     - parent / links
-   * - ``Exchange.publish`` (``channel.default_exchange`` too), one span per call
-     - ``publish {exchange}`` (``amq.default`` for ``""``)
-     - PRODUCER
-     - the current span; its context is injected into the headers of the message sent
-   * - a ``Queue.consume`` callback
-     - ``process {queue}``
-     - CONSUMER
-     - the producer (``consumer_context``); the callback runs in the span's context
-   * - each message of the queue iterator (``async for message in queue.iterator()``)
-     - ``receive {queue}``
-     - CLIENT
-     - as process; open and current while the loop body handles the message
-   * - ``Queue.get`` returning a message (an empty get makes no span)
-     - ``receive {queue}``
-     - CLIENT
-     - as process; covers the get, the caller's context is left as it was
-   * - ``IncomingMessage.ack`` / ``nack`` / ``reject``, and those ``message.process()`` makes
-       (see ``settle_spans``)
-     - ``ack {queue}`` / ``nack {queue}`` / ``reject {queue}``
-     - CLIENT
-     - the current span, else the delivery's process/receive span; links to the producer(s)
-
-The attributes (set when the span starts, so samplers see them; ``server.address`` is the host
-of the connection URL) and the metrics are those of every plugin: :doc:`reference`. A queue a
-robust channel names for you (``declare_queue()`` without a name: ``amq_<hex>``) is named
-``amq.gen``, as one the broker names.
-
-Failures
---------
-
-A failure sets status ERROR, records the exception and sets ``error.type``; the original
-exception reaches the caller unchanged (same object). With publisher confirms (aio-pika's
-default):
-
-* a publish the broker nacks (a full queue with ``x-overflow=reject-publish``, say) raises
-  ``aiormq.exceptions.DeliveryError``: ``error.type=broker_nack``;
-* a ``mandatory`` publish (aio-pika's default) the broker cannot route is
-  ``error.type=unroutable``, whether it raises ``PublishError`` (``on_return_raises=True``) or
-  comes back as ``publish()``'s result (the default);
-* any other exception (a closed channel, a timeout) is recorded with its qualified class name.
-
-A callback or loop body that raises ends its process/receive span ERROR. Inside
-``async with message.process():`` an exception rejects the message (or requeues it with
-``requeue=True``): the reject span (always made without requeue, with ``settle_spans`` otherwise)
-is ERROR and records that exception; its ``error.type`` is ``rejected`` when the message is
-dropped, else the exception's class name.
+* with ``settle_spans=False``, aio-pika's ``reject()`` and ``message.process()`` do not requeue
+  unless told to: such a reject always makes its ERROR span;
+* with publisher confirms (aio-pika's default), a publish the broker nacks (a full queue with
+  ``x-overflow=reject-publish``, say) raises ``aiormq.exceptions.DeliveryError``:
+  ``error.type=broker_nack``; a ``mandatory`` publish (aio-pika's default) the broker cannot
+  route is ``error.type=unroutable``, whether it raises ``PublishError``
+  (``on_return_raises=True``) or comes back as ``publish()``'s result (the default);
+* inside ``async with message.process():`` an exception rejects the message (or requeues it with
+  ``requeue=True``): the reject span (always made without requeue, with ``settle_spans``
+  otherwise) is ERROR and records that exception; its ``error.type`` is ``rejected`` when the
+  message is dropped, else the exception's class name;
+* a queue a robust channel names for you (``declare_queue()`` without a name: ``amq_<hex>``) is
+  named ``amq.gen``, as one the broker names.
 
 Consumption styles
 ------------------

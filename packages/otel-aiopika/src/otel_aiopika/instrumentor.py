@@ -15,7 +15,6 @@ from otel_aiopika._state import SCOPES, recall
 from otel_aiopika.version import __version__
 from otel_messaging_core import (
     ClassPatches,
-    ContribGuard,
     InstrumentationOptions,
     MessageContext,
     MessageContexts,
@@ -27,16 +26,6 @@ from otel_messaging_core import (
 __all__ = ["AioPikaInstrumentor", "message_context"]
 
 _INSTRUMENTATION_NAME = "otel_aiopika"
-
-# opentelemetry-instrumentation-aio-pika would trace every message a second time: kept off while
-# this instrumentor is instrumented (see otel_messaging_core.conflicts).
-_CONTRIB = ContribGuard(
-    "opentelemetry.instrumentation.aio_pika",
-    "AioPikaInstrumentor",
-    ours="otel-aiopika",
-    theirs="opentelemetry-instrumentation-aio-pika",
-    entry_point="aio-pika",
-)
 
 
 def _targets() -> list[Patch]:
@@ -84,17 +73,13 @@ _PATCHES: Final = ClassPatches(_targets, wrap=wrapt.wrap_function_wrapper, unwra
 
 
 class AioPikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
-    """OpenTelemetry instrumentation for aio-pika (see the module documentation of :mod:`otel_aiopika`).
-
-    ``instrument()``, ``uninstrument()`` and a second ``instrument(**options)`` follow the
-    lifecycle every plugin shares (``otel_messaging_core.MessagingInstrumentor``).
-    """
+    """OpenTelemetry instrumentation for aio-pika; :mod:`otel_aiopika` is its guide."""
 
     _instrumentation_name = _INSTRUMENTATION_NAME
     _library = "aio-pika"
     _version = __version__
     _instruments = _instruments
-    _contrib = _CONTRIB
+    _contrib_twin = True  # opentelemetry-instrumentation-aio-pika: kept off while instrumented
     _patches = _PATCHES
     _scopes = SCOPES
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
 __all__ = ["ContribGuard"]
@@ -29,6 +30,7 @@ logger: Final = logging.getLogger("otel_messaging_core")
 _SHADOWED: Final = ("_instrument", "_uninstrument")
 
 
+@dataclass(eq=False, slots=True)
 class ContribGuard:
     """One contrib instrumentor kept off while ours is instrumented (see the module docstring).
 
@@ -37,30 +39,42 @@ class ContribGuard:
     ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` takes.
     """
 
-    __slots__ = ("_class_name", "_engaged", "_module", "entry_point", "ours", "theirs")
+    module: str
+    class_name: str
+    _: KW_ONLY
+    ours: str
+    theirs: str
+    entry_point: str
+    #: the contrib instrumentor while it is kept off (``None``: not engaged)
+    _engaged: Any = field(default=None, init=False, repr=False)
 
-    def __init__(
-        self, module: str, class_name: str, *, ours: str, theirs: str, entry_point: str
-    ) -> None:
-        self._module = module
-        self._class_name = class_name
-        self.ours = ours
-        self.theirs = theirs
-        self.entry_point = entry_point
-        self._engaged: Any = None
+    @classmethod
+    def of_library(cls, library: str, class_name: str, *, ours: str) -> ContribGuard:
+        """The guard of opentelemetry-python-contrib's instrumentation of ``library``, named as
+        contrib names every one: ``aio-pika`` is the distribution
+        ``opentelemetry-instrumentation-aio-pika``, the module
+        ``opentelemetry.instrumentation.aio_pika`` and the entry point ``aio-pika``; its
+        instrumentor class is ``class_name``."""
+        return cls(
+            "opentelemetry.instrumentation." + library.replace("-", "_"),
+            class_name,
+            ours=ours,
+            theirs="opentelemetry-instrumentation-" + library,
+            entry_point=library,
+        )
 
     def _instrumentor(self) -> Any:
         """The contrib instrumentor's singleton, or ``None`` when the package is not installed."""
         try:
-            if importlib.util.find_spec(self._module) is None:
+            if importlib.util.find_spec(self.module) is None:
                 return None
         except (ImportError, ValueError):  # a parent package missing, a broken install
             return None
         try:
-            cls = getattr(importlib.import_module(self._module), self._class_name)
+            cls = getattr(importlib.import_module(self.module), self.class_name)
             return cls()  # BaseInstrumentor is a singleton: every caller gets this object
         except Exception:  # a contrib release that moved or broke: nothing to guard against
-            logger.debug("could not load %s.%s", self._module, self._class_name, exc_info=True)
+            logger.debug("could not load %s.%s", self.module, self.class_name, exc_info=True)
             return None
 
     def engage(self) -> None:

@@ -46,26 +46,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_messaging_core.attributes import ERROR_TYPE, exchange_label, low_cardinality
 from otel_messaging_core.guard import log_internal_error
 
-__all__ = [
-    "COUNT",
-    "DELIVERY_COUNT",
-    "ACQUIRED_COUNT",
-    "ERROR_TYPE_PREFIX",
-    "EXCHANGE",
-    "FIRST_EXCHANGE",
-    "FIRST_QUEUE",
-    "FIRST_REASON",
-    "MARKER",
-    "ORIGINAL_EXPIRATION",
-    "QUEUE",
-    "REASON",
-    "REDELIVERED",
-    "ROUTING_KEYS",
-    "TIME",
-    "Death",
-    "read",
-    "record",
-]
+__all__ = ["MARKER", "Death", "read", "record"]
 
 logger: Final = logging.getLogger("otel_messaging_core")
 

@@ -9,8 +9,9 @@
 * ``_instrument()``: the keywords are validated first (a mistake in code raises); past that
   nothing raises, since an entry point that raises would stop ``opentelemetry-instrument`` from
   loading every other instrumentor: the contrib instrumentor of the same library is kept off
-  (:class:`~otel_messaging_core.conflicts.ContribGuard`), the patches are installed and the global
-  instrumentation set; a failure is logged, undone, and the library left as it was;
+  (:class:`~otel_messaging_core.conflicts.ContribGuard`, made from the plugin's names when it
+  sets ``_contrib_twin``), the patches are installed and the global instrumentation set; a
+  failure is logged, undone, and the library left as it was;
 * ``_uninstrument()``: the global instrumentation goes, the patches too unless per-channel
   (or per-connection) instrumentation still needs them, and the contrib instrumentor may
   instrument again.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Collection, Iterable, Mapping, Sequence
 
+from otel_messaging_core.conflicts import ContribGuard
 from otel_messaging_core.guard import capture_internal_exceptions
 from otel_messaging_core.options import (
     InstrumentationOptions,
@@ -39,7 +41,6 @@ from otel_messaging_core.options import (
 from otel_messaging_core.telemetry import MessagingTelemetry
 
 if TYPE_CHECKING:
-    from otel_messaging_core.conflicts import ContribGuard
     from otel_messaging_core.scope import Scopes
 
 __all__ = ["ClassPatches", "MessagingInstrumentor", "Patch"]
@@ -104,13 +105,18 @@ class MessagingInstrumentor:
 
     #: the instrumentation scope, logger and entry point name (``otel_pika``)
     _instrumentation_name: ClassVar[str]
-    #: the instrumented library as a user knows it (``pika``), for the log lines
+    #: the instrumented library as a user knows it and as opentelemetry-python-contrib names its
+    #: instrumentation of it (``pika``, ``aio-pika``), for the log lines and ``_contrib``
     _library: ClassVar[str]
     #: the plugin's version, given to the tracer and the meter
     _version: ClassVar[str]
     #: the ``instruments`` requirement ``instrumentation_dependencies()`` returns
     _instruments: ClassVar[Collection[str]]
-    #: the contrib instrumentor of the same library, kept off while this one is instrumented
+    #: True when opentelemetry-python-contrib instruments the same library with an instrumentor of
+    #: the same class name (``opentelemetry-instrumentation-<_library>``): it is kept off while this
+    #: one is instrumented, by the ``_contrib`` made from these names
+    _contrib_twin: ClassVar[bool] = False
+    #: the guard of the contrib instrumentor (``None``: there is none)
     _contrib: ClassVar[ContribGuard | None] = None
     #: keywords of the plugin's own, on top of the shared ones
     _plugin_options: ClassVar[Sequence[PluginOption]] = ()
@@ -126,6 +132,9 @@ class MessagingInstrumentor:
         name = cls.__dict__.get("_instrumentation_name")
         if name is not None:
             cls._guard = capture_internal_exceptions(f"{name} instrument()")
+        if cls.__dict__.get("_contrib_twin"):
+            ours = cls._instrumentation_name.replace("_", "-")  # the distribution: otel-pika
+            cls._contrib = ContribGuard.of_library(cls._library, cls.__name__, ours=ours)
 
     # what a plugin may change ----------------------------------------------------------------
 

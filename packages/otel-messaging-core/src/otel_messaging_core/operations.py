@@ -10,6 +10,7 @@ rest); a plugin ends each one exactly once. Publish and Consume share one finish
 from __future__ import annotations
 
 from contextvars import Token
+from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Final, Mapping, TypeVar
 
@@ -180,25 +181,16 @@ class Publish(_Operation):
         return cls(None, None, INVALID_SPAN, headers)
 
 
+@dataclass(eq=False, slots=True)
 class Delivery:
     """What a later ack/nack/reject needs to know about one delivery; small, kept per unsettled message."""
 
-    __slots__ = ("baggage", "creation", "delivery_tag", "destination", "span_context")
-
-    def __init__(
-        self,
-        destination: Destination,
-        delivery_tag: int | None,
-        creation: SpanContext | None,
-        span_context: SpanContext | None,
-        baggage: Mapping[str, AttributeValue] | None = None,
-    ) -> None:
-        self.destination = destination
-        self.delivery_tag = delivery_tag
-        self.creation = creation
-        self.span_context = span_context
-        # the baggage_attributes of the message, for a settle span made after its handler ended
-        self.baggage = baggage
+    destination: Destination
+    delivery_tag: int | None
+    creation: SpanContext | None
+    span_context: SpanContext | None
+    #: the baggage_attributes of the message, for a settle span made after its handler ended
+    baggage: Mapping[str, AttributeValue] | None = None
 
 
 class Consume(_Operation):

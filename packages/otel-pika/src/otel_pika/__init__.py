@@ -6,34 +6,20 @@ consumer join the trace of the producer; the four semconv messaging metrics are 
 covers ``BlockingConnection`` and the async adapters (``SelectConnection``,
 ``AsyncioConnection``, ...), pika 1.1 to the newest 1.x, Python 3.10 to 3.13.
 
-Install
--------
-
-.. code-block:: console
-
-    pip install "otel-pika[instruments]"
-
-The ``instruments`` extra pulls in a supported pika; leave it out to keep your own pin.
-
 Instrument
 ----------
 
 .. code-block:: python
 
-    from otel_pika import PikaInstrumentor
+    from otel_pika import PikaInstrumentor   # pip install "otel-pika[instruments]"
 
     PikaInstrumentor().instrument()          # before or after connections are opened
 
-Or with no code change: ``opentelemetry-instrument python service.py`` (entry point
-``otel_pika``).
-
-``instrument()`` patches pika's classes, so channels that already exist are covered too, and
-so are consumers registered before it. Called again with options while instrumented (as when your
-code runs under ``opentelemetry-instrument``), ``instrument()`` applies them to the live
-instrumentation and logs what changed at INFO; it never patches twice. ``uninstrument()``
-restores every patched attribute and existing channels stop producing telemetry.
-
-To instrument a single channel without touching pika's classes:
+Installing, the entry point (``otel_pika``) and what ``instrument()`` called again does are the
+same for every plugin: :doc:`index`. ``instrument()`` patches pika's classes, so channels that
+already exist are covered too, and so are consumers registered before it; after
+``uninstrument()`` existing channels stop producing telemetry. To instrument a single channel
+without touching pika's classes:
 
 .. code-block:: python
 
@@ -41,62 +27,31 @@ To instrument a single channel without touching pika's classes:
     ...
     PikaInstrumentor.uninstrument_channel(channel)
 
-Options
--------
-
-``instrument()`` and ``instrument_channel()`` take the keywords (and, under
-``opentelemetry-instrument``, the environment variables) every plugin takes, listed with their
-checks in :doc:`configuration`. In a hook's envelope, pika's ``envelope.raw`` is the message's
+``instrument()`` and ``instrument_channel()`` take the keywords every plugin takes
+(:doc:`configuration`). In a hook's envelope, pika's ``envelope.raw`` is the message's
 ``pika.spec.BasicProperties`` and, on publish, ``envelope.headers`` the headers actually sent.
 
 Spans
 -----
 
-.. list-table::
-   :header-rows: 1
+The spans, their attributes, their errors and the metrics are those of every plugin, and the pika
+column of :doc:`reference` says which call makes which span: ``basic_publish`` on a
+``BlockingChannel`` or a ``Channel`` (one span per call), ``basic_consume`` callbacks on both,
+the ``BlockingChannel.consume()`` generator, ``basic_get``, ``basic_ack`` / ``basic_nack`` /
+``basic_reject``. ``server.address`` is the host of the connection parameters. What is pika's own:
 
-   * - pika call
-     - span name
-     - kind
-     - parent / links
-   * - ``basic_publish`` (``BlockingChannel`` and ``Channel``), one span per call
-     - ``publish {exchange}`` (``amq.default`` for ``""``)
-     - PRODUCER
-     - the current span; its context is injected into a copy of the headers
-   * - a callback registered with ``basic_consume`` (both channel kinds)
-     - ``process {queue}``
-     - CONSUMER
-     - the producer (``consumer_context``); the callback runs in the span's context
-   * - each message of ``BlockingChannel.consume()``
-     - ``receive {queue}``
-     - CLIENT
-     - as process; open and current while the loop body runs
-   * - ``basic_get`` returning a message (an empty get makes no span)
-     - ``receive {queue}``
-     - CLIENT
-     - as process; covers the get, the caller's context is left as it was (async
-       ``Channel.basic_get``: the callback runs in the span's context; pika keeps your own
-       callback, untouched)
-   * - ``basic_ack`` / ``basic_nack`` / ``basic_reject`` (see ``settle_spans``)
-     - ``ack {queue}`` / ``nack {queue}`` / ``reject {queue}``
-     - CLIENT
-     - the current span, else the delivery's process/receive span; links to the producer(s)
-   * - a mandatory publish returned by the broker (``basic.return``) on the async adapters, or
-       on a ``BlockingChannel`` without ``confirm_delivery()``
-     - ``publish {exchange}``, ERROR, ``error.type=unroutable``
-     - PRODUCER
-     - child of the publish span of that message
-
-The attributes (set when the span starts, so samplers see them; ``server.address`` is the host
-of the connection parameters) and the metrics are those of every plugin: :doc:`reference`.
-
-Failures set status ERROR, record the exception and set ``error.type``; the original exception
-reaches the caller unchanged (same object). Where the instrumentation adds nothing to a message
-(inside ``suppress_instrumentation()`` with no span current, or with tracing switched off), pika
-gets your arguments exactly as given: no ``BasicProperties(headers={})`` where you passed none. With ``confirm_delivery()``, ``UnroutableError``
-gives ``error.type=unroutable`` and ``NackError`` ``broker_nack``. An exception raised by a
-consumer callback marks its process span and reaches ``start_consuming()`` (or the I/O loop) as
-the same object.
+* the receive span of an async ``Channel.basic_get`` runs from the get to the end of its
+  callback, which runs in the span's context (pika is handed your callback untouched);
+* a mandatory publish the broker returns (``basic.return``) on the async adapters, or on a
+  ``BlockingChannel`` without ``confirm_delivery()``, arrives after the publish call ended: a
+  short PRODUCER span ``publish {exchange}``, child of that message's publish span, records it
+  as ERROR ``unroutable``. With ``confirm_delivery()``, ``UnroutableError`` gives the publish
+  span ``error.type=unroutable`` and ``NackError`` ``broker_nack``;
+* an exception raised by a consumer callback marks its process span and reaches
+  ``start_consuming()`` (or the I/O loop) as the same object;
+* where the instrumentation adds nothing to a message (inside ``suppress_instrumentation()``
+  with no span current, or with tracing switched off), pika gets your arguments exactly as
+  given: no ``BasicProperties(headers={})`` where you passed none.
 
 Pulled messages
 ---------------

@@ -12,7 +12,6 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_messaging_core import (
     ClassPatches,
-    ContribGuard,
     MessageContext,
     MessageContexts,
     MessagingInstrumentor,
@@ -31,16 +30,6 @@ _INSTRUMENTATION_NAME = "otel_pika"
 Resolver = Callable[[Any], Any]
 Factory = Callable[[Resolver], Wrapper]
 Target = tuple[Any, str, Factory]
-
-# opentelemetry-instrumentation-pika would trace every message a second time: kept off while
-# this instrumentor is instrumented (see otel_messaging_core.conflicts).
-_CONTRIB = ContribGuard(
-    "opentelemetry.instrumentation.pika",
-    "PikaInstrumentor",
-    ours="otel-pika",
-    theirs="opentelemetry-instrumentation-pika",
-    entry_point="pika",
-)
 
 
 def _targets() -> tuple[list[Target], list[Target], list[Target]]:
@@ -130,17 +119,13 @@ class _Bound:
 
 
 class PikaInstrumentor(MessagingInstrumentor, BaseInstrumentor):  # type: ignore[misc]
-    """OpenTelemetry instrumentation for pika (see the module documentation of :mod:`otel_pika`).
-
-    ``instrument()``, ``uninstrument()`` and a second ``instrument(**options)`` follow the
-    lifecycle every plugin shares (``otel_messaging_core.MessagingInstrumentor``).
-    """
+    """OpenTelemetry instrumentation for pika; :mod:`otel_pika` is its guide."""
 
     _instrumentation_name = _INSTRUMENTATION_NAME
     _library = "pika"
     _version = __version__
     _instruments = _instruments
-    _contrib = _CONTRIB
+    _contrib_twin = True  # opentelemetry-instrumentation-pika: kept off while instrumented
     _patches = _PATCHES
     _scopes = SCOPES
 
