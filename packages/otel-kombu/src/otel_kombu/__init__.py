@@ -1,22 +1,16 @@
 """OpenTelemetry tracing and metrics for kombu, on RabbitMQ and on kombu's other transports.
 
-Install
-=======
-
-.. code-block:: console
-
-    pip install "otel-kombu[instruments]"
+Instrument
+==========
 
 .. code-block:: python
 
-    from otel_kombu import KombuInstrumentor
+    from otel_kombu import KombuInstrumentor   # pip install "otel-kombu[instruments]"
 
     KombuInstrumentor().instrument()
 
-or, with no code change, ``opentelemetry-instrument python service.py`` (entry point
-``otel_kombu``; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_kombu`` turns it off). Called again
-with options while instrumented (as when your code runs under ``opentelemetry-instrument``),
-``instrument()`` applies them to the live instrumentation and logs what changed at INFO.
+Installing, the entry point (``otel_kombu``) and what ``instrument()`` called again does are the
+same for every plugin: :doc:`index`.
 
 ``instrument()`` may run after consumers started consuming (a startup hook): kombu handed such a
 consumer's callback to the channel before it was wrapped, so the connection's next
@@ -30,23 +24,16 @@ Supported: kombu 5.3 to 5.7 (tested with 5.3.7, 5.5.4 and the newest release), P
 Options
 =======
 
-``instrument()`` and ``instrument_connection()`` take the keywords every plugin takes (see
-:doc:`configuration`): ``tracer_provider``, ``meter_provider``, ``publish_hook``,
-``consume_hook``, ``consumer_context``, ``settle_spans``, ``capture_headers``,
-``capture_headers_max_length`` and ``baggage_attributes``, plus one of kombu's own:
+``instrument()`` and ``instrument_connection()`` take the keywords every plugin takes
+(:doc:`configuration`), plus one of kombu's own:
 
 ``skip_celery_messages`` (default ``("control", "events")``; ``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES``)
     The kinds of Celery message left untraced: ``tasks``, ``control``, ``events``, ``True`` for
     all, ``False`` for none. By default Celery's heartbeats, gossip and remote control are not
     traced and its task messages are: see `Celery`_.
 
-Under ``opentelemetry-instrument`` the ``OTEL_PYTHON_RABBITMQ_*`` variables and
-``OTEL_PYTHON_KOMBU_SKIP_CELERY_MESSAGES`` give them; a keyword wins over its variable. A wrong
-keyword or value in code is a ``TypeError``/``ValueError`` at once (the unknown-keyword error lists
-``skip_celery_messages`` too); a bad variable is logged once at ERROR and its default used, so
-tracing goes on. A hook is called as ``hook(span, envelope)`` for recording spans only; on publish
-``envelope.raw`` is the message properties dict kombu sends, on consume the kombu ``Message``. A
-hook that raises is logged once and never breaks the publish or the handler.
+In a hook's envelope, kombu's ``envelope.raw`` is, on publish, the message properties dict kombu
+sends and, on consume, the kombu ``Message``.
 
 One connection only
 -------------------
@@ -62,65 +49,24 @@ A connection made by ``clone()`` (connection pools, Celery) is a different conne
 Spans
 =====
 
-.. list-table::
-   :header-rows: 1
-   :widths: 40 20 12 28
+The spans, their attributes, their errors and the metrics are those of every plugin, and the kombu
+column of :doc:`reference` says which call makes which span. What is kombu's own:
 
-   * - kombu call
-     - span name
-     - kind
-     - context
-   * - ``Producer.publish`` (also ``SimpleQueue.put``)
-     - ``publish {exchange}``
-     - PRODUCER
-     - injected into a copy of the headers
-   * - ``Consumer`` callbacks or ``on_message`` (driven by ``drain_events``, ``ConsumerMixin``,
-       Celery's worker)
-     - ``process {queue}``
-     - CONSUMER
-     - current while every callback runs
-   * - ``Queue.get``, ``SimpleQueue.get`` / ``get_nowait``, ``SimpleBuffer.get``
-     - ``receive {queue}``
-     - CLIENT
-     - the caller's context is left alone
-   * - ``Message.ack``
-     - ``ack {queue}``
-     - CLIENT
-     - linked to the message's creation
-   * - ``Message.reject``, ``Message.requeue``
-     - ``reject {queue}``
-     - CLIENT
-     - linked to the message's creation
-
-* One PRODUCER span per ``publish`` call, whatever the exchange (the default exchange is named
-  ``amq.default``), ``declare=``, serializer or compression; with ``retry=True`` the attempts
-  ``Connection.ensure`` makes after a lost connection are one span, ending with the outcome the
-  caller sees. ``messaging.message.body.size`` is the size kombu sends (serialised, compressed).
-  The caller's ``headers`` dict is never changed: the context goes into a copy (with compression,
-  kombu itself would write its ``compression`` header into the caller's dict; it gets a copy too).
-* A process span covers decoding and every callback of one message (or ``on_message``), runs them
-  in the message's context (so their spans and publishes join its trace, with its baggage) and
-  restores the previous context afterwards. A callback's exception marks the span ERROR and
-  reaches ``drain_events`` as the same object.
-* A pull makes a receive span covering the wait and leaves the caller's context as it was, since
-  nothing marks where handling ends. To handle the message in its trace::
+* One PRODUCER span per ``publish`` call, whatever the exchange, ``declare=``, serializer or
+  compression; with ``retry=True`` the attempts ``Connection.ensure`` makes after a lost
+  connection are one span, ending with the outcome the caller sees.
+  ``messaging.message.body.size`` is the size kombu sends (serialised, compressed). The caller's
+  ``headers`` dict is never changed: the context goes into a copy (with compression, kombu itself
+  would write its ``compression`` header into the caller's dict; it gets a copy too).
+* A process span covers decoding and every callback of one message (or ``on_message``). A
+  callback's exception marks the span ERROR and reaches ``drain_events`` as the same object.
+* kombu has no nack: ``Message.reject`` and ``Message.requeue`` make the ``reject`` spans.
+* A pull leaves the caller's context as it was. To handle the message in its trace::
 
       message = queue.get(timeout=5)
       with otel_kombu.message_context(message):
           handle(message.payload)
           message.ack()
-
-* Settle: a reject without requeue is always an ERROR span (``error.type=rejected``): the message
-  is dropped or dead-lettered. Acks and requeues get spans with ``settle_spans=True``; every call
-  records ``messaging.client.operation.duration``.
-* Attributes (set when a span starts): ``messaging.system``, ``messaging.operation.name`` and
-  ``.type``, ``messaging.destination.name``, ``messaging.rabbitmq.destination.routing_key``,
-  ``messaging.rabbitmq.message.delivery_tag``, ``messaging.message.id``,
-  ``messaging.message.conversation_id`` (correlation id), ``messaging.message.body.size``,
-  ``server.address`` (the host only, never credentials), ``server.port``.
-* Metrics (meter ``otel_kombu``): ``messaging.client.sent.messages``,
-  ``messaging.client.consumed.messages``, ``messaging.client.operation.duration`` (publish,
-  receive, settle) and ``messaging.process.duration``.
 
 Transports
 ==========
