@@ -11,7 +11,15 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Callable, Final
 
-from otel_aiopika._state import SCOPES, Record, deliveries_of, message_channel, server_of
+from otel_aiopika._state import (
+    CHANNEL_ATTR,
+    DELIVERIES_ATTR,
+    SCOPES,
+    Record,
+    deliveries_of,
+    message_channel,
+    server_of,
+)
 from otel_messaging_core import (
     MessagingTelemetry,
     Settle,
@@ -54,12 +62,13 @@ def _quiet(operation: str, message: Any, args: tuple[Any, ...], kwargs: dict[str
     :func:`_settling` decides (a nack or reject, ``multiple``, no record, ...)."""
     if operation != "ack" or (args[0] if args else kwargs.get("multiple")):  # ack(multiple=False)
         return False
-    tag = message.delivery_tag
-    deliveries = deliveries_of(message_channel(message), create=False)
-    if deliveries is None or type(tag) is not int:
+    # deliveries_of(message_channel(message), create=False), without the two calls
+    deliveries = getattr(getattr(message, CHANNEL_ATTR, None), DELIVERIES_ATTR, None)
+    if deliveries is None:
         return False
+    tag = message.delivery_tag
     records = deliveries.records
-    record = records.get(tag)
+    record = records.get(tag) if type(tag) is int else None
     if record is None or record[0] not in SCOPES.live or not record[0].quiet_settle():
         return False
     del records[tag]

@@ -165,12 +165,14 @@ class UnsampledFastPath:
         span_context = producer.get_span_context()
         return Delivery(destination, delivery_tag, span_context, span_context)
 
-    @classmethod
+    @staticmethod
     def unsampled_tracked(
-        cls, context: Context, destination: Destination, delivery_tag: int | None
+        context: Context, destination: Destination, delivery_tag: int | None
     ) -> Consume:
         """For a plugin that keeps the operation on the message (kombu): the :class:`Consume`
         :meth:`start_consume` returns for a message that makes no span and counts nothing, with
-        :meth:`unsampled_delivery`'s record; its ``end()`` does nothing."""
-        delivery = cls.unsampled_delivery(context, destination, delivery_tag)
-        return Consume(None, destination, INVALID_SPAN, context, delivery)
+        :meth:`unsampled_delivery`'s record; its ``end()`` does nothing (so it reads no clock)."""
+        producer: Span = context[SPAN_KEY]  # type: ignore[assignment]  # checked by unsampled_consume
+        span_context = producer.get_span_context()
+        delivery = Delivery(destination, delivery_tag, span_context, span_context)
+        return Consume(None, destination, INVALID_SPAN, context, delivery, 0.0)

@@ -40,7 +40,10 @@ def _start(
         tag = 0  # pika's default (None in older releases) means "the last / every message"
     requeue = bool(requeue)
     if requeue and telemetry.quiet_settle():  # the usual ack: nothing to record, nothing to build
-        state.deliveries.forget(tag, bool(multiple))
+        if multiple:
+            state.deliveries.forget(tag, True)
+        else:  # DeliveryLedger.forget(tag, False), without the call
+            state.deliveries.pop(tag, None)
         return None, args, kwargs
     deliveries = state.take(tag, bool(multiple))
     fallback = None
