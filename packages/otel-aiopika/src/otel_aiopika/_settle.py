@@ -140,10 +140,8 @@ def settle(operation: str) -> Wrapper:
         kwargs: dict[str, Any],
     ) -> Any:
         op = None
-        try:
+        with guard:
             op = _start(operation, message, settling)
-        except Exception as internal:
-            guard.report(internal)
         if op is None:
             return await wrapped(*args, **kwargs)
         # inside ProcessContext.__aexit__, the exception that made it settle

@@ -20,6 +20,7 @@ from otel_messaging_core import (
     MessagingTelemetry,
     Settle,
     Wrapper,
+    call_in,
     capture_internal_exceptions,
     records_nothing,
 )
@@ -87,10 +88,9 @@ def _wrapper(operation: str, requeue: bool | None, doc: str) -> Wrapper:
                     op = _start(message, binding, telemetry, operation, keep)
         except Exception as internal:
             guard.report(internal)
-        if op is None:
+        if op is None:  # the usual ack: kombu's own call, without call_in's
             return wrapped(*args, **kwargs)
-        with op:
-            return wrapped(*args, **kwargs)
+        return call_in(op, wrapped, args, kwargs)
 
     wrapper.__doc__ = doc
     return wrapper
