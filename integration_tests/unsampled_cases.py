@@ -13,7 +13,7 @@ import pytest
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 from broker_harness import Recorder
 from otel_messaging_core import MessagingTelemetry
@@ -27,6 +27,7 @@ __all__ = [
     "VIEW",
     "HookCalls",
     "ManualAck",
+    "QuietAck",
     "check_carried",
     "check_counted_without_spans",
     "check_nothing_current",
@@ -202,6 +203,63 @@ class ManualAck:
     def check_quiet(self, deliveries: int) -> None:
         """No hook ran; each of the ``deliveries`` took the test's path (the general path's
         ``start_consume`` once each, the fast path's never); nothing of ours stays current."""
+        assert self.hooks.calls == [], self.hooks.calls
+        expected = [] if self.path == "fast" else ["start_consume"] * deliveries
+        assert self.general == expected, self.general
+        check_nothing_current()
+
+
+class QuietAck:
+    """A manual-ack consumer of messages whose trace was not sampled, with nothing to record for
+    an ack (no ``settle_spans``, no MeterProvider, hooks noted), on ``path``: its acks, one by
+    one inside the callback and ``multiple=True`` after it, start nothing (the plugin forgets
+    the deliveries' records and calls the client) and leave no record behind; a settle that
+    drops messages still finds the records of the ones not acked and is the ERROR span.
+
+    Made before the test's first publish, as :class:`ManualAck`."""
+
+    def __init__(
+        self, instrument: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
+    ) -> None:
+        self.path = path
+        self.general = take_path(monkeypatch, path)
+        self.hooks = HookCalls()
+        #: the operation of every settle that started (``start_settle``)
+        self.started: list[str] = []
+        start_settle = MessagingTelemetry.start_settle
+        started = self.started
+
+        def noted(telemetry: MessagingTelemetry, operation: str, *args: Any, **kwargs: Any) -> Any:
+            started.append(operation)
+            return start_settle(telemetry, operation, *args, **kwargs)
+
+        monkeypatch.setattr(MessagingTelemetry, "start_settle", noted)
+        instrument(meter_provider=None, **self.hooks.options())
+
+    def check_acks_started_nothing(self) -> None:
+        """No ack so far started a settle."""
+        assert self.started == [], self.started
+
+    def check_dropped_span(
+        self, spans: Sequence[ReadableSpan], queue: str, operation: str, count: int
+    ) -> None:
+        """The only settle started after the acks is ``operation`` without requeue, and its
+        span the only span: ERROR ``rejected``, a new trace linking the ``count`` producers
+        whose records the acks left in place."""
+        assert self.started == [operation], self.started
+        assert len(spans) == 1, [span.name for span in spans]
+        (dropped,) = spans
+        assert dropped.name == f"{operation} {queue}", dropped.name
+        assert dropped.status.status_code is StatusCode.ERROR, dropped.status
+        assert dropped.attributes is not None
+        assert dropped.attributes["error.type"] == "rejected", dropped.attributes
+        assert dropped.attributes["messaging.batch.message_count"] == count, dropped.attributes
+        assert dropped.parent is None, dropped.parent
+        assert links_of(dropped) == [(TRACE_ID, SPAN_ID)] * count, links_of(dropped)
+
+    def check_quiet(self, deliveries: int) -> None:
+        """As :meth:`ManualAck.check_quiet`: no hook ran, each delivery took the test's path,
+        nothing of ours stays current."""
         assert self.hooks.calls == [], self.hooks.calls
         expected = [] if self.path == "fast" else ["start_consume"] * deliveries
         assert self.general == expected, self.general

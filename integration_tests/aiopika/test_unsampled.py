@@ -19,6 +19,7 @@ from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inj
 from integration_tests.unsampled_cases import (
     PATHS,
     ManualAck,
+    QuietAck,
     check_carried,
     check_counted_without_spans,
     check_nothing_current,
@@ -138,6 +139,46 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
     case.check_multiple_ack_span(otel.spans(), queue.name)
     assert await queue.get(no_ack=True, fail=False) is None  # all settled
     case.check_quiet(3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", PATHS)
+async def test_manual_acks_with_nothing_to_record_forget_their_records(
+    path: str,
+    instrument: Instrument,
+    otel: Recorder,
+    connect: Connect,
+    unique: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What every plugin's quiet ack gives (QuietAck), on aio-pika: message.ack() inside the
+    callback and ack(multiple=True) after it forget their deliveries and start nothing;
+    nack(multiple=True, requeue=False) of the other two is the ERROR span linking both;
+    nothing is left recorded or to redeliver."""
+    case = QuietAck(instrument, monkeypatch, path)
+    queue = await unsampled_queue(connect, unique, 5)
+    seen: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if message.body == b"order-0":
+            await message.ack()
+        seen.put_nowait(message)
+
+    tag = await queue.consume(on_message)
+    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(5)]
+    await queue.cancel(tag)
+    messages = sorted(got, key=lambda m: m.delivery_tag or 0)
+    records = deliveries_of(message_channel(messages[0]), create=False)
+    assert records is not None
+    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    await messages[2].ack(multiple=True)
+    assert sorted(records.records) == [m.delivery_tag for m in messages[3:]]
+    case.check_acks_started_nothing()
+    await messages[4].nack(multiple=True, requeue=False)
+    assert records.records == {}
+    case.check_dropped_span(otel.spans(), queue.name, "nack", 2)
+    assert await queue.get(no_ack=True, fail=False) is None  # all settled
+    case.check_quiet(5)
 
 
 @pytest.mark.asyncio

@@ -21,6 +21,7 @@ from integration_tests.unsampled_cases import (
     TRACE_ID,
     VIEW,
     ManualAck,
+    QuietAck,
     check_carried,
     check_counted_without_spans,
     check_nothing_current,
@@ -135,6 +136,46 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
             assert handler_view() == VIEW
         later.reject(requeue=False)
         # all settled: nothing unacknowledged comes back
+        connection.default_channel.basic_recover(requeue=True)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0.3)
+        assert len(seen) == 2
+    assert otel.spans() == []
+    case.check_quiet(2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_manual_acks_with_nothing_to_record_start_nothing(
+    path: str,
+    instrument: Instrument,
+    otel: Recorder,
+    connection: Connection,
+    entities: tuple[Exchange, Queue],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What every plugin's quiet ack gives (QuietAck), on kombu (whose records stay on the
+    messages): the ack inside the callback starts nothing; a reject without requeue after it
+    still starts its settle from the delivery's record (no span: it is in the unsampled
+    trace); message_context() stays in the trace; nothing is redelivered."""
+    case = QuietAck(instrument, monkeypatch, path)
+    queue = publish_unsampled(connection, entities)
+    seen: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        seen.append(message)
+        if body == {"n": 0}:
+            message.ack()
+
+    with Consumer(connection, [queue], callbacks=[on_message]):
+        drain(connection, lambda: len(seen) == 2)
+        case.check_acks_started_nothing()
+        later = seen[1]
+        with message_context(seen[0]):
+            assert handler_view() == VIEW
+        later.reject(requeue=False)
+        assert case.started == ["reject"], case.started
         connection.default_channel.basic_recover(requeue=True)
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:

@@ -17,6 +17,7 @@ from integration_tests.unsampled_cases import (
     PATHS,
     TRACE_ID,
     ManualAck,
+    QuietAck,
     check_carried,
     check_counted_without_spans,
     handler_view,
@@ -125,9 +126,9 @@ def test_async_adapter_consumer_of_a_not_sampled_message_runs_in_its_trace(
     assert otel.spans() == []
 
 
-def publish_three(channel: BlockingChannel, queue: str) -> None:
+def publish_three(channel: BlockingChannel, queue: str, bodies: bytes = b"abc") -> None:
     with in_unsampled_trace():
-        for body in (b"a", b"b", b"c"):
+        for body in (bytes([b]) for b in bodies):
             channel.basic_publish("", queue, body, BasicProperties(headers={"x-app": "shop"}))
 
 
@@ -168,6 +169,45 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     case.check_multiple_ack_span(otel.spans(), queue)
     assert channel.basic_get(queue, auto_ack=True) == (None, None, None)  # all settled
     case.check_quiet(3)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_manual_acks_with_nothing_to_record_forget_their_records(
+    path: str,
+    instrument: Instrument,
+    otel: Recorder,
+    channel: BlockingChannel,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What every plugin's quiet ack gives (QuietAck), on a BlockingChannel: basic_ack inside
+    the callback and basic_ack(multiple=True) after it forget their deliveries and start
+    nothing; basic_nack(multiple=True, requeue=False) of the other two is the ERROR span
+    linking both; nothing is left recorded or to redeliver."""
+    case = QuietAck(instrument, monkeypatch, path)
+    publish_three(channel, queue, b"abcde")
+    tags: list[int] = []
+
+    def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
+        tags.append(method.delivery_tag)
+        if body == b"a":
+            ch.basic_ack(method.delivery_tag)
+        if len(tags) == 5:
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+    state = state_of(channel._impl)
+    assert state is not None
+    assert sorted(state.deliveries) == tags[1:]
+    channel.basic_ack(tags[2], multiple=True)
+    assert sorted(state.deliveries) == tags[3:]
+    case.check_acks_started_nothing()
+    channel.basic_nack(tags[4], multiple=True, requeue=False)
+    assert len(state.deliveries) == 0
+    case.check_dropped_span(otel.spans(), queue, "nack", 2)
+    assert channel.basic_get(queue, auto_ack=True) == (None, None, None)  # all settled
+    case.check_quiet(5)
 
 
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(

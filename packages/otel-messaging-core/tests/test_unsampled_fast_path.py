@@ -9,12 +9,14 @@ import pytest
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics._internal import _ProxyMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from broker_harness import Recorder
-from otel_messaging_core import records_nothing
+from otel_messaging_core import DeliveryLedger, records_nothing
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.telemetry import MessagingTelemetry
 
@@ -224,6 +226,41 @@ def test_settle_with_nothing_to_record_starts_nothing(otel: Recorder) -> None:
     counted_ack.end()
     assert [value for _, value in otel.points("messaging.client.operation.duration")] == [1]
     assert [s.name for s in otel.spans()] == ["reject orders.q", "ack orders.q"]
+
+
+def test_quiet_settle_is_what_start_settle_records_nothing_for(otel: Recorder) -> None:
+    """quiet_settle() is true exactly when an ack records nothing (no settle spans, no
+    MeterProvider), and turns false as soon as a global MeterProvider is set."""
+    quiet = make(tracer_provider=otel.tracer_provider)
+    destination = quiet.destinations().get("process", "orders", "created", "orders.q")
+    assert quiet.quiet_settle()
+    assert records_nothing(quiet.start_settle("ack", [None], fallback=destination))
+    spans = make(tracer_provider=otel.tracer_provider, settle_spans=True)
+    counted = make(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    for loud in (spans, counted):
+        assert not loud.quiet_settle()
+        loud_ack = loud.start_settle("ack", [None], fallback=destination)
+        assert not records_nothing(loud_ack)
+        loud_ack.end()
+    provider = _ProxyMeterProvider()  # the API's global one before the SDK's is set
+    later = make(tracer_provider=otel.tracer_provider, meter_provider=provider)
+    assert later.quiet_settle()
+    provider.on_set_meter_provider(MeterProvider())
+    assert not later.quiet_settle()
+
+
+def test_ledger_forget_removes_what_take_returns() -> None:
+    """forget(tag, multiple) leaves the ledger as take(tag, multiple) does: one record, every
+    record up to the tag (in any order), or with tag 0 all of them; an unknown tag is no error."""
+    for tag, multiple in ((2, False), (9, False), (4, True), (0, True)):
+        taken: DeliveryLedger[str] = DeliveryLedger()
+        forgotten: DeliveryLedger[str] = DeliveryLedger()
+        for ledger in (taken, forgotten):
+            for n in (3, 1, 2, 5, 4, 6):
+                ledger.track(n, f"d{n}")
+        taken.take(tag, multiple)
+        forgotten.forget(tag, multiple)
+        assert forgotten == taken, (tag, multiple)
 
 
 def test_a_publish_records_nothing_only_when_its_end_has_nothing_to_do(otel: Recorder) -> None:

@@ -11,8 +11,17 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, Callable, Final
 
-from otel_aiopika._state import SCOPES, deliveries_of, message_channel, server_of
+from otel_aiopika._state import (
+    CHANNEL_ATTR,
+    DELIVERIES_ATTR,
+    SCOPES,
+    Record,
+    deliveries_of,
+    message_channel,
+    server_of,
+)
 from otel_messaging_core import (
+    MessagingTelemetry,
     Settle,
     Wrapper,
     capture_internal_exceptions,
@@ -42,9 +51,35 @@ def _arguments(operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return multiple, True  # ack(multiple=False)
 
 
-def _start(
+#: what a settle that records something settles: the telemetry, the records it takes from the
+#: ledger (those that telemetry made), requeue, the delivery tag
+Settling = tuple[MessagingTelemetry, list[Record], bool, int]
+
+
+def _quiet(operation: str, message: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """The usual ack, decided first: ``ack()`` of a recorded delivery whose telemetry (still in
+    use) has nothing to record for it (``quiet_settle``); its record is forgotten here. ``False``:
+    :func:`_settling` decides (a nack or reject, ``multiple``, no record, ...)."""
+    if operation != "ack" or (args[0] if args else kwargs.get("multiple")):  # ack(multiple=False)
+        return False
+    # deliveries_of(message_channel(message), create=False), without the two calls
+    deliveries = getattr(getattr(message, CHANNEL_ATTR, None), DELIVERIES_ATTR, None)
+    if deliveries is None:
+        return False
+    tag = message.delivery_tag
+    records = deliveries.records
+    record = records.get(tag) if type(tag) is int else None
+    if record is None or record[0] not in SCOPES.live or not record[0].quiet_settle():
+        return False
+    del records[tag]
+    return True
+
+
+def _settling(
     operation: str, message: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Settle | None:
+) -> Settling | None:
+    """The records a settle call settles, taken from the ledger, and the telemetry to record it
+    with; ``None``: nothing to record (not traced, or the usual ack: ``quiet_settle``)."""
     multiple, requeue = _arguments(operation, args, kwargs)
     tag = message.delivery_tag
     if type(tag) is not int:
@@ -62,8 +97,13 @@ def _start(
             return None
         recorded_by = deliveries.telemetry if deliveries is not None else None
         telemetry = recorded_by if recorded_by in live else SCOPES.global_
-    if telemetry is None:
+    if telemetry is None or ((requeue or operation == "ack") and telemetry.quiet_settle()):
         return None
+    return telemetry, [record for record in records if record[0] is telemetry], requeue, tag
+
+
+def _start(operation: str, message: Any, settling: Settling) -> Settle | None:
+    telemetry, records, requeue, tag = settling
     fallback = None
     if not requeue and not records:
         # A message not seen delivered (consumed before instrumentation) is still dropped
@@ -75,32 +115,51 @@ def _start(
         )
     op = telemetry.start_settle(
         operation,
-        [record[1] for record in records if record[0] is telemetry],
+        [record[1] for record in records],
         requeue=requeue,
         delivery_tag=tag,
         fallback=fallback,
     )
-    return None if records_nothing(op) else op  # the usual ack: nothing to end
+    return None if records_nothing(op) else op
 
 
 def settle(operation: str) -> Wrapper:
-    """The wrapper of ``IncomingMessage.{operation}``."""
+    """The wrapper of ``IncomingMessage.{operation}``.
+
+    Not a coroutine function itself: a settle with nothing to record (the usual ack) returns
+    aio-pika's own coroutine for the caller to await, with no coroutine of ours around it; the
+    deliveries' records are taken when the settle is called. A settle that records starts its
+    span or metric in our coroutine, around aio-pika's."""
     guard = capture_internal_exceptions(f"aio-pika {operation}")
 
-    async def wrapper(
-        wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    async def recorded(
+        settling: Settling,
+        wrapped: Wrapped,
+        message: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         op = None
-        try:
-            if SCOPES.live:
-                op = _start(operation, instance, args, kwargs)
-        except Exception as internal:
-            guard.report(internal)
+        with guard:
+            op = _start(operation, message, settling)
         if op is None:
             return await wrapped(*args, **kwargs)
         # inside ProcessContext.__aexit__, the exception that made it settle
         with op.caused_by(_PROCESS_FAILURE.get()):
             return await wrapped(*args, **kwargs)
+
+    def wrapper(
+        wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        settling = None
+        try:
+            if SCOPES.live and not _quiet(operation, instance, args, kwargs):
+                settling = _settling(operation, instance, args, kwargs)
+        except Exception as internal:
+            guard.report(internal)
+        if settling is None:
+            return wrapped(*args, **kwargs)
+        return recorded(settling, wrapped, instance, args, kwargs)
 
     return wrapper
 

@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 DELIVERIES_ATTR: Final = "_otel_aiopika_deliveries"
+#: where an ``IncomingMessage`` keeps its ``aiormq`` channel (see :func:`message_channel`)
+CHANNEL_ATTR: Final = "_IncomingMessage__channel"
 MAX_TRACKED: Final = MAX_UNSETTLED
 # Contexts of auto-ack pulls are only for message_context(); a few recent ones are enough.
 MAX_PULLED: Final = 256
@@ -130,7 +132,7 @@ class Deliveries:
 
 def message_channel(message: Any) -> Any:
     """The ``aiormq`` channel a message was delivered on (the property raises once it closed)."""
-    return getattr(message, "_IncomingMessage__channel", None)
+    return getattr(message, CHANNEL_ATTR, None)
 
 
 def deliveries_of(channel: Any, create: bool) -> Deliveries | None:

@@ -1,7 +1,8 @@
 """The unsampled fast path (issue 18): what a plugin's wrapper calls first for a message whose
 trace is not sampled, so that it pays only for what a non-recording message needs (the context
 read, the headers written, the handler's context made current, and for a manual-ack delivery the
-ledger's record that its ack/nack/reject settles). Mixed into
+ledger's record that its ack/nack/reject settles, forgotten by the usual ack when it has nothing
+to record: :meth:`~UnsampledFastPath.quiet_settle`). Mixed into
 :class:`~otel_messaging_core.telemetry.MessagingTelemetry`; docs/architecture.md shows where each
 plugin calls it.
 """
@@ -41,6 +42,7 @@ class UnsampledFastPath:
     which sets the attributes below once per instrumentor."""
 
     _meter_proxy: Any  # MessagingMetrics' proxy instrument (None: metrics always recorded)
+    _settle_spans: bool
     _parent_mode: Literal["parent", "link"]
     _drops_fixed: bool | None  # an explicit provider's sampler decision; None: ask each time
     _drops_unsampled: Callable[[], bool]
@@ -138,6 +140,18 @@ class UnsampledFastPath:
             log_internal_error("unsampled consume", internal)
             return None
 
+    def quiet_settle(self) -> bool:
+        """True when an ack, or a nack/reject that requeues, records nothing: no ``settle_spans``
+        and no MeterProvider (the usual settle, whatever the message's trace). The plugin's settle
+        wrapper asks it first, before it builds anything: it then only forgets the settled
+        deliveries' records (:meth:`~otel_messaging_core.DeliveryLedger.forget`) and calls the
+        client, what :meth:`start_settle` would come to after more work. A nack/reject without
+        requeue always takes :meth:`start_settle` (it is an ERROR span)."""
+        proxy = self._meter_proxy  # MessagingMetrics.idle, read without a call
+        return (
+            not self._settle_spans and proxy is not None and getattr(proxy, REAL_INSTRUMENT) is None
+        )
+
     @staticmethod
     def unsampled_delivery(
         context: Context, destination: Destination, delivery_tag: int | None
@@ -151,12 +165,14 @@ class UnsampledFastPath:
         span_context = producer.get_span_context()
         return Delivery(destination, delivery_tag, span_context, span_context)
 
-    @classmethod
+    @staticmethod
     def unsampled_tracked(
-        cls, context: Context, destination: Destination, delivery_tag: int | None
+        context: Context, destination: Destination, delivery_tag: int | None
     ) -> Consume:
         """For a plugin that keeps the operation on the message (kombu): the :class:`Consume`
         :meth:`start_consume` returns for a message that makes no span and counts nothing, with
-        :meth:`unsampled_delivery`'s record; its ``end()`` does nothing."""
-        delivery = cls.unsampled_delivery(context, destination, delivery_tag)
-        return Consume(None, destination, INVALID_SPAN, context, delivery)
+        :meth:`unsampled_delivery`'s record; its ``end()`` does nothing (so it reads no clock)."""
+        producer: Span = context[SPAN_KEY]  # type: ignore[assignment]  # checked by unsampled_consume
+        span_context = producer.get_span_context()
+        delivery = Delivery(destination, delivery_tag, span_context, span_context)
+        return Consume(None, destination, INVALID_SPAN, context, delivery, 0.0)

@@ -47,3 +47,11 @@ class DeliveryLedger(dict[int, _T]):
         # not always in tag order: scan (multiple acks are rare next to messages)
         tags = [tag for tag in self if tag <= delivery_tag]
         return [self.pop(tag) for tag in tags]
+
+    def forget(self, delivery_tag: int, multiple: bool) -> None:
+        """Remove what :meth:`take` would return, for a settle with nothing to record (the usual
+        ack: :meth:`~otel_messaging_core.MessagingTelemetry.quiet_settle`), without a list."""
+        if multiple:
+            self.take(delivery_tag, multiple)
+        else:
+            self.pop(delivery_tag, None)

@@ -356,7 +356,7 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
         try:
             # The fast path of the usual settle (an ack, or a requeue, without settle spans and
             # with no MeterProvider): nothing to record, whatever the message's trace.
-            if (requeue or operation == "ack") and not self._settle_spans and self.metrics.idle:
+            if (requeue or operation == "ack") and self.quiet_settle():
                 return _NOTHING_TO_SETTLE
             if is_suppressed():
                 return Settle.noop()

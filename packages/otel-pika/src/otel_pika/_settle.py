@@ -3,12 +3,14 @@
 Spans follow SPEC (every settle with ``settle_spans=True``; a nack/reject without requeue always,
 as ERROR). ``BlockingChannel`` settles through its underlying ``Channel``: the async wrapper skips
 channels owned by a ``BlockingChannel`` (which also keeps pika's own internal rejects, of
-deliveries it never handed to the user, out of the telemetry).
+deliveries it never handed to the user, out of the telemetry). A ``BlockingChannel``'s first
+settle binds the plain settle function on it (``traced``'s ``shadow``): its next ones skip
+wrapt's dispatch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from otel_messaging_core import Settle, Wrapper, records_nothing
 from otel_pika._state import ChannelState
@@ -37,6 +39,12 @@ def _start(
     if type(tag) is not int:
         tag = 0  # pika's default (None in older releases) means "the last / every message"
     requeue = bool(requeue)
+    if requeue and telemetry.quiet_settle():  # the usual ack: nothing to record, nothing to build
+        if multiple:
+            state.deliveries.forget(tag, True)
+        else:  # DeliveryLedger.forget(tag, False), without the call
+            state.deliveries.pop(tag, None)
+        return None, args, kwargs
     deliveries = state.take(tag, bool(multiple))
     fallback = None
     if not requeue and not any(deliveries):
@@ -50,17 +58,31 @@ def _start(
         delivery_tag=tag or None,
         fallback=fallback,
     )
-    if records_nothing(op):  # the usual ack: nothing to end
+    if records_nothing(op):  # nothing to end
         return None, args, kwargs
     return op, args, kwargs
 
 
-def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
-    """A wrapper factory for ``basic_{operation}`` of ``BlockingChannel`` or ``Channel``."""
+def _factory(operation: str, blocking: bool) -> Callable[[Resolver], Wrapper]:
+    name = f"basic_{operation}"
     return traced(
         _start,
         operation,
         where=f"pika {operation}",
         blocking=blocking,
-        bypass=None if blocking else f"basic_{operation}",
+        bypass=None if blocking else name,
+        shadow=name if blocking else None,
     )
+
+
+# made once: a shadowed method's PlainMethods is registered when its factory is made
+_FACTORIES: Final = {
+    (operation, blocking): _factory(operation, blocking)
+    for operation in ("ack", "nack", "reject")
+    for blocking in (False, True)
+}
+
+
+def settle(operation: str, *, blocking: bool) -> Callable[[Resolver], Wrapper]:
+    """The wrapper factory for ``basic_{operation}`` of ``BlockingChannel`` or ``Channel``."""
+    return _FACTORIES[operation, blocking]
