@@ -69,6 +69,26 @@ def test_publish_span_and_injected_headers(otel: Recorder) -> None:
     assert histogram_count == 1
 
 
+def test_publish_positional_as_plugins_call_it(otel: Recorder) -> None:
+    """The plugins' positional call (ids, body, size, raw, every one given) records what the
+    keyword call does; a given size wins over the body's, an empty id is no id."""
+    telemetry = make(otel)
+    destination = telemetry.destinations("mq.internal", 5672).get(
+        "publish", "orders", "order.created"
+    )
+    telemetry.start_publish(destination, None, "m-1", "c-1", b"{}", None, object()).end()
+    telemetry.start_publish(
+        destination, None, message_id="m-1", correlation_id="c-1", body=b"{}"
+    ).end()
+    telemetry.start_publish(destination, {"a": 1}, "", None, b"{}", 40, None).end()
+    positional, keywords, sized = otel.spans()
+    assert dict(positional.attributes or {}) == dict(keywords.attributes or {})
+    attributes = dict(sized.attributes or {})
+    assert attributes["messaging.message.body.size"] == 40
+    assert "messaging.message.id" not in attributes
+    assert "messaging.message.conversation_id" not in attributes
+
+
 def test_consume_is_child_of_and_linked_to_the_producer(otel: Recorder) -> None:
     """A processed message's span is a child of its publish span, links to it, and is current in the handler."""
     telemetry = make(otel)

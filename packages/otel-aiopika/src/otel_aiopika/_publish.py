@@ -135,10 +135,11 @@ def _start(
         op = telemetry.start_publish(
             destination,
             headers,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            body=message.body,
-            raw=message,
+            message.message_id,
+            message.correlation_id,
+            message.body,
+            None,
+            message,
         )
         sent = op.headers
         if records_nothing(op):  # a trace its sampler did not sample, nothing to count

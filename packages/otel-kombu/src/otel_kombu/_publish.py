@@ -24,7 +24,7 @@ import threading
 from types import MethodType
 from typing import Any, Callable, Final
 
-from otel_kombu._binding import binding_for, connection_of_channel
+from otel_kombu._binding import Binding, binding_for, connection_of_channel
 from otel_kombu._celery import task_id
 from otel_kombu._util import body_size
 from otel_messaging_core import (
@@ -150,18 +150,45 @@ _plain_inner_of: Final = _plain_inner.cached
 _SHADOWS: Final = Shadows(_plain_publish, _plain_inner)
 
 
-def _shadow_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
+class _Route:
+    """A producer, and the binding of its channel, looked up again only when the channel changes
+    (kombu revives a producer onto a new channel after a connection error or a failover; a lazy
+    channel is resolved on first use). A shadowed producer's two shadows share one, kept until
+    instrumentation changes (which takes the shadows back: :func:`forget_shadows`); a call
+    through a class wrapper makes its own."""
+
+    __slots__ = ("binding", "channel", "producer")
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.channel: Any = None
+        self.binding: Binding | None = None
+
+    def binding_now(self) -> Binding:
+        """The binding of the producer's connection now."""
+        producer = self.producer
+        channel = producer._channel
+        binding = self.binding
+        if binding is None or channel is not self.channel:
+            binding = self.binding = binding_for(_producer_connection(producer))
+            self.channel = channel
+        return binding
+
+
+def _shadow_publish(route: _Route, *args: Any, **kwargs: Any) -> Any:
+    producer = route.producer
     plain = _plain_publish_of(type(producer))
     if plain is None:  # instrumentation changed under a call in flight: kombu's own
         return type(producer).publish(producer, *args, **kwargs)
-    return wrap_publish(MethodType(plain, producer), producer, args, kwargs)
+    return _publish(route, MethodType(plain, producer), args, kwargs)
 
 
-def _shadow_inner_publish(producer: Any, *args: Any, **kwargs: Any) -> Any:
+def _shadow_inner_publish(route: _Route, *args: Any, **kwargs: Any) -> Any:
+    producer = route.producer
     plain = _plain_inner_of(type(producer))
     if plain is None:
         return type(producer)._publish(producer, *args, **kwargs)
-    return wrap_inner_publish(MethodType(plain, producer), producer, args, kwargs)
+    return _inner_publish(route, MethodType(plain, producer), args, kwargs)
 
 
 # what kombu and its callers see as the methods' names (Connection.ensure names its retry loop)
@@ -169,14 +196,24 @@ _shadow_publish.__name__ = "publish"
 _shadow_inner_publish.__name__ = "_publish"
 
 
-def _shadow(producer: Any) -> None:
-    """Bind the plain wrappers on ``producer`` (see above); callers guard."""
-    state = producer.__dict__
-    kind = type(producer)
-    if "_publish" in state or _plain_publish.of(kind) is None or _plain_inner.of(kind) is None:
-        return
-    _SHADOWS.bind(producer, "publish", _shadow_publish)
-    _SHADOWS.bind(producer, "_publish", _shadow_inner_publish)
+def _shadowed(producer: Any) -> _Route:
+    """Bind the plain wrappers on ``producer`` (see above), sharing the route returned; for a
+    producer that cannot take them, a route for this call alone."""
+    route = _Route(producer)
+    with _PUBLISH:
+        state = getattr(producer, "__dict__", None)
+        kind = type(producer)
+        if (
+            state is None
+            or "publish" in state
+            or "_publish" in state
+            or _plain_publish.of(kind) is None
+            or _plain_inner.of(kind) is None
+        ):
+            return route
+        _SHADOWS.bind(producer, "publish", _shadow_publish, route)
+        _SHADOWS.bind(producer, "_publish", _shadow_inner_publish, route)
+    return route
 
 
 #: Instrumentation changed: every producer goes through the class's attributes again.
@@ -186,12 +223,25 @@ forget_shadows: Final = _SHADOWS.forget
 def wrap_publish(
     wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
+    """``Producer.publish``, the class wrapper: shadows the producer's methods, then as they do."""
+    return _publish(_shadowed(producer), wrapped, args, kwargs)
+
+
+def wrap_inner_publish(
+    wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Producer._publish``, the class wrapper (a producer without shadows)."""
+    return _inner_publish(_Route(producer), wrapped, args, kwargs)
+
+
+def _publish(
+    route: _Route, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """``Producer.publish``: keep the caller's headers unchanged; hold one span across retries."""
+    producer = route.producer
     call: _Call | None = None
     sent_args, sent_kwargs = args, kwargs
     try:
-        if "publish" not in getattr(producer, "__dict__", ("publish",)):  # the class wrapper
-            _shadow(producer)
         retry = args[_PUBLISH_RETRY] if len(args) > _PUBLISH_RETRY else kwargs.get("retry")
         compression = (
             args[_PUBLISH_COMPRESSION]
@@ -199,9 +249,9 @@ def wrap_publish(
             else kwargs.get("compression")
         )
         # without retries or compression, _publish does all the work
-        if (retry or compression or producer.compression) and binding_for(
-            _producer_connection(producer)
-        ).telemetry is not None:
+        if (
+            retry or compression or producer.compression
+        ) and route.binding_now().telemetry is not None:
             if compression or producer.compression:
                 # kombu writes the ``compression`` header into the headers dict it was given
                 sent_args, sent_kwargs = _copy_headers(args, kwargs)
@@ -235,12 +285,12 @@ def _copy_headers(
     return args, kwargs
 
 
-def _start(producer: Any, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
+def _start(route: _Route, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
     """The publish operation and the headers to send; ``(None, headers)`` when nothing was
     started (not instrumented, a skipped Celery message, or the unsampled fast path: no span,
     nothing to count, only the context travels, docs/architecture.md)."""
     headers = args[_HEADERS]
-    binding = binding_for(_producer_connection(producer))
+    binding = route.binding_now()
     telemetry = binding.telemetry
     if telemetry is None:
         return None, headers
@@ -261,27 +311,17 @@ def _start(producer: Any, args: tuple[Any, ...]) -> tuple[Publish | None, Any]:
         size: int | None = len(body)
     else:
         size, body = body_size(body), None
-    if message_id is None and correlation_id is None:  # the usual message: fewer keywords
-        op = telemetry.start_publish(
-            destination, headers, body=body, body_size=size, raw=properties
-        )
-    else:
-        op = telemetry.start_publish(
-            destination,
-            headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            body=body,
-            body_size=size,
-            raw=properties,
-        )
+    op = telemetry.start_publish(
+        destination, headers, message_id, correlation_id, body, size, properties
+    )
     return op, op.headers
 
 
-def wrap_inner_publish(
-    wrapped: Callable[..., Any], producer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+def _inner_publish(
+    route: _Route, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """``Producer._publish``: start the span, send a copy of the headers with the context injected."""
+    producer = route.producer
     op: Publish | None = None
     call = _local.call
     given_args, given_kwargs = args, kwargs
@@ -300,7 +340,7 @@ def wrap_inner_publish(
             op = call.op
             first_of_retries = True  # ended by Producer.publish, not here
         else:
-            op, sent = _start(producer, args)
+            op, sent = _start(route, args)
             if sent is not headers:
                 args = (*args[:_HEADERS], sent, *args[_HEADERS + 1 :])
             if op is not None and call is None and not args[_MANDATORY] and records_nothing(op):

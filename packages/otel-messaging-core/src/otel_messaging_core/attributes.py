@@ -23,7 +23,6 @@ __all__ = [
     "BROKER_NACK",
     "REJECTED",
     "UNROUTABLE",
-    "message_attributes",
     "ANONYMOUS_QUEUE",
     "DEFAULT_EXCHANGE",
     "Destination",
@@ -275,28 +274,3 @@ def error_type_of(exc: BaseException) -> str:
     if module == "builtins":
         return cls.__qualname__
     return f"{module}.{cls.__qualname__}"
-
-
-def message_attributes(
-    destination: Destination,
-    message_id: object,
-    correlation_id: object,
-    body_size: int | None,
-    delivery_tag: int | None,
-) -> dict[str, AttributeValue]:
-    """The span attributes of one message: the destination's constant ones plus its own."""
-    # the read-only view's copy() is the underlying dict's (docs/benchmarks.md: costs)
-    attributes: dict[str, AttributeValue] = destination.attributes.copy()  # type: ignore[attr-defined]
-    if message_id:
-        attributes[MESSAGING_MESSAGE_ID] = (
-            message_id if type(message_id) is str else str(message_id)
-        )
-    if correlation_id:
-        attributes[MESSAGING_CONVERSATION_ID] = (
-            correlation_id if type(correlation_id) is str else str(correlation_id)
-        )
-    if body_size is not None:
-        attributes[MESSAGING_BODY_SIZE] = body_size
-    if delivery_tag is not None and destination.amqp:
-        attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
-    return attributes

@@ -9,7 +9,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Tracer
 
 from otel_messaging_core._private_api import SUPPRESS_KEY
-from otel_messaging_core.attributes import UNROUTABLE, Destination, message_attributes
+from otel_messaging_core.attributes import UNROUTABLE, Destination
 from otel_messaging_core.consumer import creation_span_context
 from otel_messaging_core.guard import log_internal_error
 from otel_messaging_core.operations import set_error
@@ -23,7 +23,7 @@ class ReturnedMessages:
 
     tracer: Tracer
 
-    _add_optional_attributes: Callable[[dict[str, Any], Mapping[Any, Any] | None, Any], None]
+    _message_attributes: Callable[..., dict[str, Any]]
 
     def record_returned(
         self,
@@ -52,12 +52,9 @@ class ReturnedMessages:
                 return
             creation = extract_context(headers)
             parent = creation if creation_span_context(creation) is not None else None
-            if body_size is None and body is not None:
-                body_size = len(body)
-            attributes = message_attributes(
-                destination, message_id, correlation_id, body_size, None
+            attributes = self._message_attributes(
+                destination, headers, creation, message_id, correlation_id, body, body_size, None
             )
-            self._add_optional_attributes(attributes, headers, creation)
             span = self.tracer.start_span(
                 destination.span_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
             )

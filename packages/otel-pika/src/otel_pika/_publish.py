@@ -44,37 +44,29 @@ def _start(
     telemetry = state.telemetry
     if telemetry is None:
         return None, args, kwargs
-    count = len(args)
-    properties = args[3] if count > 3 else kwargs.get("properties")
+    if len(args) == 4:  # the usual call
+        exchange, routing_key, body, properties = args
+    else:
+        exchange, routing_key, body, properties = _arguments(args, kwargs)
     headers = None if properties is None else properties.headers
     # decided first: inside an unsampled parent only the context travels (docs/architecture.md)
     sent = telemetry.unsampled_publish(headers)
     op = None
     if sent is False:
-        exchange = args[0] if count > 0 else kwargs.get("exchange", "")
-        routing_key = args[1] if count > 1 else kwargs.get("routing_key", "")
-        body = args[2] if count > 2 else kwargs.get("body")
         if type(exchange) is not str or type(routing_key) is not str:
             return None, args, kwargs  # pika rejects it; let it say so
         if type(body) is not bytes:
             # pika accepts str (sent as UTF-8); anything else it rejects itself
             body = body.encode("utf-8") if type(body) is str else None
-        destination = state.destinations.get("publish", exchange, routing_key)
-        if properties is None:
-            op = telemetry.start_publish(destination, None, body=body)
-        else:
-            message_id, correlation_id = properties.message_id, properties.correlation_id
-            if message_id is None and correlation_id is None:  # the usual message: fewer keywords
-                op = telemetry.start_publish(destination, headers, body=body, raw=properties)
-            else:
-                op = telemetry.start_publish(
-                    destination,
-                    headers,
-                    message_id=message_id,
-                    correlation_id=correlation_id,
-                    body=body,
-                    raw=properties,
-                )
+        op = telemetry.start_publish(
+            state.destinations.get("publish", exchange, routing_key),
+            headers,
+            None if properties is None else properties.message_id,
+            None if properties is None else properties.correlation_id,
+            body,
+            None,
+            properties,
+        )
         sent = op.headers
         if records_nothing(op):  # a trace its sampler did not sample, nothing to count
             op = None
@@ -87,13 +79,26 @@ def _start(
     except Exception as internal:  # the caller's message goes out as it is, without context
         _PUBLISH.report(internal)
         return op, args, kwargs
-    if count == 4:  # the usual call: exchange, routing_key, body, properties
-        args = (args[0], args[1], args[2], with_context)
-    elif count > 3:
+    if len(args) == 4:
+        args = (exchange, routing_key, args[2], with_context)
+    elif len(args) > 3:
         args = (*args[:3], with_context, *args[4:])
     else:
         kwargs["properties"] = with_context  # wrapt hands each call a dict of its own
     return op, args, kwargs
+
+
+def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """``(exchange, routing_key, body, properties)`` of a ``basic_publish`` call made with
+    keywords or with ``mandatory`` (pika's defaults where one is missing: pika says what it
+    rejects)."""
+    count = len(args)
+    return (
+        args[0] if count > 0 else kwargs.get("exchange", ""),
+        args[1] if count > 1 else kwargs.get("routing_key", ""),
+        args[2] if count > 2 else kwargs.get("body"),
+        args[3] if count > 3 else kwargs.get("properties"),
+    )
 
 
 def _with_headers(properties: Any, headers: Any) -> Any:

@@ -42,16 +42,17 @@ def traced(
     shadow: str | None = None,
 ) -> Callable[[Resolver], Wrapper]:
     """A wrapper factory for a method of ``BlockingChannel`` (``blocking``) or ``Channel``;
-    ``param`` is passed on to every ``start``. ``shadow`` (the method's name): the first call
-    through the class wrapper binds a plain function on the channel object, so that its next
-    calls skip wrapt's dispatch (see :func:`forget_shadows`)."""
+    ``param`` is passed on to every ``start``. ``shadow`` (the method's name, on a
+    ``BlockingChannel``): the first call through the class wrapper binds a plain function on the
+    channel object, holding the channel's state, so that its next calls skip wrapt's dispatch and
+    the state's lookup (see :func:`forget_shadows`)."""
     guard = capture_internal_exceptions(where)
-    plain = None if shadow is None else PlainMethods(shadow, (start.__module__,))
+    plain = None if shadow is None or not blocking else PlainMethods(shadow, (start.__module__,))
     if plain is not None:
         _SHADOWS.plains.append(plain)
 
     def factory(resolve: Resolver) -> Wrapper:
-        def run(
+        def wrapper(
             wrapped: Callable[..., Any],
             instance: Any,
             args: tuple[Any, ...],
@@ -64,6 +65,8 @@ def traced(
                     if state is not None:
                         state.blocking = True  # pika drops the link to us when it closes: keep it
                         op, args, kwargs = start(state, args, kwargs, param)
+                        if plain is not None:
+                            _shadow(instance, state)
                 elif state is not None and not state.blocking:
                     op, args, kwargs = start(state, args, kwargs, param)
                 elif bypass is not None:  # a BlockingChannel's: its next calls skip this wrapper
@@ -72,51 +75,43 @@ def traced(
                 guard.report(internal)
             return call_in(op, wrapped, args, kwargs)
 
-        if plain is None or shadow is None or not blocking:
-            wrapper = run
-        else:
-            name: str = shadow
+        if plain is None or shadow is None:
+            return _named(wrapper, start)
+        name: str = shadow
 
-            def shadowed(channel: Any, *args: Any, **kwargs: Any) -> Any:
-                original = plain.cached(type(channel))
-                if original is None:  # instrumentation changed under it: the class's own
-                    return getattr(type(channel), name)(channel, *args, **kwargs)
-                op = None
-                try:
-                    state = resolve(channel._impl)
-                    if state is not None:
-                        state.blocking = True
-                        op, args, kwargs = start(state, args, kwargs, param)
-                except Exception as internal:
-                    guard.report(internal)
-                if op is None:  # what ``run`` does, without a bound method and a call more
-                    return original(channel, *args, **kwargs)
-                with op:
-                    return original(channel, *args, **kwargs)
+        def _shadow(channel: Any, state: ChannelState) -> None:
+            """Bind :func:`shadowed` on ``channel``, for a class whose method is ours unchanged.
+            Its state stays the same object while the shadow is in place: every instrumentation
+            change takes the shadows back (:data:`SCOPES` listeners) before a new lookup."""
+            if name not in channel.__dict__ and plain.of(type(channel)) is not None:
+                _SHADOWS.bind(channel, name, shadowed, (channel, state))
 
-            shadowed.__name__ = name
+        def shadowed(bound: tuple[Any, ChannelState], *args: Any, **kwargs: Any) -> Any:
+            channel, state = bound
+            original = plain.cached(type(channel))
+            if original is None:  # instrumentation changed under it: the class's own
+                return getattr(type(channel), name)(channel, *args, **kwargs)
+            op = None
+            try:
+                op, args, kwargs = start(state, args, kwargs, param)
+            except Exception as internal:
+                guard.report(internal)
+            if op is None:  # call_in's tail, without a bound method and a call more
+                return original(channel, *args, **kwargs)
+            with op:
+                return original(channel, *args, **kwargs)
 
-            def wrapper(
-                wrapped: Callable[..., Any],
-                instance: Any,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-            ) -> Any:
-                try:
-                    state = instance.__dict__
-                    # through the class wrapper, for a class whose method is ours unchanged
-                    if name not in state and plain.of(type(instance)) is not None:
-                        _SHADOWS.bind(instance, name, shadowed)
-                except Exception as internal:  # no shadow: the class wrapper serves it
-                    guard.report(internal)
-                return run(wrapped, instance, args, kwargs)
-
-        # named after the module of what it traces (``_state.bypass_if_blocking`` recognises our
-        # publish wrapper by its module)
-        wrapper.__module__ = start.__module__
-        return wrapper
+        shadowed.__name__ = name
+        return _named(wrapper, start)
 
     return factory
+
+
+def _named(wrapper: Wrapper, start: Start) -> Wrapper:
+    """``wrapper`` named after the module of what it traces (``_state.bypass_if_blocking`` and
+    :class:`PlainMethods` recognise our wrappers by their module)."""
+    wrapper.__module__ = start.__module__
+    return wrapper
 
 
 # channels holding shadows, and the PlainMethods of every shadowed method
