@@ -121,14 +121,20 @@ MEMORY_GOAL_BYTES = 5 * 1024 * 1024
 def _worker(
     args: list[str], prefix: list[str] | None = None, timeout: float = 3600
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m benchmarks.worker *args`` in a fresh process (under ``prefix``, e.g. valgrind)."""
+    """``python -m benchmarks.worker *args`` in a fresh process (under ``prefix``, e.g. valgrind).
+
+    String hashing is seeded the same in every worker (``PYTHONHASHSEED``, 0 unless set): with a
+    random seed per process, dict and set layouts move an instruction count by up to ~2k between
+    two runs of the same code."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env.setdefault("PYTHONHASHSEED", "0")
     return subprocess.run(
         [*(prefix or []), sys.executable, "-m", "benchmarks.worker", *args],
         capture_output=True,
         text=True,
         check=False,
         cwd=HERE.parent,
-        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        env=env,
         timeout=timeout,
     )
 

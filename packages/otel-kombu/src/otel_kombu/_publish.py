@@ -36,7 +36,6 @@ from otel_messaging_core import (
     creation_span_context,
     extract_context,
     publish_failure,
-    records_nothing,
 )
 
 __all__ = ["forget_shadows", "wrap_inner_publish", "wrap_on_basic_return", "wrap_publish"]
@@ -343,8 +342,10 @@ def _inner_publish(
             op, sent = _start(route, args)
             if sent is not headers:
                 args = (*args[:_HEADERS], sent, *args[_HEADERS + 1 :])
-            if op is not None and call is None and not args[_MANDATORY] and records_nothing(op):
-                op = None  # a trace its sampler did not sample, nothing to count, no retry
+            if op is not None and call is None and not args[_MANDATORY] and op.recorder is None:
+                # records_nothing(op) read inline: a trace its sampler did not sample, nothing
+                # to count, no retry
+                op = None
             if op is not None:
                 if call is not None and call.op is None and call.producer is producer:
                     # first attempt of a retrying publish: Producer.publish ends the span

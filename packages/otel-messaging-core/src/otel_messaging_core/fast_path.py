@@ -34,7 +34,7 @@ def records_nothing(op: Publish | Settle) -> bool:
     no span and no MeterProvider (an ack without ``settle_spans``). A plugin can then send
     ``op.headers`` and drop the operation (no ``with`` block, no awaitable of its own), unless it
     matches returned messages to the operation's span."""
-    return op._telemetry is None
+    return op.recorder is None
 
 
 class UnsampledFastPath:

@@ -76,9 +76,11 @@ class _Operation:
     nothing.
     """
 
-    __slots__ = ("_start", "_telemetry", "_token", "classify", "destination", "span")
+    __slots__ = ("_start", "_token", "classify", "destination", "recorder", "span")
 
-    _telemetry: MessagingTelemetry | None
+    #: the telemetry :meth:`end` records into; ``None`` once ended, or when ending records
+    #: nothing (:func:`~otel_messaging_core.records_nothing`, which a hot path may read inline)
+    recorder: MessagingTelemetry | None
     _start: float
     #: the context token of an activated Consume; always ``None`` on a Publish
     _token: Token[Context] | None
@@ -103,10 +105,10 @@ class _Operation:
         if token is not None:
             self._token = None
             restore(token)
-        telemetry = self._telemetry
+        telemetry = self.recorder
         if telemetry is None:  # suppressed, failed to start, or ended already
             return
-        self._telemetry = None
+        self.recorder = None
         try:
             duration = perf_counter() - self._start
             if exc is not None and error_type is None:
@@ -168,7 +170,7 @@ class Publish(_Operation):
         span: Span,
         headers: Mapping[Any, Any] | None,
     ) -> None:
-        self._telemetry = telemetry
+        self.recorder = telemetry
         self.destination = destination
         self.span = span
         self.headers = headers
@@ -211,7 +213,7 @@ class Consume(_Operation):
         delivery: Delivery | None,
         started: float | None = None,
     ) -> None:
-        self._telemetry = telemetry
+        self.recorder = telemetry
         self.destination = destination
         self.span = span
         self.context = context
@@ -256,7 +258,7 @@ class Settle:
     """One ack/nack/reject call; a span only when SPEC asks for one. ``with op:`` ends it;
     ``with op.caused_by(exc):`` ends it as :meth:`end` with ``cause`` does when the call succeeds."""
 
-    __slots__ = ("_cause", "_error_type", "_metric_attributes", "_start", "_telemetry", "span")
+    __slots__ = ("_cause", "_error_type", "_metric_attributes", "_start", "recorder", "span")
 
     def __init__(
         self,
@@ -265,7 +267,7 @@ class Settle:
         metric_attributes: Mapping[str, AttributeValue] | None,
         error_type: str | None,
     ) -> None:
-        self._telemetry = telemetry
+        self.recorder = telemetry
         self.span = span
         self._metric_attributes = metric_attributes
         self._error_type = error_type
@@ -285,10 +287,10 @@ class Settle:
         with ``error.type`` ``rejected`` when the message is dropped, else the exception's
         qualified name. The metric keeps the settle call's own outcome.
         """
-        telemetry = self._telemetry
+        telemetry = self.recorder
         if telemetry is None:
             return
-        self._telemetry = None
+        self.recorder = None
         try:
             duration = perf_counter() - self._start
             error_type = error_type_of(exc) if exc is not None else self._error_type

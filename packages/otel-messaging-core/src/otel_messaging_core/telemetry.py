@@ -87,6 +87,7 @@ _SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
 TRUNCATED_MARK: Final = "...[truncated]"
 _SAMPLED: Final = int(TraceFlags.SAMPLED)
 _PRODUCER: Final = SpanKind.PRODUCER
+_new_object: Final = object.__new__
 
 Attributes = dict[str, AttributeValue]
 
@@ -267,10 +268,18 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
             ) is None:
                 # MessagingMetrics.idle, read without a call: not sampled and nothing to count,
                 # so nothing to end or time (the span, which ends as a no-op, stays on the
-                # operation for a plugin matching returns)
+                # operation for a plugin matching returns). Made without Publish.__init__: its
+                # clock read is for end(), which returns at once for it (no telemetry)
+                op: Publish = _new_object(Publish)
+                op.recorder = None
+                op._token = None
+                op.destination = destination
+                op.span = span
                 if len(carrier) != (len(headers) if headers else 0):  # the usual case
-                    return Publish(None, destination, span, carrier)
-                return Publish(None, destination, span, headers_to_send(carrier, headers))
+                    op.headers = carrier
+                else:
+                    op.headers = headers_to_send(carrier, headers)
+                return op
             if len(carrier) == (len(headers) if headers else 0):  # nothing added, maybe
                 return Publish(self, destination, span, headers_to_send(carrier, headers))
             return Publish(self, destination, span, carrier)

@@ -18,7 +18,6 @@ from otel_messaging_core import (
     Wrapper,
     capture_internal_exceptions,
     publish_failure,
-    records_nothing,
 )
 from otel_pika._state import ChannelState
 from otel_pika._traced import Resolver, traced
@@ -68,7 +67,9 @@ def _start(
             properties,
         )
         sent = op.headers
-        if records_nothing(op):  # a trace its sampler did not sample, nothing to count
+        # records_nothing(op) read inline (a call fewer per message): a trace its sampler did
+        # not sample, nothing to count
+        if op.recorder is None:
             op = None
         elif classify is not None:
             op.classified(classify)
