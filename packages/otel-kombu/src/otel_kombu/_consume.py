@@ -183,15 +183,6 @@ def _handle(consumer: Any, message: Any) -> Any:
     return on_m(message) if on_m else consumer.receive(decoded, message)
 
 
-def _end(op: Consume, exc: BaseException | None = None) -> None:
-    try:
-        op.end(exc)
-    except Exception as internal:
-        _PROCESS.report(internal)
-        with _PROCESS:
-            op.deactivate()  # whatever failed, the caller's context comes back
-
-
 def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
     """Kombu's ``_receive_callback`` with the process span: convert the delivery (pyamqp's raw
     ``amqp.Message``) to kombu's ``Message`` with ``m2p`` (:func:`_converter`), start the span on
@@ -224,10 +215,7 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
             if track:  # a settle will read the record on the message
                 _track_unsampled(binding, consumer, message, info, context)
         else:
-            queue = _queue_of(consumer, info)
-            op = _start(binding, "process", queue, message, track=track)
-            if op is not None:
-                op.activate()
+            op = _start(binding, "process", _queue_of(consumer, info), message, track=track)
     except Exception as internal:
         _PROCESS.report(internal)
     if token is not None:
@@ -237,13 +225,8 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
             restore(token)
     if op is None:
         return _handle(consumer, message)
-    try:
-        result = _handle(consumer, message)
-    except BaseException as exc:
-        _end(op, exc)
-        raise
-    _end(op)
-    return result
+    with op:  # the callbacks run in the span's context; an exception ends it as ERROR
+        return _handle(consumer, message)
 
 
 def _track_unsampled(
