@@ -216,6 +216,8 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
                 _track_unsampled(binding, consumer, message, info, context)
         else:
             op = _start(binding, "process", _queue_of(consumer, info), message, track=track)
+            if op is not None:
+                op.activate()
     except Exception as internal:
         _PROCESS.report(internal)
     if token is not None:
@@ -225,8 +227,15 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
             restore(token)
     if op is None:
         return _handle(consumer, message)
-    with op:  # the callbacks run in the span's context; an exception ends it as ERROR
-        return _handle(consumer, message)
+    # what ``with op:`` does, without its two extra calls a message (2k instructions);
+    # op.end() never raises and restores the caller's context
+    try:
+        result = _handle(consumer, message)
+    except BaseException as exc:
+        op.end(exc)
+        raise
+    op.end()
+    return result
 
 
 def _track_unsampled(
