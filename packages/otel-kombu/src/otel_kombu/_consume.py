@@ -183,6 +183,15 @@ def _handle(consumer: Any, message: Any) -> Any:
     return on_m(message) if on_m else consumer.receive(decoded, message)
 
 
+def _end(op: Consume, exc: BaseException | None = None) -> None:
+    try:
+        op.end(exc)
+    except Exception as internal:
+        _PROCESS.report(internal)
+        with _PROCESS:
+            op.deactivate()  # whatever failed, the caller's context comes back
+
+
 def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
     """Kombu's ``_receive_callback`` with the process span: convert the delivery (pyamqp's raw
     ``amqp.Message``) to kombu's ``Message`` with ``m2p`` (:func:`_converter`), start the span on
@@ -215,7 +224,8 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
             if track:  # a settle will read the record on the message
                 _track_unsampled(binding, consumer, message, info, context)
         else:
-            op = _start(binding, "process", _queue_of(consumer, info), message, track=track)
+            queue = _queue_of(consumer, info)
+            op = _start(binding, "process", queue, message, track=track)
             if op is not None:
                 op.activate()
     except Exception as internal:
@@ -227,14 +237,12 @@ def _process(consumer: Any, binding: Binding, message: Any, m2p: Any) -> Any:
             restore(token)
     if op is None:
         return _handle(consumer, message)
-    # what ``with op:`` does, without its two extra calls a message (2k instructions);
-    # op.end() never raises and restores the caller's context
     try:
         result = _handle(consumer, message)
     except BaseException as exc:
-        op.end(exc)
+        _end(op, exc)
         raise
-    op.end()
+    _end(op)
     return result
 
 
