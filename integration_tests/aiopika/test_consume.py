@@ -11,7 +11,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from opentelemetry import trace
 
-from broker_harness import Recorder
+from broker_harness import Recorder, span_summary
 from integration_tests.aiopika.conftest import (
     wait_for_count,
 )
@@ -38,6 +38,28 @@ async def test_a_plain_function_callback_is_traced(
     (process,) = await wait_for_count(otel, f"process {queue.name}", 1)
     assert process.context is not None
     assert seen == [process.context]
+
+
+@pytest.mark.asyncio
+async def test_a_plain_function_callback_that_raises_ends_its_span_as_error(
+    otel: Recorder,
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+) -> None:
+    """A plain callback's exception ends its process span ERROR with that exception recorded."""
+
+    def handle(message: AbstractIncomingMessage) -> None:
+        raise ValueError("bad order")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # aio-pika >= 9 deprecates these
+        await queue.consume(handle, no_ack=True)
+    await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
+    (process,) = await wait_for_count(otel, f"process {queue.name}", 1)
+    summary = span_summary(process)
+    assert summary["status"] == "ERROR"
+    assert summary["attributes"]["error.type"] == "ValueError"
+    assert summary["events"] == ["exception"]
 
 
 @pytest.mark.asyncio

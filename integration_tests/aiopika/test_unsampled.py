@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,18 +49,23 @@ async def unsampled_queue(
     return queue
 
 
-async def consume_no_ack(queue: AbstractQueue) -> list[tuple[Any, ...]]:
-    """Two messages consumed with no_ack: each one's body, traceparent and baggage headers, and
-    handler_view() in its callback."""
+async def consume_no_ack(queue: AbstractQueue, *, plain: bool = False) -> list[tuple[Any, ...]]:
+    """Two messages consumed with no_ack (by a plain-function callback when ``plain``): each
+    one's body, traceparent and baggage headers, and handler_view() in its callback."""
     seen: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
-    async def on_message(message: AbstractIncomingMessage) -> None:
+    def record(message: AbstractIncomingMessage) -> None:
         headers = message.headers
         seen.put_nowait(
             (message.body, headers.get("traceparent"), headers.get("baggage"), handler_view())
         )
 
-    tag = await queue.consume(on_message, no_ack=True)
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        record(message)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # aio-pika >= 9: plain callbacks
+        tag = await queue.consume(record if plain else on_message, no_ack=True)
     try:
         return [await asyncio.wait_for(seen.get(), 15) for _ in range(2)]
     finally:
@@ -77,6 +83,19 @@ async def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     instrument(meter_provider=None)
     queue = await unsampled_queue(connect, unique)
     check_carried(await consume_no_ack(queue), [b"order-0", b"order-1"])
+    check_nothing_current()
+    assert otel.spans() == []
+
+
+@pytest.mark.asyncio
+async def test_a_plain_function_callback_of_a_not_sampled_message_runs_in_its_trace(
+    instrument: Instrument, otel: Recorder, connect: Connect, unique: Callable[[str], str]
+) -> None:
+    """A plain-function no_ack callback gets what an async one gets: each message's trace, not
+    sampled, with its baggage, and no span; nothing stays current."""
+    instrument(meter_provider=None)
+    queue = await unsampled_queue(connect, unique)
+    check_carried(await consume_no_ack(queue, plain=True), [b"order-0", b"order-1"])
     check_nothing_current()
     assert otel.spans() == []
 

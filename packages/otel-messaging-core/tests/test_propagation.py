@@ -208,6 +208,38 @@ def test_default_propagators_take_the_fast_path() -> None:
     assert propagation._fast_extract({"traceparent": TRACEPARENT, "Baggage": "a=1"}) is None
 
 
+def test_the_fast_path_span_context_is_the_one_the_constructor_makes() -> None:
+    """The fast path makes its span context as the tuple SpanContext is (this opentelemetry-api
+    lays it out as checked at import), equal to SpanContext()'s and read the same way."""
+    from otel_messaging_core import propagation
+
+    assert propagation._AS_TUPLE
+    for flags in ("00", "01", "02", "03", "ff"):
+        headers = {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-{flags}", "x-app": "1"}
+        made = trace.get_current_span(propagation._fast_extract(headers)).get_span_context()
+        real = SpanContext(TRACE_ID, SPAN_ID, True, TraceFlags(int(flags, 16)))
+        assert made == real
+        assert (made.trace_id, made.span_id, made.trace_flags) == (
+            TRACE_ID,
+            SPAN_ID,
+            int(flags, 16),
+        )
+        assert made.is_valid
+        assert made.is_remote
+        assert made.trace_state == real.trace_state
+
+
+def test_fast_extract_takes_the_traceparent_already_read() -> None:
+    """``fast_extract(headers, traceparent)`` decodes the traceparent its caller read, and still
+    leaves a table with other propagation fields to the general path."""
+    from otel_messaging_core.propagation import fast_extract
+
+    context = fast_extract({"traceparent": TRACEPARENT}, TRACEPARENT)
+    assert context is not None
+    assert trace.get_current_span(context).get_span_context().trace_id == TRACE_ID
+    assert fast_extract({"traceparent": TRACEPARENT, "tracestate": "a=b"}, TRACEPARENT) is None
+
+
 span_contexts = st.builds(
     lambda trace_id, span_id, flags, state: SpanContext(
         trace_id,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import types
 import weakref
 from time import perf_counter
 from typing import Any, Callable, Final
@@ -34,14 +33,15 @@ import aio_pika.queue
 import aio_pika.tools
 from aio_pika.queue import QueueIterator
 from aio_pika.tools import iscoroutinepartial as _iscoroutinepartial
-from opentelemetry.context import Context
 
-from otel_aiopika._publish import headers_of
+from otel_aiopika._publish import _HEADERS_SLOT, headers_of
 from otel_aiopika._state import SCOPES, OwnerState, resolve, track
 from otel_messaging_core import (
     Consume,
     ContextActivation,
-    MessagingTelemetry,
+    Destination,
+    PlainMethods,
+    Shadows,
     attach,
     capture_internal_exceptions,
     delivery_queue,
@@ -59,12 +59,10 @@ _aio_pika_consumer: Callable[..., Any] | None = getattr(aio_pika.queue, "consume
 __all__ = [
     "consume",
     "read_content",
-    "forget_sweeps",
     "finish_iterations",
     "get",
     "iterator_anext",
-    "iterator_close",
-    "iterator_exit",
+    "iterator_end",
 ]
 
 TRACED_MARK: Final = "_otel_aiopika_traced"
@@ -75,14 +73,24 @@ SWEPT_ATTR: Final = "_otel_aiopika_swept"
 # content, right before it looks up the delivery's consumer. (The method that dispatches the
 # delivery frame is no use: aiormq 6.7 to 6.9 bind it when the channel opens.)
 READ_CONTENT: Final = "_read_content"
-# aiormq channels whose delivery method is shadowed by aiormq's own bound method (see _sweep)
-_shadowed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 _PROCESS: Final = capture_internal_exceptions("aio-pika process")
 _RECEIVE: Final = capture_internal_exceptions("aio-pika receive")
 _CONSUME: Final = capture_internal_exceptions("aio-pika consume")
 
 Wrapped = Callable[..., Any]
+
+
+def _destination(state: OwnerState, operation: str, message: Any, queue: str) -> Destination:
+    """Where a delivered message came from; a consumer not seen registering (``queue`` empty)
+    gets the queue its routing key names on the default exchange."""
+    exchange = message.exchange
+    exchange = exchange if type(exchange) is str else str(exchange or "")
+    routing_key = message.routing_key
+    routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
+    if not queue:
+        queue = delivery_queue(exchange, routing_key)
+    return state.destinations.get(operation, exchange, routing_key, queue)
 
 
 def _begin(
@@ -98,13 +106,7 @@ def _begin(
     telemetry = state.telemetry
     if telemetry is None:
         return None
-    exchange = message.exchange
-    exchange = exchange if type(exchange) is str else str(exchange or "")
-    routing_key = message.routing_key
-    routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
-    if not queue:  # a consumer not seen registering
-        queue = delivery_queue(exchange, routing_key)
-    destination = state.destinations.get(operation, exchange, routing_key, queue)
+    destination = _destination(state, operation, message, queue)
     op = telemetry.start_consume(
         destination,
         headers_of(message),
@@ -124,45 +126,6 @@ def _begin(
     return op
 
 
-def _track_unsampled(
-    telemetry: MessagingTelemetry, state: OwnerState, message: Any, queue: str, context: Context
-) -> None:
-    """A manual-ack message that took the unsampled fast path (its handler runs in ``context``,
-    ``unsampled_consume``'s answer): its settle record is kept for its channel, what
-    :func:`_begin` keeps for a message whose trace is not sampled."""
-    exchange = message.exchange
-    exchange = exchange if type(exchange) is str else str(exchange or "")
-    routing_key = message.routing_key
-    routing_key = routing_key if type(routing_key) is str else str(routing_key or "")
-    if not queue:  # a consumer not seen registering
-        queue = delivery_queue(exchange, routing_key)
-    destination = state.destinations.get("process", exchange, routing_key, queue)
-    delivery = telemetry.unsampled_delivery(context, destination, message.delivery_tag)
-    track(message, telemetry, delivery, context, True)
-
-
-def _process_start(owner: Any, message: Any, queue: str, manual_ack: bool) -> Consume | None:
-    op = None
-    try:
-        state = resolve(owner)
-        if state is not None:
-            op = _begin(state, "process", message, queue, manual_ack)
-            if op is not None:
-                op.activate()
-    except Exception as internal:
-        _PROCESS.report(internal)
-    return op
-
-
-def _process_end(op: Consume, exc: BaseException | None = None) -> None:
-    try:
-        op.end(exc)
-    except Exception as internal:
-        _PROCESS.report(internal)
-        with _PROCESS:
-            op.deactivate()  # whatever failed, the handler's context is not left current
-
-
 # -- Queue.consume ------------------------------------------------------------------------------
 
 
@@ -172,90 +135,71 @@ def _queue_name(queue: Any) -> str:
 
 
 def traced_callback(callback: Any, owner: Any, queue: str, no_ack: bool) -> Any:
-    """The callback aio-pika calls instead of ``callback``: a process span around each call."""
+    """The callback aio-pika calls instead of ``callback``: a process span around each call.
+
+    One coroutine function traces every kind of callback; aio-pika 8.x calls a plain function
+    callback as it is (in ``call_soon``), so ours is then a plain function too, which runs that
+    coroutine to its end at once (it awaits nothing but the callback's own call)."""
     manual_ack = not no_ack
+    plain = _ensure_awaitable is None and not _iscoroutinepartial(callback)
+    if plain:
 
-    if _ensure_awaitable is not None or _iscoroutinepartial(callback):
-        inner = _ensure_awaitable(callback) if _ensure_awaitable is not None else callback
+        async def inner(message: Any) -> Any:
+            return callback(message)
 
-        # the owner's scope, looked up again only when the instrumentation changes (what
-        # resolve() answers in between)
-        seen = -1
-        scope: OwnerState | None = None
+    else:
+        inner = callback if _ensure_awaitable is None else _ensure_awaitable(callback)
 
-        async def traced(message: Any) -> Any:
-            nonlocal seen, scope
-            # inlined (one message per call): _process_start / _process_end for the usual case
-            op = token = None
+    # the owner's scope, looked up again only when the instrumentation changes (what resolve()
+    # answers in between)
+    seen = -1
+    scope: OwnerState | None = None
+
+    async def traced(message: Any) -> Any:
+        nonlocal seen, scope
+        op = token = None
+        try:
+            generation = SCOPES.generation
+            if seen != generation:
+                scope, seen = resolve(owner), generation
+            state = scope
+            telemetry = None if state is None else state.telemetry
+            if state is not None and telemetry is not None:
+                # the unsampled fast path, decided first (docs/architecture.md); the headers
+                # read as headers_of() does, without its call
+                context = telemetry.unsampled_consume(getattr(message, _HEADERS_SLOT, None))
+                if context is not None:
+                    token = attach(context)
+                    if manual_ack:  # its settle record, as the general path keeps it
+                        destination = _destination(state, "process", message, queue)
+                        delivery = telemetry.unsampled_delivery(
+                            context, destination, message.delivery_tag
+                        )
+                        track(message, telemetry, delivery, context, True)
+                else:
+                    op = _begin(state, "process", message, queue, manual_ack)
+        except Exception as internal:
+            _PROCESS.report(internal)
+        if token is not None:
             try:
-                generation = SCOPES.generation
-                if seen != generation:
-                    scope, seen = resolve(owner), generation
-                state = scope
-                telemetry = None if state is None else state.telemetry
-                if state is not None and telemetry is not None:
-                    # the unsampled fast path, decided first (docs/architecture.md)
-                    context = telemetry.unsampled_consume(headers_of(message))
-                    if context is not None:
-                        token = attach(context)
-                        if manual_ack:  # its settle record, as on the general path
-                            _track_unsampled(telemetry, state, message, queue, context)
-                    else:
-                        op = _begin(state, "process", message, queue, manual_ack)
-                        if op is not None:
-                            op.activate()
-            except Exception as internal:
-                _PROCESS.report(internal)
-            if token is not None:
-                try:
-                    return await inner(message)
-                finally:
-                    restore(token)
-            if op is None:
                 return await inner(message)
-            try:
-                result = await inner(message)
-            except BaseException as exc:
-                _process_end(op, exc)
-                raise
-            try:
-                op.end()
-            except Exception as internal:
-                _PROCESS.report(internal)
-                with _PROCESS:
-                    op.deactivate()  # whatever failed, the handler's context is not left current
-            return result
+            finally:
+                restore(token)
+        if op is None:
+            return await inner(message)
+        with op:  # the handler runs in the span's context; an exception ends it as ERROR
+            return await inner(message)
 
-        wrapper: Any = traced
-    else:  # aio-pika 8.x calls a plain function as it is (in call_soon)
+    wrapper: Any = traced
+    if plain:
 
         def traced_sync(message: Any) -> Any:
-            token = None
-            with _PROCESS:
-                state = resolve(owner)
-                telemetry = None if state is None else state.telemetry
-                if state is not None and telemetry is not None:
-                    # the unsampled fast path, decided first (docs/architecture.md)
-                    context = telemetry.unsampled_consume(headers_of(message))
-                    if context is not None:
-                        token = attach(context)
-                        if manual_ack:  # its settle record, as on the general path
-                            _track_unsampled(telemetry, state, message, queue, context)
-            if token is not None:
-                try:
-                    return callback(message)
-                finally:
-                    restore(token)
-            op = _process_start(owner, message, queue, manual_ack)
-            if op is None:
-                return callback(message)
+            run = traced(message)
             try:
-                result = callback(message)
-            except BaseException as exc:
-                _process_end(op, exc)
-                raise
-            _process_end(op)
-            return result
+                run.send(None)
+            except StopIteration as done:
+                return done.value
+            raise RuntimeError("a plain callback's traced call suspended")  # pragma: no cover
 
         wrapper = traced_sync
     setattr(wrapper, TRACED_MARK, True)
@@ -308,27 +252,10 @@ def _sweep(channel: Any) -> None:
     setattr(channel, SWEPT_ATTR, generation)
     # Until instrumentation changes, this channel's deliveries have nothing more to check:
     # aiormq's own method, bound on the channel, shadows the class's wrapper, so a delivery pays
-    # nothing for the check (forget_sweeps() takes the shadow back).
-    found = next(
-        (k.__dict__[READ_CONTENT] for k in type(channel).__mro__ if READ_CONTENT in k.__dict__),
-        None,
-    )
-    original = getattr(found, "__wrapped__", found)
-    if callable(original):
-        channel.__dict__[READ_CONTENT] = types.MethodType(original, channel)
-        _shadowed.add(channel)
-
-
-def forget_sweeps() -> None:
-    """Instrumentation changed: every channel checks its consumers again at its next delivery."""
-    for channel in list(_shadowed):
-        shadow = channel.__dict__.get(READ_CONTENT)
-        if type(shadow) is types.MethodType and shadow.__self__ is channel:
-            del channel.__dict__[READ_CONTENT]
-    _shadowed.clear()
-
-
-SCOPES.listeners.append(forget_sweeps)
+    # nothing for the check (taken back at every change of instrumentation).
+    plain = _PLAIN_READ_CONTENT.of(type(channel))
+    if plain is not None:
+        _SWEPT.bind(channel, READ_CONTENT, plain)
 
 
 def read_content(
@@ -344,6 +271,12 @@ def read_content(
     except Exception as internal:
         _CONSUME.report(internal)
     return wrapped(*args, **kwargs)
+
+
+# aiormq's own _read_content under our wrapper, bound on the channels swept (see _sweep)
+_PLAIN_READ_CONTENT: Final = PlainMethods(READ_CONTENT, read_content)
+_SWEPT: Final = Shadows(_PLAIN_READ_CONTENT)
+SCOPES.listeners.append(_SWEPT.forget)
 
 
 # -- Queue.get ----------------------------------------------------------------------------------
@@ -491,24 +424,16 @@ async def iterator_anext(
     return message
 
 
-async def iterator_close(
+async def iterator_end(
     wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``QueueIterator.close``: the last message's receive span ends."""
+    """``QueueIterator.close`` and ``__aexit__``: the last message's receive span ends (leaving
+    ``async with``, with the body's exception)."""
     with _RECEIVE:
         iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
         if iteration is not None:
-            iteration.finish()
-    return await wrapped(*args, **kwargs)
-
-
-async def iterator_exit(
-    wrapped: Wrapped, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """``QueueIterator.__aexit__``: the last message's span ends, with the body's exception."""
-    with _RECEIVE:
-        iteration: _Iteration | None = instance.__dict__.get(ITERATOR_ATTR)
-        if iteration is not None:
-            exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
+            exc = None
+            if getattr(wrapped, "__name__", None) == "__aexit__":
+                exc = args[1] if len(args) > 1 else kwargs.get("exc_val")
             iteration.finish(exc if isinstance(exc, BaseException) else None)
     return await wrapped(*args, **kwargs)

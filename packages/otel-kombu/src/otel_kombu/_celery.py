@@ -18,7 +18,7 @@ name (a bounded dict); only the task check reads the headers of each message, tw
 
 from __future__ import annotations
 
-from typing import Any, Final, Mapping
+from typing import Any, Final, Literal, Mapping, get_args
 
 __all__ = [
     "CELERY_EVENT_EXCHANGE",
@@ -35,23 +35,21 @@ __all__ = [
 CELERY_EVENT_EXCHANGE: Final = "celeryev"
 _PIDBOX_SUFFIX: Final = ".pidbox"
 
-TASKS: Final = "tasks"
-CONTROL: Final = "control"
-EVENTS: Final = "events"
+CeleryKind = Literal["tasks", "control", "events"]
 #: What ``skip_celery_messages`` can name, in this order.
-CELERY_KINDS: Final = (TASKS, CONTROL, EVENTS)
+CELERY_KINDS: Final[tuple[CeleryKind, ...]] = get_args(CeleryKind)
 #: Not traced by default: what an idle worker fleet sends all the time, at a rate that grows with
 #: the square of the number of workers (each worker consumes every worker's heartbeats).
-DEFAULT_SKIP: Final = (CONTROL, EVENTS)
+DEFAULT_SKIP: Final[tuple[CeleryKind, ...]] = ("control", "events")
 
 _MAX_EXCHANGES: Final = 256
 
 
-def _exchange_kind(exchange: str) -> str | None:
+def _exchange_kind(exchange: str) -> CeleryKind | None:
     if exchange == CELERY_EVENT_EXCHANGE:
-        return EVENTS
+        return "events"
     if exchange.endswith(_PIDBOX_SUFFIX):
-        return CONTROL
+        return "control"
     return None
 
 
@@ -84,7 +82,7 @@ class CelerySkip:
 
     def __init__(self, kinds: tuple[str, ...]) -> None:
         self.kinds = kinds
-        self.tasks = TASKS in kinds
+        self.tasks = "tasks" in kinds
         self._exchanges: dict[str, bool] = {}
 
     def skips(self, headers: Mapping[Any, Any] | None, exchange: str) -> bool:

@@ -126,7 +126,7 @@ class UnsampledFastPath:
                 return None
             # The usual message (a traceparent alone) is read directly: its flags are the ones
             # seen above and its ids were checked, so it is what we want as it is.
-            creation = fast_extract(headers)
+            creation = fast_extract(headers, value)
             if creation is None:  # baggage, tracestate, ...: read in full, then checked
                 creation = extract_context(headers)
                 producer: Span | None = creation.get(SPAN_KEY)  # type: ignore[assignment]
