@@ -22,12 +22,12 @@ needs (hooks, envelopes, header capture) is skipped for unsampled messages.
 from __future__ import annotations
 
 from time import perf_counter, time_ns
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final, Mapping
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanKind, TraceFlags
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from otel_messaging_core import dead_letters
@@ -40,12 +40,10 @@ from otel_messaging_core._private_api import (
 )
 from otel_messaging_core.attributes import (
     HEADER_ATTRIBUTE_PREFIX,
-    MESSAGING_BATCH_MESSAGE_COUNT,
     MESSAGING_BODY_SIZE,
     MESSAGING_CONVERSATION_ID,
     MESSAGING_MESSAGE_ID,
     MESSAGING_RABBITMQ_DELIVERY_TAG,
-    REJECTED,
     SYSTEM_RABBITMQ,
     Destination,
     DestinationCache,
@@ -61,7 +59,6 @@ from otel_messaging_core.operations import (
     Publish,
     Settle,
     headers_to_send,
-    set_error,
 )
 from otel_messaging_core.options import InstrumentationOptions
 from otel_messaging_core.propagation import (
@@ -71,6 +68,7 @@ from otel_messaging_core.propagation import (
 )
 from otel_messaging_core.returned import ReturnedMessages
 from otel_messaging_core.sampling import UnsampledShortcut
+from otel_messaging_core.settling import SettleOperations
 
 __all__ = [
     "TRUNCATED_MARK",
@@ -92,17 +90,12 @@ _new_object: Final = object.__new__
 Attributes = dict[str, AttributeValue]
 
 
-#: What the fast path of the usual settle returns: it records nothing and ends as nothing (its
-#: ``end()`` returns at once), so one object serves every call.
-_NOTHING_TO_SETTLE: Final = Settle.noop()
-
-
 def is_suppressed(context: Context | None = None) -> bool:
     """True inside ``suppress_instrumentation()``: no spans, no metrics (publish still injects)."""
     return bool(otel_context.get_value(SUPPRESS_KEY, context))
 
 
-class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
+class MessagingTelemetry(UnsampledFastPath, ReturnedMessages, SettleOperations):
     """Tracer, meter and options of one instrumentor; makes the spans of every operation.
 
     One instance per ``instrument()`` / ``instrument_channel()`` call. Plugins keep a
@@ -376,96 +369,6 @@ class MessagingTelemetry(UnsampledFastPath, ReturnedMessages):
         except Exception as internal:
             log_internal_error("consume start", internal)
             return Consume.noop()
-
-    # -- settle ------------------------------------------------------------------------------------
-
-    def start_settle(
-        self,
-        operation: str,
-        deliveries: Sequence[Delivery | None],
-        *,
-        requeue: bool = True,
-        delivery_tag: int | None = None,
-        fallback: Destination | None = None,
-    ) -> Settle:
-        """Time an ack/nack/reject call; start its span when ``settle_spans`` or when the message is lost.
-
-        ``deliveries`` are the records of the settled messages (several for ``multiple=True``);
-        ``fallback`` names the destination when none is known (a message consumed before
-        instrumentation). A nack/reject with ``requeue=False`` is always an ERROR span with
-        ``error.type=rejected``: it is how a message gets dropped or dead-lettered.
-        """
-        try:
-            # The fast path of the usual settle (an ack, or a requeue, without settle spans and
-            # with no MeterProvider): nothing to record, whatever the message's trace.
-            if (requeue or operation == "ack") and self.quiet_settle():
-                return _NOTHING_TO_SETTLE
-            if is_suppressed():
-                return Settle.noop()
-            known = [d for d in deliveries if d is not None]
-            destination = known[-1].destination if known else fallback
-            lost = operation != "ack" and not requeue
-            error_type = REJECTED if lost else None
-            if destination is None:
-                return Settle(self, None, None, error_type)
-            settle_destination = self.destinations_for(destination).get(
-                operation, destination.exchange, destination.routing_key, destination.queue
-            )
-            span: Span | None = None
-            if lost or self._settle_spans:
-                span = self._start_settle_span(settle_destination, known, delivery_tag)
-                if lost:
-                    set_error(
-                        span,
-                        REJECTED,
-                        None,
-                        f"{operation} without requeue: message dropped or dead-lettered",
-                    )
-            return Settle(self, span, settle_destination.metric_attributes, error_type)
-        except Exception as internal:
-            log_internal_error("settle start", internal)
-            return Settle.noop()
-
-    def destinations_for(self, destination: Destination) -> DestinationCache:
-        """The cache that made ``destination`` (same system and server)."""
-        attributes = destination.attributes
-        return self.destinations(
-            attributes.get("server.address"),  # type: ignore[arg-type]
-            attributes.get("server.port"),  # type: ignore[arg-type]
-            str(attributes.get("messaging.system", SYSTEM_RABBITMQ)),
-        )
-
-    def _start_settle_span(
-        self, destination: Destination, known: list[Delivery], delivery_tag: int | None
-    ) -> Span:
-        attributes: Attributes = destination.attributes.copy()  # type: ignore[attr-defined]
-        if delivery_tag is None and len(known) == 1:
-            delivery_tag = known[0].delivery_tag
-        if delivery_tag is not None and destination.amqp:
-            attributes[MESSAGING_RABBITMQ_DELIVERY_TAG] = delivery_tag
-        if len(known) > 1:
-            attributes[MESSAGING_BATCH_MESSAGE_COUNT] = len(known)
-        if self._baggage_names:
-            # SPEC: baggage entries go on every messaging span. The settled messages' own
-            # entries first (an ack after the handler has no baggage current), then what is current.
-            for delivery in known:
-                if delivery.baggage:
-                    attributes.update(delivery.baggage)
-            self._add_optional_attributes(attributes, None, None)
-        links = [Link(d.creation) for d in known if d.creation is not None]
-        parent: Context | None = None
-        if not trace.get_current_span().get_span_context().is_valid and len(known) == 1:
-            # Settled outside its handler: keep it in the delivery's own trace, under its span.
-            consume_sc = known[0].span_context
-            if consume_sc is not None and consume_sc.is_valid:
-                parent = trace.set_span_in_context(NonRecordingSpan(consume_sc))
-        return self.tracer.start_span(
-            destination.span_name,
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            links=links,
-        )
 
     # -- pulled messages ---------------------------------------------------------------------------
 
