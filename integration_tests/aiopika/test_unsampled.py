@@ -18,7 +18,6 @@ from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, Instrument
 from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
 from integration_tests.unsampled_cases import (
-    PATHS,
     ManualAck,
     QuietAck,
     check_carried,
@@ -123,19 +122,12 @@ async def test_a_broken_fast_path_never_reaches_the_user(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", PATHS)
 async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
+    manual_ack: ManualAck, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """What every plugin's manual-ack consumer gives (ManualAck), on aio-pika: one
     message.ack() inside the callback, then ack(multiple=True) outside it for the other two
     leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
-    case = ManualAck(instrument, monkeypatch, path)
     queue = await unsampled_queue(connect, unique, 3)
     seen: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -148,33 +140,26 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
     tag = await queue.consume(on_message)
     got = [await asyncio.wait_for(seen.get(), 15) for _ in range(3)]
     await queue.cancel(tag)
-    case.check_callbacks([entry[1:] for entry in got], 3)
+    manual_ack.check_callbacks([entry[1:] for entry in got], 3)
     messages = sorted((entry[0] for entry in got), key=lambda m: m.delivery_tag or 0)
     records = deliveries_of(message_channel(messages[0]), create=False)
     assert records is not None
     assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
     await messages[2].ack(multiple=True)
     assert records.records == {}
-    case.check_multiple_ack_span(otel.spans(), queue.name)
+    manual_ack.check_multiple_ack_span(otel.spans(), queue.name)
     assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    case.check_quiet(3)
+    manual_ack.check_quiet(3)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", PATHS)
 async def test_manual_acks_with_nothing_to_record_forget_their_records(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_ack: QuietAck, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """What every plugin's quiet ack gives (QuietAck), on aio-pika: message.ack() inside the
     callback and ack(multiple=True) after it forget their deliveries and start nothing;
     nack(multiple=True, requeue=False) of the other two is the ERROR span linking both;
     nothing is left recorded or to redeliver."""
-    case = QuietAck(instrument, monkeypatch, path)
     queue = await unsampled_queue(connect, unique, 5)
     seen: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -192,12 +177,12 @@ async def test_manual_acks_with_nothing_to_record_forget_their_records(
     assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
     await messages[2].ack(multiple=True)
     assert sorted(records.records) == [m.delivery_tag for m in messages[3:]]
-    case.check_acks_started_nothing()
+    quiet_ack.check_acks_started_nothing()
     await messages[4].nack(multiple=True, requeue=False)
     assert records.records == {}
-    case.check_dropped_span(otel.spans(), queue.name, "nack", 2)
+    quiet_ack.check_dropped_span(otel.spans(), queue.name, "nack", 2)
     assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    case.check_quiet(5)
+    quiet_ack.check_quiet(5)
 
 
 @pytest.mark.asyncio
