@@ -5,7 +5,6 @@ user's publish or callback."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, Instrument
-from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
+from integration_tests.conftest import Fault
+from integration_tests.internal_faults import FAST_PATH_STEPS
 from integration_tests.unsampled_cases import (
     ManualAck,
     QuietAck,
@@ -100,24 +100,17 @@ async def test_a_plain_function_callback_of_a_not_sampled_message_runs_in_its_tr
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("step", FAST_PATH_STEPS)
+@pytest.mark.parametrize("fault", FAST_PATH_STEPS, indirect=True)
 async def test_a_broken_fast_path_never_reaches_the_user(
-    step: str,
-    instrument: Instrument,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    fault: Fault, instrument: Instrument, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """With a fast-path step raising, an unsampled publish and a no_ack consumer behave as
     uninstrumented aio-pika: every message delivered once with its body, the callback runs;
     the fault is logged and nothing stays current."""
-    caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
-    inject(monkeypatch, step)
     instrument(meter_provider=None)
     seen = await consume_no_ack(await unsampled_queue(connect, unique))
     assert [entry[0] for entry in seen] == [b"order-0", b"order-1"]
-    assert fault_logged(caplog, step)
+    fault.check_logged()
     check_nothing_current()
 
 

@@ -5,7 +5,6 @@ breaks never reaching the user's publish or callback."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import Any
 
@@ -13,7 +12,8 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from broker_harness import Recorder
-from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
+from integration_tests.conftest import Fault
+from integration_tests.internal_faults import FAST_PATH_STEPS
 from integration_tests.kombu.conftest import Instrument, declare, drain
 from integration_tests.unsampled_cases import (
     SPAN_ID,
@@ -90,24 +90,17 @@ def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     assert otel.spans() == []
 
 
-@pytest.mark.parametrize("step", FAST_PATH_STEPS)
+@pytest.mark.parametrize("fault", FAST_PATH_STEPS, indirect=True)
 def test_a_broken_fast_path_never_reaches_the_user(
-    step: str,
-    instrument: Instrument,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    fault: Fault, instrument: Instrument, connection: Connection, entities: tuple[Exchange, Queue]
 ) -> None:
     """With a fast-path step raising, an unsampled publish and a no_ack consumer behave as
     uninstrumented kombu: every message delivered once with the caller's headers and body, the
     callback runs; the fault is logged and nothing stays current."""
-    caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
-    inject(monkeypatch, step)
     instrument(meter_provider=None)
     seen = consume_no_ack(connection, publish_unsampled(connection, entities))
     assert [entry[0] for entry in seen] == [{"n": 0}, {"n": 1}]
-    assert fault_logged(caplog, step)
+    fault.check_logged()
     check_nothing_current()
 
 
