@@ -19,6 +19,7 @@ from integration_tests.conftest import Fault
 from integration_tests.internal_faults import FAST_PATH_STEPS
 from integration_tests.unsampled_cases import (
     ManualAck,
+    NotSampledConsumer,
     QuietAck,
     check_carried,
     check_counted_without_spans,
@@ -69,6 +70,48 @@ async def consume_no_ack(queue: AbstractQueue, *, plain: bool = False) -> list[t
         return [await asyncio.wait_for(seen.get(), 15) for _ in range(2)]
     finally:
         await queue.cancel(tag)
+
+
+def note_views(message: AbstractIncomingMessage) -> tuple[Any, ...]:
+    """A message's ``traceparent`` header and :func:`handler_views` in its callback."""
+    return (message.headers.get("traceparent"), *handler_views(message_context, message))
+
+
+async def consume_acking_the_first(
+    queue: AbstractQueue,
+    count: int,
+    note: Callable[[AbstractIncomingMessage], Any] = lambda message: None,
+) -> tuple[list[Any], list[AbstractIncomingMessage], Any]:
+    """``count`` messages consumed with manual acks, ``order-0`` acked in its callback: what
+    ``note`` gave in each callback (before that ack), in arrival order; the messages by
+    delivery tag; and their channel's delivery records, checked to hold every delivery but
+    the acked one."""
+    seen: asyncio.Queue[tuple[AbstractIncomingMessage, Any]] = asyncio.Queue()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        noted = note(message)
+        if message.body == b"order-0":
+            await message.ack()
+        seen.put_nowait((message, noted))
+
+    tag = await queue.consume(on_message)
+    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(count)]
+    await queue.cancel(tag)
+    messages = sorted((message for message, _ in got), key=lambda m: m.delivery_tag or 0)
+    records = deliveries_of(message_channel(messages[0]), create=False)
+    assert records is not None
+    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    return [noted for _, noted in got], messages, records
+
+
+async def check_all_settled(
+    case: NotSampledConsumer, queue: AbstractQueue, records: Any, deliveries: int
+) -> None:
+    """Every delivery settled: none left in the channel's records, none for the broker to
+    redeliver; then the case's :meth:`~NotSampledConsumer.check_quiet`."""
+    assert records.records == {}, records.records
+    assert await queue.get(no_ack=True, fail=False) is None
+    case.check_quiet(deliveries)
 
 
 @pytest.mark.asyncio
@@ -122,27 +165,11 @@ async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_rec
     message.ack() inside the callback, then ack(multiple=True) outside it for the other two
     leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
     queue = await unsampled_queue(connect, unique, 3)
-    seen: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        views = handler_views(message_context, message)
-        if message.body == b"order-0":
-            await message.ack()
-        seen.put_nowait((message, message.headers.get("traceparent"), *views))
-
-    tag = await queue.consume(on_message)
-    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(3)]
-    await queue.cancel(tag)
-    manual_ack.check_callbacks([entry[1:] for entry in got], 3)
-    messages = sorted((entry[0] for entry in got), key=lambda m: m.delivery_tag or 0)
-    records = deliveries_of(message_channel(messages[0]), create=False)
-    assert records is not None
-    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    noted, messages, records = await consume_acking_the_first(queue, 3, note_views)
+    manual_ack.check_callbacks(noted, 3)
     await messages[2].ack(multiple=True)
-    assert records.records == {}
     manual_ack.check_multiple_ack_span(otel.spans(), queue.name)
-    assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    manual_ack.check_quiet(3)
+    await check_all_settled(manual_ack, queue, records, 3)
 
 
 @pytest.mark.asyncio
@@ -154,28 +181,13 @@ async def test_manual_acks_with_nothing_to_record_forget_their_records(
     nack(multiple=True, requeue=False) of the other two is the ERROR span linking both;
     nothing is left recorded or to redeliver."""
     queue = await unsampled_queue(connect, unique, 5)
-    seen: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        if message.body == b"order-0":
-            await message.ack()
-        seen.put_nowait(message)
-
-    tag = await queue.consume(on_message)
-    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(5)]
-    await queue.cancel(tag)
-    messages = sorted(got, key=lambda m: m.delivery_tag or 0)
-    records = deliveries_of(message_channel(messages[0]), create=False)
-    assert records is not None
-    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    _, messages, records = await consume_acking_the_first(queue, 5)
     await messages[2].ack(multiple=True)
     assert sorted(records.records) == [m.delivery_tag for m in messages[3:]]
     quiet_ack.check_acks_started_nothing()
     await messages[4].nack(multiple=True, requeue=False)
-    assert records.records == {}
     quiet_ack.check_dropped_span(otel.spans(), queue.name, "nack", 2)
-    assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    quiet_ack.check_quiet(5)
+    await check_all_settled(quiet_ack, queue, records, 5)
 
 
 @pytest.mark.asyncio
