@@ -27,6 +27,7 @@ __all__ = [
     "VIEW",
     "HookCalls",
     "ManualAck",
+    "NotSampledConsumer",
     "QuietAck",
     "check_carried",
     "check_counted_without_spans",
@@ -35,6 +36,8 @@ __all__ = [
     "handler_views",
     "in_unsampled_trace",
     "links_of",
+    "manual_ack",
+    "quiet_ack",
     "take_path",
     "unsampled_parent",
 ]
@@ -163,23 +166,43 @@ def take_path(monkeypatch: pytest.MonkeyPatch, path: str) -> list[str]:
     return general
 
 
-class ManualAck:
-    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider, hooks
-    noted, ``settle_spans=True``), on ``path``: each callback runs in that trace with its
-    baggage (``message_context()`` too), hooks never run, every settle finds its delivery's
-    record, and the fast path and the general path give the same.
-
-    Made before the test's first publish: it picks the path and instruments through the
-    plugin's ``instrument`` fixture. The test publishes and consumes with its client library,
-    then calls the checks."""
+class NotSampledConsumer:
+    """What :class:`ManualAck` and :class:`QuietAck` share: made before the test's first
+    publish, it picks ``path``, notes the hooks and instruments through the plugin's
+    ``instrument`` fixture with no MeterProvider (and ``options``); the test publishes and
+    consumes with its client library, then calls the checks."""
 
     def __init__(
-        self, instrument: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
+        self,
+        instrument: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch,
+        path: str,
+        **options: Any,
     ) -> None:
         self.path = path
         self.general = take_path(monkeypatch, path)
         self.hooks = HookCalls()
-        instrument(meter_provider=None, settle_spans=True, **self.hooks.options())
+        instrument(meter_provider=None, **options, **self.hooks.options())
+
+    def check_quiet(self, deliveries: int) -> None:
+        """No hook ran; each of the ``deliveries`` took the test's path (the general path's
+        ``start_consume`` once each, the fast path's never); nothing of ours stays current."""
+        assert self.hooks.calls == [], self.hooks.calls
+        expected = [] if self.path == "fast" else ["start_consume"] * deliveries
+        assert self.general == expected, self.general
+        check_nothing_current()
+
+
+class ManualAck(NotSampledConsumer):
+    """A manual-ack consumer of messages whose trace was not sampled (no MeterProvider, hooks
+    noted, ``settle_spans=True``), on ``path``: each callback runs in that trace with its
+    baggage (``message_context()`` too), hooks never run, every settle finds its delivery's
+    record, and the fast path and the general path give the same."""
+
+    def __init__(
+        self, instrument: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
+    ) -> None:
+        super().__init__(instrument, monkeypatch, path, settle_spans=True)
 
     def check_callbacks(self, seen: Sequence[tuple[str | None, View, View]], count: int) -> None:
         """``seen`` holds, per callback, its message's ``traceparent`` header and
@@ -200,30 +223,17 @@ class ManualAck:
         assert ack.attributes is not None
         assert ack.attributes["messaging.batch.message_count"] == 2, ack.attributes
 
-    def check_quiet(self, deliveries: int) -> None:
-        """No hook ran; each of the ``deliveries`` took the test's path (the general path's
-        ``start_consume`` once each, the fast path's never); nothing of ours stays current."""
-        assert self.hooks.calls == [], self.hooks.calls
-        expected = [] if self.path == "fast" else ["start_consume"] * deliveries
-        assert self.general == expected, self.general
-        check_nothing_current()
 
-
-class QuietAck:
+class QuietAck(NotSampledConsumer):
     """A manual-ack consumer of messages whose trace was not sampled, with nothing to record for
     an ack (no ``settle_spans``, no MeterProvider, hooks noted), on ``path``: its acks, one by
     one inside the callback and ``multiple=True`` after it, start nothing (the plugin forgets
     the deliveries' records and calls the client) and leave no record behind; a settle that
-    drops messages still finds the records of the ones not acked and is the ERROR span.
-
-    Made before the test's first publish, as :class:`ManualAck`."""
+    drops messages still finds the records of the ones not acked and is the ERROR span."""
 
     def __init__(
         self, instrument: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
     ) -> None:
-        self.path = path
-        self.general = take_path(monkeypatch, path)
-        self.hooks = HookCalls()
         #: the operation of every settle that started (``start_settle``)
         self.started: list[str] = []
         start_settle = MessagingTelemetry.start_settle
@@ -234,7 +244,7 @@ class QuietAck:
             return start_settle(telemetry, operation, *args, **kwargs)
 
         monkeypatch.setattr(MessagingTelemetry, "start_settle", noted)
-        instrument(meter_provider=None, **self.hooks.options())
+        super().__init__(instrument, monkeypatch, path)
 
     def check_acks_started_nothing(self) -> None:
         """No ack so far started a settle."""
@@ -257,10 +267,19 @@ class QuietAck:
         assert dropped.parent is None, dropped.parent
         assert links_of(dropped) == [(TRACE_ID, SPAN_ID)] * count, links_of(dropped)
 
-    def check_quiet(self, deliveries: int) -> None:
-        """As :meth:`ManualAck.check_quiet`: no hook ran, each delivery took the test's path,
-        nothing of ours stays current."""
-        assert self.hooks.calls == [], self.hooks.calls
-        expected = [] if self.path == "fast" else ["start_consume"] * deliveries
-        assert self.general == expected, self.general
-        check_nothing_current()
+
+@pytest.fixture(params=PATHS)
+def manual_ack(
+    request: pytest.FixtureRequest, instrument: Any, monkeypatch: pytest.MonkeyPatch
+) -> ManualAck:
+    """A :class:`ManualAck` on each path, instrumented by the plugin's ``instrument``
+    fixture (integration_tests/conftest.py loads this module as a plugin)."""
+    return ManualAck(instrument, monkeypatch, request.param)
+
+
+@pytest.fixture(params=PATHS)
+def quiet_ack(
+    request: pytest.FixtureRequest, instrument: Any, monkeypatch: pytest.MonkeyPatch
+) -> QuietAck:
+    """A :class:`QuietAck` on each path, as :func:`manual_ack`."""
+    return QuietAck(instrument, monkeypatch, request.param)

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from opentelemetry.sdk.trace import ReadableSpan
 from yarl import URL
 
-from broker_harness import Broker, Recorder
+from broker_harness import Broker, Recorder, span_summary
 from broker_harness.pytest_plugin import instrument_fixtures
 from otel_aiopika import AioPikaInstrumentor
 
@@ -102,3 +102,11 @@ async def wait_for_count(
     """Poll until at least ``count`` spans called ``name`` ended; those spans."""
     await wait_for(otel, lambda spans: sum(s.name == name for s in spans) >= count, timeout)
     return otel.named(name)
+
+
+def check_error_span(span: ReadableSpan, error_type: str) -> None:
+    """``span`` ended ERROR with ``error_type``, the exception recorded as its only event."""
+    summary = span_summary(span)
+    assert summary["status"] == "ERROR", summary
+    assert summary["attributes"]["error.type"] == error_type, summary
+    assert summary["events"] == ["exception"], summary

@@ -5,7 +5,6 @@ exceptions."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry import trace
 
 from integration_tests.aiopika.conftest import Connect, Instrument
-from integration_tests.internal_faults import STEPS, fault_logged, inject
+from integration_tests.conftest import Fault
+from integration_tests.internal_faults import STEPS
 
 # otel-aiopika's own helpers, as its wrappers look them up at call time
 AIOPIKA_STEPS = (
@@ -40,22 +40,15 @@ def own(headers: Any) -> dict[str, Any]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("step", [*STEPS, *AIOPIKA_STEPS])
+@pytest.mark.parametrize("fault", [*STEPS, *AIOPIKA_STEPS], indirect=True)
 async def test_calls_survive_a_fault_in_each_step(
-    step: str,
-    instrument: Instrument,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    fault: Fault, instrument: Instrument, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """With one core step raising, publish, a consume callback, the queue iterator with
     message.process(), Queue.get, ack, nack and a returned mandatory publish behave exactly as
     uninstrumented aio-pika: the same results, every message delivered once with the caller's
     headers, the handler's exception reaching the caller as the same object; the fault is
     logged."""
-    caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
-    inject(monkeypatch, step)
     instrument(settle_spans=True)
     connection = await connect()
     channel = await connection.channel()
@@ -109,5 +102,5 @@ async def test_calls_survive_a_fault_in_each_step(
     )
     assert isinstance(returned, aiormq.abc.DeliveredMessage)
     assert returned.body == b"lost"
-    assert fault_logged(caplog, step)
+    fault.check_logged()
     assert not trace.get_current_span().get_span_context().is_valid, "a context of ours leaked"

@@ -5,7 +5,6 @@ user's publish or callback."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +15,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from broker_harness import Recorder
 from integration_tests.aiopika.conftest import Connect, Instrument
-from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
+from integration_tests.conftest import Fault
+from integration_tests.internal_faults import FAST_PATH_STEPS
 from integration_tests.unsampled_cases import (
-    PATHS,
     ManualAck,
+    NotSampledConsumer,
     QuietAck,
     check_carried,
     check_counted_without_spans,
@@ -72,6 +72,48 @@ async def consume_no_ack(queue: AbstractQueue, *, plain: bool = False) -> list[t
         await queue.cancel(tag)
 
 
+def note_views(message: AbstractIncomingMessage) -> tuple[Any, ...]:
+    """A message's ``traceparent`` header and :func:`handler_views` in its callback."""
+    return (message.headers.get("traceparent"), *handler_views(message_context, message))
+
+
+async def consume_acking_the_first(
+    queue: AbstractQueue,
+    count: int,
+    note: Callable[[AbstractIncomingMessage], Any] = lambda message: None,
+) -> tuple[list[Any], list[AbstractIncomingMessage], Any]:
+    """``count`` messages consumed with manual acks, ``order-0`` acked in its callback: what
+    ``note`` gave in each callback (before that ack), in arrival order; the messages by
+    delivery tag; and their channel's delivery records, checked to hold every delivery but
+    the acked one."""
+    seen: asyncio.Queue[tuple[AbstractIncomingMessage, Any]] = asyncio.Queue()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        noted = note(message)
+        if message.body == b"order-0":
+            await message.ack()
+        seen.put_nowait((message, noted))
+
+    tag = await queue.consume(on_message)
+    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(count)]
+    await queue.cancel(tag)
+    messages = sorted((message for message, _ in got), key=lambda m: m.delivery_tag or 0)
+    records = deliveries_of(message_channel(messages[0]), create=False)
+    assert records is not None
+    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    return [noted for _, noted in got], messages, records
+
+
+async def check_all_settled(
+    case: NotSampledConsumer, queue: AbstractQueue, records: Any, deliveries: int
+) -> None:
+    """Every delivery settled: none left in the channel's records, none for the broker to
+    redeliver; then the case's :meth:`~NotSampledConsumer.check_quiet`."""
+    assert records.records == {}, records.records
+    assert await queue.get(no_ack=True, fail=False) is None
+    case.check_quiet(deliveries)
+
+
 @pytest.mark.asyncio
 async def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     instrument: Instrument, otel: Recorder, connect: Connect, unique: Callable[[str], str]
@@ -101,103 +143,51 @@ async def test_a_plain_function_callback_of_a_not_sampled_message_runs_in_its_tr
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("step", FAST_PATH_STEPS)
+@pytest.mark.parametrize("fault", FAST_PATH_STEPS, indirect=True)
 async def test_a_broken_fast_path_never_reaches_the_user(
-    step: str,
-    instrument: Instrument,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    fault: Fault, instrument: Instrument, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """With a fast-path step raising, an unsampled publish and a no_ack consumer behave as
     uninstrumented aio-pika: every message delivered once with its body, the callback runs;
     the fault is logged and nothing stays current."""
-    caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
-    inject(monkeypatch, step)
     instrument(meter_provider=None)
     seen = await consume_no_ack(await unsampled_queue(connect, unique))
     assert [entry[0] for entry in seen] == [b"order-0", b"order-1"]
-    assert fault_logged(caplog, step)
+    fault.check_logged()
     check_nothing_current()
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", PATHS)
 async def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
+    manual_ack: ManualAck, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """What every plugin's manual-ack consumer gives (ManualAck), on aio-pika: one
     message.ack() inside the callback, then ack(multiple=True) outside it for the other two
     leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
-    case = ManualAck(instrument, monkeypatch, path)
     queue = await unsampled_queue(connect, unique, 3)
-    seen: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        views = handler_views(message_context, message)
-        if message.body == b"order-0":
-            await message.ack()
-        seen.put_nowait((message, message.headers.get("traceparent"), *views))
-
-    tag = await queue.consume(on_message)
-    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(3)]
-    await queue.cancel(tag)
-    case.check_callbacks([entry[1:] for entry in got], 3)
-    messages = sorted((entry[0] for entry in got), key=lambda m: m.delivery_tag or 0)
-    records = deliveries_of(message_channel(messages[0]), create=False)
-    assert records is not None
-    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    noted, messages, records = await consume_acking_the_first(queue, 3, note_views)
+    manual_ack.check_callbacks(noted, 3)
     await messages[2].ack(multiple=True)
-    assert records.records == {}
-    case.check_multiple_ack_span(otel.spans(), queue.name)
-    assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    case.check_quiet(3)
+    manual_ack.check_multiple_ack_span(otel.spans(), queue.name)
+    await check_all_settled(manual_ack, queue, records, 3)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", PATHS)
 async def test_manual_acks_with_nothing_to_record_forget_their_records(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connect: Connect,
-    unique: Callable[[str], str],
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_ack: QuietAck, otel: Recorder, connect: Connect, unique: Callable[[str], str]
 ) -> None:
     """What every plugin's quiet ack gives (QuietAck), on aio-pika: message.ack() inside the
     callback and ack(multiple=True) after it forget their deliveries and start nothing;
     nack(multiple=True, requeue=False) of the other two is the ERROR span linking both;
     nothing is left recorded or to redeliver."""
-    case = QuietAck(instrument, monkeypatch, path)
     queue = await unsampled_queue(connect, unique, 5)
-    seen: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_message(message: AbstractIncomingMessage) -> None:
-        if message.body == b"order-0":
-            await message.ack()
-        seen.put_nowait(message)
-
-    tag = await queue.consume(on_message)
-    got = [await asyncio.wait_for(seen.get(), 15) for _ in range(5)]
-    await queue.cancel(tag)
-    messages = sorted(got, key=lambda m: m.delivery_tag or 0)
-    records = deliveries_of(message_channel(messages[0]), create=False)
-    assert records is not None
-    assert sorted(records.records) == [m.delivery_tag for m in messages[1:]]
+    _, messages, records = await consume_acking_the_first(queue, 5)
     await messages[2].ack(multiple=True)
     assert sorted(records.records) == [m.delivery_tag for m in messages[3:]]
-    case.check_acks_started_nothing()
+    quiet_ack.check_acks_started_nothing()
     await messages[4].nack(multiple=True, requeue=False)
-    assert records.records == {}
-    case.check_dropped_span(otel.spans(), queue.name, "nack", 2)
-    assert await queue.get(no_ack=True, fail=False) is None  # all settled
-    case.check_quiet(5)
+    quiet_ack.check_dropped_span(otel.spans(), queue.name, "nack", 2)
+    await check_all_settled(quiet_ack, queue, records, 5)
 
 
 @pytest.mark.asyncio

@@ -5,7 +5,6 @@ breaks never reaching the user's publish or callback."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import Any
 
@@ -13,10 +12,10 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from broker_harness import Recorder
-from integration_tests.internal_faults import FAST_PATH_STEPS, fault_logged, inject
+from integration_tests.conftest import Fault
+from integration_tests.internal_faults import FAST_PATH_STEPS
 from integration_tests.kombu.conftest import Instrument, declare, drain
 from integration_tests.unsampled_cases import (
-    PATHS,
     SPAN_ID,
     TRACE_ID,
     VIEW,
@@ -62,6 +61,17 @@ def consume_no_ack(connection: Connection, queue: Queue) -> list[tuple[Any, ...]
     return seen
 
 
+def check_nothing_redelivered(connection: Connection, seen: list[Any]) -> None:
+    """With every delivery settled, basic_recover(requeue=True) brings nothing back: the
+    consumer's callback saw no message beyond the two it had."""
+    connection.default_channel.basic_recover(requeue=True)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.3)
+    assert len(seen) == 2, seen
+
+
 def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     instrument: Instrument,
     otel: Recorder,
@@ -80,41 +90,27 @@ def test_unsampled_publish_and_consume_carry_the_decision_without_spans(
     assert otel.spans() == []
 
 
-@pytest.mark.parametrize("step", FAST_PATH_STEPS)
+@pytest.mark.parametrize("fault", FAST_PATH_STEPS, indirect=True)
 def test_a_broken_fast_path_never_reaches_the_user(
-    step: str,
-    instrument: Instrument,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    fault: Fault, instrument: Instrument, connection: Connection, entities: tuple[Exchange, Queue]
 ) -> None:
     """With a fast-path step raising, an unsampled publish and a no_ack consumer behave as
     uninstrumented kombu: every message delivered once with the caller's headers and body, the
     callback runs; the fault is logged and nothing stays current."""
-    caplog.set_level(logging.DEBUG, logger="otel_messaging_core")
-    inject(monkeypatch, step)
     instrument(meter_provider=None)
     seen = consume_no_ack(connection, publish_unsampled(connection, entities))
     assert [entry[0] for entry in seen] == [{"n": 0}, {"n": 1}]
-    assert fault_logged(caplog, step)
+    fault.check_logged()
     check_nothing_current()
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-    monkeypatch: pytest.MonkeyPatch,
+    manual_ack: ManualAck, otel: Recorder, connection: Connection, entities: tuple[Exchange, Queue]
 ) -> None:
     """What every plugin's manual-ack consumer gives (ManualAck), on kombu: an ack inside the
     callback, a reject without requeue after it, each finding the delivery's record (its queue,
     its producer), message_context() in the trace after the callback too. No span is recorded
     (settle_spans=True: each settle span is in the unsampled trace); nothing is redelivered."""
-    case = ManualAck(instrument, monkeypatch, path)
     queue = publish_unsampled(connection, entities)
     seen: list[Any] = []
 
@@ -127,7 +123,7 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
 
     with Consumer(connection, [queue], callbacks=[on_message]):
         drain(connection, lambda: len(seen) == 2)
-        case.check_callbacks([entry[1:] for entry in seen], 2)
+        manual_ack.check_callbacks([entry[1:] for entry in seen], 2)
         later = seen[1][0]
         record = getattr(later, MESSAGE_ATTR).delivery
         assert record.destination.queue == queue.name
@@ -136,30 +132,18 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
             assert handler_view() == VIEW
         later.reject(requeue=False)
         # all settled: nothing unacknowledged comes back
-        connection.default_channel.basic_recover(requeue=True)
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                connection.drain_events(timeout=0.3)
-        assert len(seen) == 2
+        check_nothing_redelivered(connection, seen)
     assert otel.spans() == []
-    case.check_quiet(2)
+    manual_ack.check_quiet(2)
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_manual_acks_with_nothing_to_record_start_nothing(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    connection: Connection,
-    entities: tuple[Exchange, Queue],
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_ack: QuietAck, otel: Recorder, connection: Connection, entities: tuple[Exchange, Queue]
 ) -> None:
     """What every plugin's quiet ack gives (QuietAck), on kombu (whose records stay on the
     messages): the ack inside the callback starts nothing; a reject without requeue after it
     still starts its settle from the delivery's record (no span: it is in the unsampled
     trace); message_context() stays in the trace; nothing is redelivered."""
-    case = QuietAck(instrument, monkeypatch, path)
     queue = publish_unsampled(connection, entities)
     seen: list[Any] = []
 
@@ -170,20 +154,15 @@ def test_manual_acks_with_nothing_to_record_start_nothing(
 
     with Consumer(connection, [queue], callbacks=[on_message]):
         drain(connection, lambda: len(seen) == 2)
-        case.check_acks_started_nothing()
+        quiet_ack.check_acks_started_nothing()
         later = seen[1]
         with message_context(seen[0]):
             assert handler_view() == VIEW
         later.reject(requeue=False)
-        assert case.started == ["reject"], case.started
-        connection.default_channel.basic_recover(requeue=True)
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                connection.drain_events(timeout=0.3)
-        assert len(seen) == 2
+        assert quiet_ack.started == ["reject"], quiet_ack.started
+        check_nothing_redelivered(connection, seen)
     assert otel.spans() == []
-    case.check_quiet(2)
+    quiet_ack.check_quiet(2)
 
 
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from opentelemetry import trace
 from pika import BasicProperties
 from pika.adapters.blocking_connection import BlockingChannel
@@ -14,7 +13,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 from broker_harness import Recorder
 from integration_tests.pika.conftest import AsyncRun, Instrument
 from integration_tests.unsampled_cases import (
-    PATHS,
     TRACE_ID,
     ManualAck,
     QuietAck,
@@ -132,19 +130,12 @@ def publish_three(channel: BlockingChannel, queue: str, bodies: bytes = b"abc") 
             channel.basic_publish("", queue, body, BasicProperties(headers={"x-app": "shop"}))
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    channel: BlockingChannel,
-    queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    manual_ack: ManualAck, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """What every plugin's manual-ack consumer gives (ManualAck), on a BlockingChannel: one
     basic_ack inside the callback, then basic_ack(multiple=True) outside it for the other two
     leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
-    case = ManualAck(instrument, monkeypatch, path)
     publish_three(channel, queue)
     seen: list[Any] = []
     tags: list[int] = []
@@ -160,31 +151,24 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     channel.basic_consume(queue, on_message)
     channel.start_consuming()
     assert [entry[0] for entry in seen] == [b"a", b"b", b"c"]
-    case.check_callbacks([entry[1:] for entry in seen], 3)
+    manual_ack.check_callbacks([entry[1:] for entry in seen], 3)
     state = state_of(channel._impl)
     assert state is not None
     assert sorted(state.deliveries) == tags[1:]
     channel.basic_ack(tags[2], multiple=True)
     assert len(state.deliveries) == 0
-    case.check_multiple_ack_span(otel.spans(), queue)
+    manual_ack.check_multiple_ack_span(otel.spans(), queue)
     assert channel.basic_get(queue, auto_ack=True) == (None, None, None)  # all settled
-    case.check_quiet(3)
+    manual_ack.check_quiet(3)
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_manual_acks_with_nothing_to_record_forget_their_records(
-    path: str,
-    instrument: Instrument,
-    otel: Recorder,
-    channel: BlockingChannel,
-    queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_ack: QuietAck, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
     """What every plugin's quiet ack gives (QuietAck), on a BlockingChannel: basic_ack inside
     the callback and basic_ack(multiple=True) after it forget their deliveries and start
     nothing; basic_nack(multiple=True, requeue=False) of the other two is the ERROR span
     linking both; nothing is left recorded or to redeliver."""
-    case = QuietAck(instrument, monkeypatch, path)
     publish_three(channel, queue, b"abcde")
     tags: list[int] = []
 
@@ -202,12 +186,12 @@ def test_manual_acks_with_nothing_to_record_forget_their_records(
     assert sorted(state.deliveries) == tags[1:]
     channel.basic_ack(tags[2], multiple=True)
     assert sorted(state.deliveries) == tags[3:]
-    case.check_acks_started_nothing()
+    quiet_ack.check_acks_started_nothing()
     channel.basic_nack(tags[4], multiple=True, requeue=False)
     assert len(state.deliveries) == 0
-    case.check_dropped_span(otel.spans(), queue, "nack", 2)
+    quiet_ack.check_dropped_span(otel.spans(), queue, "nack", 2)
     assert channel.basic_get(queue, auto_ack=True) == (None, None, None)  # all settled
-    case.check_quiet(5)
+    quiet_ack.check_quiet(5)
 
 
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
