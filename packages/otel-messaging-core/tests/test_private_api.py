@@ -167,12 +167,26 @@ def test_inject_without_the_baggage_key_still_carries_baggage(
 
 
 def test_runtime_context_fast_path_is_live() -> None:
-    """The installed API still has ``context._RUNTIME_CONTEXT``; its attach and detach are used."""
+    """The installed API still has ``context._RUNTIME_CONTEXT``, the default contextvars one: its
+    ContextVar's own set/reset/get are used, and they act as the API's attach/detach/get_current."""
     assert _private_api.FAST_PATHS["context._RUNTIME_CONTEXT.attach"] is True
     assert _private_api.FAST_PATHS["context._RUNTIME_CONTEXT.detach"] is True
-    runtime = otel_context._RUNTIME_CONTEXT  # type: ignore[attr-defined]
-    assert _private_api.attach == runtime.attach
-    assert _private_api.detach == runtime.detach
+    assert _private_api.FAST_PATHS["context._RUNTIME_CONTEXT.get_current"] is True
+    var = otel_context._RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
+    assert _private_api.attach == var.set
+    assert _private_api.detach == var.reset
+    assert _private_api.get_current == var.get
+    before = otel_context.get_current()
+    assert _private_api.get_current() is before
+    ctx = baggage.set_baggage("order.id", "42", Context())
+    token = _private_api.attach(ctx)
+    assert otel_context.get_current() is ctx
+    assert _private_api.get_current() is ctx
+    _private_api.detach(token)
+    assert otel_context.get_current() is before
+    token = otel_context.attach(ctx)  # the API's own attach is seen too
+    assert _private_api.get_current() is ctx
+    otel_context.detach(token)
 
 
 def test_runtime_context_fallback_attaches_and_restores(fallback_copy: ModuleType) -> None:
