@@ -87,7 +87,7 @@ class ChannelState(Scope):
     def take(self, delivery_tag: int, multiple: bool) -> list[Delivery]:
         """The records settled by one ack/nack/reject, removed from the channel's ledger."""
         return [
-            record if type(record) is Delivery else self._delivery(*record)  # type: ignore[misc]
+            record if isinstance(record, Delivery) else self._delivery(*record)
             for record in self.deliveries.take(delivery_tag, multiple)
         ]
 
