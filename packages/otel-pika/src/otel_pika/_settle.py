@@ -25,6 +25,11 @@ def _start(
     telemetry = state.telemetry
     if telemetry is None:
         return None, args, kwargs
+    if operation == "ack" and not kwargs and len(args) == 1 and telemetry.quiet_settle():
+        # basic_ack(delivery_tag), with nothing to record: decided before any argument is read
+        tag = args[0]
+        state.deliveries.pop(tag if type(tag) is int else 0, None)  # DeliveryLedger.forget
+        return None, args, kwargs
     count = len(args)
     tag = args[0] if count > 0 else kwargs.get("delivery_tag")
     if operation == "reject":
