@@ -255,13 +255,8 @@ def _dispatch_shadow(channel: Any) -> Any:
     original = _DISPATCH_PLAIN.cached(type(channel))
     if original is None:  # instrumentation changed under it: the class's own
         return type(channel)._dispatch_events(channel)
-    try:  # _trace_callbacks, without the call
-        infos = channel._consumer_infos
-        if infos:
-            for info in infos.values():
-                callback = info.on_message_callback
-                if callback is not None and type(callback) is not _TracedCallback:
-                    info.on_message_callback = _TracedCallback(callback, not info.auto_ack)
+    try:
+        _trace_callbacks(channel)
     except Exception as internal:
         _DISPATCH.report(internal)
     return original(channel)
