@@ -97,38 +97,6 @@ def test_blocking_channel_skips_the_pass_through_wrappers_until_uninstrument(
     assert otel.spans() == []
 
 
-def test_blocking_channel_dispatch_skips_its_wrapper_and_still_traces_later_consumers(
-    instrument: Instrument,
-    otel: Recorder,
-    channel: BlockingChannel,
-    queue: str,
-    unique: Callable[[str], str],
-) -> None:
-    """Once instrumented, a BlockingChannel's event dispatch skips its class wrapper, yet a
-    consumer registered after that still has its messages traced; uninstrument() takes the
-    shadow back, and a consumer registered then is left as pika made it."""
-    instrumentor = instrument()
-    channel.basic_publish("", queue, b"x")
-    consume_acking(channel, queue, 1)
-    assert "_dispatch_events" in vars(channel)
-    later = unique("q")
-    channel.queue_declare(later, exclusive=True)
-    channel.basic_publish("", later, b"y")
-    consume_acking(channel, later, 2)  # its first delivery is tag 2 on this channel
-    assert [s.name for s in otel.spans()] == [
-        "publish amq.default",
-        f"process {queue}",
-        "publish amq.default",
-        f"process {later}",
-    ]
-    instrumentor.uninstrument()
-    assert "_dispatch_events" not in vars(channel)
-    otel.clear()
-    channel.basic_publish("", later, b"z")
-    consume_acking(channel, later, 3)
-    assert otel.spans() == []
-
-
 def test_async_adapter_consumer_of_a_not_sampled_message_runs_in_its_trace(
     instrument: Instrument, otel: Recorder, async_run: AsyncRun, unique: Callable[[str], str]
 ) -> None:

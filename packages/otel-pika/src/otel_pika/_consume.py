@@ -26,15 +26,12 @@ from opentelemetry.context import Context
 
 from otel_messaging_core import (
     Consume,
-    PlainMethods,
-    Shadows,
     Wrapper,
     attach,
     capture_internal_exceptions,
     restore,
 )
 from otel_pika._state import (
-    SCOPES,
     ChannelState,
     bypass_if_blocking,
     remember,
@@ -237,62 +234,28 @@ class _TracedCallback:
             return self.callback(channel, method, properties, body)
 
 
-def _trace_callbacks(channel: Any) -> None:
-    """Swap every consumer's callback of a ``BlockingChannel`` for a :class:`_TracedCallback`
-    (once per consumer)."""
-    infos = channel._consumer_infos
-    if infos:
-        for info in infos.values():
-            callback = info.on_message_callback
-            if callback is not None and type(callback) is not _TracedCallback:
-                info.on_message_callback = _TracedCallback(callback, not info.auto_ack)
-
-
-def _dispatch_shadow(channel: Any) -> Any:
-    """A ``BlockingChannel``'s ``_dispatch_events`` once :func:`dispatch_events` has seen the
-    channel instrumented: what its wrapper does, without wrapt's dispatch (about 5k instructions
-    a dispatch, one per message when each is acked in its callback)."""
-    original = _DISPATCH_PLAIN.cached(type(channel))
-    if original is None:  # instrumentation changed under it: the class's own
-        return type(channel)._dispatch_events(channel)
-    try:
-        _trace_callbacks(channel)
-    except Exception as internal:
-        _DISPATCH.report(internal)
-    return original(channel)
-
-
 def dispatch_events(resolve: Resolver) -> Wrapper:
     """``BlockingChannel._dispatch_events``: trace the callback of every consumer before dispatch.
 
     Consumers registered before ``instrument()`` are covered too: their callbacks are swapped at
-    the next dispatch. An instrumented channel's next dispatches skip this wrapper
-    (:func:`_dispatch_shadow`, taken back on every instrumentation change).
+    the next dispatch.
     """
 
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         try:
-            if resolve(instance._impl) is not None:
-                _trace_callbacks(instance)
-                if (
-                    "_dispatch_events" not in instance.__dict__
-                    and _DISPATCH_PLAIN.of(type(instance)) is not None
-                ):
-                    _DISPATCH_SHADOWS.bind(instance, "_dispatch_events", _dispatch_shadow)
+            infos = instance._consumer_infos
+            if infos and resolve(instance._impl) is not None:
+                for info in infos.values():
+                    callback = info.on_message_callback
+                    if callback is not None and type(callback) is not _TracedCallback:
+                        info.on_message_callback = _TracedCallback(callback, not info.auto_ack)
         except Exception as internal:
             _DISPATCH.report(internal)
         return wrapped(*args, **kwargs)
 
     return wrapper
-
-
-# the plain _dispatch_events under our class wrapper, and the channels shadowing it; the shadows
-# go on every instrumentation change (uninstrument(), instrument_channel(), ...)
-_DISPATCH_PLAIN: Final = PlainMethods("_dispatch_events", ("otel_pika._consume",))
-_DISPATCH_SHADOWS: Final = Shadows(_DISPATCH_PLAIN)
-SCOPES.listeners.append(_DISPATCH_SHADOWS.forget)
 
 
 # -- pull: the consume() generator ----------------------------------------------------------------
