@@ -194,6 +194,40 @@ def test_manual_acks_with_nothing_to_record_forget_their_records(
     quiet_ack.check_quiet(5)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_fast_path_records_keep_the_ledger_bound_and_settle_as_the_general_path(
+    path: str,
+    instrument: Instrument,
+    otel: Recorder,
+    channel: BlockingChannel,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the ledger's bound the oldest record of a not-sampled manual-ack delivery is
+    dropped, on either path; basic_nack(multiple=True, requeue=False) outside the callback then
+    finds the records kept: one ERROR span naming the queue and linking their producers."""
+    case = QuietAck(instrument, monkeypatch, path)
+    publish_three(channel, queue, b"abcd")
+    state = state_of(channel._impl)
+    assert state is not None
+    monkeypatch.setattr(state.deliveries, "limit", 2)
+    tags: list[int] = []
+
+    def on_message(ch: BlockingChannel, method: Any, *_: Any) -> None:
+        tags.append(method.delivery_tag)
+        if len(tags) == 4:
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+    assert sorted(state.deliveries) == tags[2:]
+    channel.basic_nack(0, multiple=True, requeue=False)
+    assert len(state.deliveries) == 0
+    case.check_dropped_span(otel.spans(), queue, "nack", 2)
+    assert channel.basic_get(queue, auto_ack=True) == (None, None, None)  # all settled
+    case.check_quiet(4)
+
+
 def test_not_sampled_manual_ack_messages_are_counted_with_a_meter_provider(
     instrument: Instrument, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:

@@ -263,6 +263,21 @@ def test_ledger_forget_removes_what_take_returns() -> None:
         assert forgotten == taken, (tag, multiple)
 
 
+def test_ledger_bound_drops_the_oldest_record_as_a_plugin_that_tracks_without_the_call() -> None:
+    """Past its limit the ledger drops its oldest record (the first kept, not the lowest tag);
+    a plugin that keeps ``ledger[tag] = record`` itself and calls drop_oldest() past the limit
+    ends with the same ledger as track()."""
+    tracked: DeliveryLedger[str] = DeliveryLedger(limit=3)
+    inlined: DeliveryLedger[str] = DeliveryLedger(limit=3)
+    for n in (3, 1, 2, 5, 4):
+        tracked.track(n, f"d{n}")
+        inlined[n] = f"d{n}"
+        if len(inlined) > inlined.limit:
+            inlined.drop_oldest()
+    assert list(tracked.items()) == [(2, "d2"), (5, "d5"), (4, "d4")]
+    assert list(inlined.items()) == list(tracked.items())
+
+
 def test_a_publish_records_nothing_only_when_its_end_has_nothing_to_do(otel: Recorder) -> None:
     """A publish that starts a trace its sampler does not sample, with no MeterProvider, ends
     with nothing to record (a plugin may drop it); sampled, counted or inside a not-sampled

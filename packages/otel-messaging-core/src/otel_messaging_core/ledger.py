@@ -33,7 +33,13 @@ class DeliveryLedger(dict[int, _T]):
         """Keep ``record`` until the delivery is settled (or the ledger overflows)."""
         self[delivery_tag] = record
         if len(self) > self.limit:
-            del self[next(iter(self))]
+            self.drop_oldest()
+
+    def drop_oldest(self) -> None:
+        """Drop the oldest record: what :meth:`track` does past :attr:`limit` records. A plugin
+        that keeps a record without the call (``ledger[tag] = record`` on its hottest path)
+        calls it when ``len(ledger) > ledger.limit``."""
+        del self[next(iter(self))]
 
     def take(self, delivery_tag: int, multiple: bool) -> list[_T]:
         """The records one ack/nack/reject settles, removed from the ledger."""

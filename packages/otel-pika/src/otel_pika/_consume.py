@@ -26,7 +26,6 @@ from opentelemetry.context import Context
 
 from otel_messaging_core import (
     Consume,
-    MessagingTelemetry,
     Wrapper,
     attach,
     capture_internal_exceptions,
@@ -102,27 +101,19 @@ def _unsampled(
 ) -> Context | None:
     """The unsampled fast path of a pushed delivery, decided first: the context its handler runs
     in when no span is made and nothing is counted (docs/architecture.md), else ``None``. A
-    manual-ack delivery's settle record goes into the channel's ledger, as on the general path."""
+    manual-ack delivery's settle record goes into the channel's ledger (:data:`Unsampled`), so
+    that its settle finds it as on the general path."""
     telemetry = state.telemetry
     if telemetry is None:
         return None
     context = telemetry.unsampled_consume(properties.headers)
     if context is not None and manual_ack:
-        _track_unsampled(state, telemetry, context, method)
+        # DeliveryLedger.track, without the call (as _TracedCallback)
+        deliveries = state.deliveries
+        deliveries[method.delivery_tag] = (context, method, state.queues.get(method.consumer_tag))
+        if len(deliveries) > deliveries.limit:
+            deliveries.drop_oldest()
     return context
-
-
-def _track_unsampled(
-    state: ChannelState, telemetry: MessagingTelemetry, context: Context, method: Any
-) -> None:
-    """Keep the settle record of a manual-ack delivery on the fast path (what :func:`_begin`
-    keeps for a message whose trace is not sampled)."""
-    exchange = method.exchange
-    routing_key = method.routing_key
-    queue = state.queue_of(method.consumer_tag, exchange, routing_key)
-    destination = state.destinations.get("process", exchange, routing_key, queue)
-    tag = method.delivery_tag
-    state.deliveries.track(tag, telemetry.unsampled_delivery(context, destination, tag))
 
 
 def _in_context(
@@ -217,7 +208,15 @@ class _TracedCallback:
                 if telemetry is not None:
                     context = telemetry.unsampled_consume(properties.headers)
                     if context is not None and self.manual_ack:
-                        _track_unsampled(state, telemetry, context, method)
+                        # its settle record (Unsampled): DeliveryLedger.track, without the call
+                        deliveries = state.deliveries
+                        deliveries[method.delivery_tag] = (
+                            context,
+                            method,
+                            state.queues.get(method.consumer_tag),
+                        )
+                        if len(deliveries) > deliveries.limit:
+                            deliveries.drop_oldest()
                 if context is not None:
                     token = attach(context)
                 else:

@@ -25,26 +25,36 @@ def _start(
     telemetry = state.telemetry
     if telemetry is None:
         return None, args, kwargs
-    count = len(args)
-    tag = args[0] if count > 0 else kwargs.get("delivery_tag")
-    if operation == "reject":
+    if operation == "ack" and not kwargs and len(args) == 1:  # basic_ack(delivery_tag)
+        tag = args[0]
+        if type(tag) is not int:
+            tag = 0  # pika's default (None in older releases) means "the last message"
+        if telemetry.quiet_settle():  # the usual ack: decided before anything else is read
+            state.deliveries.pop(tag, None)  # DeliveryLedger.forget(tag, False), without the call
+            return None, args, kwargs
         multiple = False
-        requeue = args[1] if count > 1 else kwargs.get("requeue", True)
+        requeue = True
     else:
-        multiple = args[1] if count > 1 else kwargs.get("multiple", False)
-        if operation == "nack":
-            requeue = args[2] if count > 2 else kwargs.get("requeue", True)
+        count = len(args)
+        tag = args[0] if count > 0 else kwargs.get("delivery_tag")
+        if operation == "reject":
+            multiple = False
+            requeue = args[1] if count > 1 else kwargs.get("requeue", True)
         else:
-            requeue = True
-    if type(tag) is not int:
-        tag = 0  # pika's default (None in older releases) means "the last / every message"
-    requeue = bool(requeue)
-    if requeue and telemetry.quiet_settle():  # the usual ack: nothing to record, nothing to build
-        if multiple:
-            state.deliveries.forget(tag, True)
-        else:  # DeliveryLedger.forget(tag, False), without the call
-            state.deliveries.pop(tag, None)
-        return None, args, kwargs
+            multiple = args[1] if count > 1 else kwargs.get("multiple", False)
+            if operation == "nack":
+                requeue = args[2] if count > 2 else kwargs.get("requeue", True)
+            else:
+                requeue = True
+        if type(tag) is not int:
+            tag = 0  # pika's default (None in older releases) means "the last / every message"
+        requeue = bool(requeue)
+        if requeue and telemetry.quiet_settle():  # nothing to record, nothing to build
+            if multiple:
+                state.deliveries.forget(tag, True)
+            else:  # DeliveryLedger.forget(tag, False), without the call
+                state.deliveries.pop(tag, None)
+            return None, args, kwargs
     deliveries = state.take(tag, bool(multiple))
     fallback = None
     if not requeue and not any(deliveries):

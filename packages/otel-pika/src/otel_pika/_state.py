@@ -4,9 +4,10 @@ The state, the core :class:`~otel_messaging_core.Scope` kept by :data:`SCOPES`, 
 ``pika.channel.Channel`` object (a ``BlockingChannel`` shares the one of its underlying channel),
 so it goes away with the channel. :func:`scope_of` answers which telemetry instruments a channel
 now: the one ``instrument_channel()`` pinned to it, else the global one, else none. Per channel
-it holds that telemetry, the destination cache of the channel's broker address, the unsettled manual-ack deliveries (``delivery_tag`` ->
-core :class:`~otel_messaging_core.Delivery`, freed on ack/nack/reject and on channel close or
-connection loss) and the queue of each consumer tag (a delivery names its exchange and routing
+it holds that telemetry, the destination cache of the channel's broker address, the unsettled
+manual-ack deliveries (``delivery_tag`` -> core :class:`~otel_messaging_core.Delivery`, or the
+:data:`Unsampled` record of one on the fast path; freed on ack/nack/reject and on channel close
+or connection loss) and the queue of each consumer tag (a delivery names its exchange and routing
 key, not its queue).
 
 Nothing in this module imports pika: the package must import (for the entry point) when pika is
@@ -37,6 +38,7 @@ from otel_messaging_core import (
 __all__ = [
     "SCOPES",
     "ChannelState",
+    "Unsampled",
     "bypass_if_blocking",
     "recall",
     "release_bypasses",
@@ -49,6 +51,13 @@ _CLOSE_CALLBACK: Final = capture_internal_exceptions("pika channel close callbac
 MAX_TRACKED_DELIVERIES: Final = MAX_UNSETTLED
 MAX_CONSUMERS: Final = 4096
 
+#: What a manual-ack delivery on the unsampled fast path keeps in the ledger (issue 18): the
+#: context ``unsampled_consume`` gave, pika's ``Basic.Deliver`` and the consumer's queue when its
+#: basic_consume was seen (else ``None``). Made into the :class:`~otel_messaging_core.Delivery`
+#: the general path keeps only when a settle records something (:meth:`ChannelState.take`); the
+#: usual ack forgets it as it is.
+Unsampled = tuple[Context, Any, "str | None"]
+
 
 class ChannelState(Scope):
     """The instrumentation's per-channel record (see the module docstring)."""
@@ -59,7 +68,7 @@ class ChannelState(Scope):
         super().__init__(impl)
         self.blocking = blocking
         # unsettled manual-ack deliveries: the core ledger (multiple=True, tag 0, the bound)
-        self.deliveries: DeliveryLedger[Delivery] = DeliveryLedger()
+        self.deliveries: DeliveryLedger[Delivery | Unsampled] = DeliveryLedger()
         self.queues: dict[str, str] = {}
         # the consume() iterator whose receive span may be open (a BlockingChannel has one at most)
         self.pull: weakref.ref[Any] | None = None
@@ -77,7 +86,20 @@ class ChannelState(Scope):
 
     def take(self, delivery_tag: int, multiple: bool) -> list[Delivery]:
         """The records settled by one ack/nack/reject, removed from the channel's ledger."""
-        return self.deliveries.take(delivery_tag, multiple)
+        return [
+            record if isinstance(record, Delivery) else self._delivery(*record)
+            for record in self.deliveries.take(delivery_tag, multiple)
+        ]
+
+    def _delivery(self, context: Context, method: Any, queue: str | None) -> Delivery:
+        """The :class:`~otel_messaging_core.Delivery` of an :data:`Unsampled` record: what the
+        general path keeps for a message whose trace is not sampled."""
+        exchange = method.exchange
+        routing_key = method.routing_key
+        destination = self.destinations.get(
+            "process", exchange, routing_key, queue or delivery_queue(exchange, routing_key)
+        )
+        return MessagingTelemetry.unsampled_delivery(context, destination, method.delivery_tag)
 
     def remember_queue(self, consumer_tag: object, queue: object) -> None:
         """The queue a consumer reads (from its basic_consume call)."""
