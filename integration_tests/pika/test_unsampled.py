@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from pika import BasicProperties
 from pika.adapters.blocking_connection import BlockingChannel
@@ -194,10 +195,8 @@ def test_manual_acks_with_nothing_to_record_forget_their_records(
     quiet_ack.check_quiet(5)
 
 
-@pytest.mark.parametrize("path", PATHS)
 def test_fast_path_records_keep_the_ledger_bound_and_settle_as_the_general_path(
-    path: str,
-    instrument: Instrument,
+    quiet_ack: QuietAck,
     otel: Recorder,
     channel: BlockingChannel,
     queue: str,
@@ -206,7 +205,7 @@ def test_fast_path_records_keep_the_ledger_bound_and_settle_as_the_general_path(
     """Past the ledger's bound the oldest record of a not-sampled manual-ack delivery is
     dropped, on either path; basic_nack(multiple=True, requeue=False) outside the callback then
     finds the records kept: one ERROR span naming the queue and linking their producers."""
-    case = QuietAck(instrument, monkeypatch, path)
+    case = quiet_ack
     publish_three(channel, queue, b"abcd")
     state = state_of(channel._impl)
     assert state is not None
