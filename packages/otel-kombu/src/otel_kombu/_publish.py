@@ -144,8 +144,6 @@ def _positional(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
 # per Producer class: publish and _publish as kombu defines them under our class wrappers
 _plain_publish: Final = PlainMethods("publish", ("otel_kombu._publish",))
 _plain_inner: Final = PlainMethods("_publish", ("otel_kombu._publish",))
-_plain_publish_of: Final = _plain_publish.cached
-_plain_inner_of: Final = _plain_inner.cached
 _SHADOWS: Final = Shadows(_plain_publish, _plain_inner)
 
 
@@ -156,12 +154,15 @@ class _Route:
     instrumentation changes (which takes the shadows back: :func:`forget_shadows`); a call
     through a class wrapper makes its own."""
 
-    __slots__ = ("binding", "channel", "producer")
+    __slots__ = ("binding", "channel", "inner", "producer", "publish")
 
     def __init__(self, producer: Any) -> None:
         self.producer = producer
         self.channel: Any = None
         self.binding: Binding | None = None
+        #: the producer's plain publish and _publish, bound once (shadowed producers only)
+        self.publish: Callable[..., Any] | None = None
+        self.inner: Callable[..., Any] | None = None
 
     def binding_now(self) -> Binding:
         """The binding of the producer's connection now."""
@@ -175,19 +176,13 @@ class _Route:
 
 
 def _shadow_publish(route: _Route, *args: Any, **kwargs: Any) -> Any:
-    producer = route.producer
-    plain = _plain_publish_of(type(producer))
-    if plain is None:  # instrumentation changed under a call in flight: kombu's own
-        return type(producer).publish(producer, *args, **kwargs)
-    return _publish(route, MethodType(plain, producer), args, kwargs)
+    # kombu's own publish, bound when the shadow was: still kombu's own after an instrumentation
+    # change under a call in flight (the change takes the shadows back, not the functions)
+    return _publish(route, route.publish, args, kwargs)  # type: ignore[arg-type]
 
 
 def _shadow_inner_publish(route: _Route, *args: Any, **kwargs: Any) -> Any:
-    producer = route.producer
-    plain = _plain_inner_of(type(producer))
-    if plain is None:
-        return type(producer)._publish(producer, *args, **kwargs)
-    return _inner_publish(route, MethodType(plain, producer), args, kwargs)
+    return _inner_publish(route, route.inner, args, kwargs)  # type: ignore[arg-type]
 
 
 # what kombu and its callers see as the methods' names (Connection.ensure names its retry loop)
@@ -202,14 +197,14 @@ def _shadowed(producer: Any) -> _Route:
     with _PUBLISH:
         state = getattr(producer, "__dict__", None)
         kind = type(producer)
-        if (
-            state is None
-            or "publish" in state
-            or "_publish" in state
-            or _plain_publish.of(kind) is None
-            or _plain_inner.of(kind) is None
-        ):
+        if state is None or "publish" in state or "_publish" in state:
             return route
+        plain_publish = _plain_publish.of(kind)
+        plain_inner = _plain_inner.of(kind)
+        if plain_publish is None or plain_inner is None:
+            return route
+        route.publish = MethodType(plain_publish, producer)
+        route.inner = MethodType(plain_inner, producer)
         _SHADOWS.bind(producer, "publish", _shadow_publish, route)
         _SHADOWS.bind(producer, "_publish", _shadow_inner_publish, route)
     return route
