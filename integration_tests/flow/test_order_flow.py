@@ -441,12 +441,15 @@ def test_report_fits_the_terminal_without_cutting_or_splitting_words(
         for label, value in loss.facts:
             if value not in loss.reason:
                 _one_line(lines, rf"\s+{re.escape(label)}\s+{re.escape(short(value, flow))}")
-    # the waterfalls: every span on one line, with its service, start and duration
-    for order_id in choose_examples(flow, fates):
-        for row in waterfall(orders[order_id]):
-            mark = " ✗" if row.span.status == "ERROR" else ""
-            _one_line(
-                lines,
-                rf"\s+(?:[↳⇢] )?{re.escape(short(row.span.name, flow) + mark)}\s+{row.span.service}"
-                rf"\s+{row.offset_s * 1000:.1f} ms\s+{row.duration_s * 1000:.1f} ms\s+█+\s*",
-            )
+    # the waterfalls: every span on one line, with its service, start and duration (two example
+    # orders can have a span that reads the same, to the tenth of a millisecond: one line each)
+    rows = Counter(
+        rf"\s+(?:[↳⇢] )?{re.escape(short(row.span.name, flow) + mark)}\s+{row.span.service}"
+        rf"\s+{row.offset_s * 1000:.1f} ms\s+{row.duration_s * 1000:.1f} ms\s+█+\s*"
+        for order_id in choose_examples(flow, fates)
+        for row in waterfall(orders[order_id])
+        for mark in [" ✗" if row.span.status == "ERROR" else ""]
+    )
+    for pattern, count in rows.items():
+        found = [line for line in lines if re.fullmatch(pattern, line)]
+        assert len(found) == count, (pattern, count, text)
