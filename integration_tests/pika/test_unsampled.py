@@ -24,7 +24,7 @@ from integration_tests.unsampled_cases import (
     in_unsampled_trace,
 )
 from otel_pika import message_context
-from otel_pika._state import state_of
+from otel_pika._state import ChannelState, state_of
 
 
 def consume_acking(channel: BlockingChannel, queue: str, count: int) -> None:
@@ -131,6 +131,34 @@ def publish_three(channel: BlockingChannel, queue: str, bodies: bytes = b"abc") 
             channel.basic_publish("", queue, body, BasicProperties(headers={"x-app": "shop"}))
 
 
+def consume_acking_the_first(
+    channel: BlockingChannel,
+    queue: str,
+    count: int,
+    observe: Callable[[Any, bytes], None] | None = None,
+) -> tuple[list[int], ChannelState]:
+    """Consume ``count`` messages, acking only the first (body ``a``) in its callback
+    (``observe(properties, body)`` sees each); the delivery tags, and the channel's state, whose
+    ledger then holds every delivery but the first."""
+    tags: list[int] = []
+
+    def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
+        if observe is not None:
+            observe(props, body)
+        tags.append(method.delivery_tag)
+        if body == b"a":
+            ch.basic_ack(method.delivery_tag)
+        if len(tags) == count:
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+    state = state_of(channel._impl)
+    assert state is not None
+    assert sorted(state.deliveries) == tags[1:]
+    return tags, state
+
+
 def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     manual_ack: ManualAck, otel: Recorder, channel: BlockingChannel, queue: str
 ) -> None:
@@ -139,23 +167,16 @@ def test_manual_ack_consumer_of_a_not_sampled_message_settles_from_its_record(
     leaves no delivery recorded and nothing to redeliver, with one settle span for the two."""
     publish_three(channel, queue)
     seen: list[Any] = []
-    tags: list[int] = []
-
-    def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
-        seen.append((body, props.headers["traceparent"], *handler_views(message_context, props)))
-        tags.append(method.delivery_tag)
-        if body == b"a":
-            ch.basic_ack(method.delivery_tag)
-        if len(tags) == 3:
-            ch.stop_consuming()
-
-    channel.basic_consume(queue, on_message)
-    channel.start_consuming()
+    tags, state = consume_acking_the_first(
+        channel,
+        queue,
+        3,
+        lambda props, body: seen.append(
+            (body, props.headers["traceparent"], *handler_views(message_context, props))
+        ),
+    )
     assert [entry[0] for entry in seen] == [b"a", b"b", b"c"]
     manual_ack.check_callbacks([entry[1:] for entry in seen], 3)
-    state = state_of(channel._impl)
-    assert state is not None
-    assert sorted(state.deliveries) == tags[1:]
     channel.basic_ack(tags[2], multiple=True)
     assert len(state.deliveries) == 0
     manual_ack.check_multiple_ack_span(otel.spans(), queue)
@@ -171,20 +192,7 @@ def test_manual_acks_with_nothing_to_record_forget_their_records(
     nothing; basic_nack(multiple=True, requeue=False) of the other two is the ERROR span
     linking both; nothing is left recorded or to redeliver."""
     publish_three(channel, queue, b"abcde")
-    tags: list[int] = []
-
-    def on_message(ch: BlockingChannel, method: Any, props: Any, body: bytes) -> None:
-        tags.append(method.delivery_tag)
-        if body == b"a":
-            ch.basic_ack(method.delivery_tag)
-        if len(tags) == 5:
-            ch.stop_consuming()
-
-    channel.basic_consume(queue, on_message)
-    channel.start_consuming()
-    state = state_of(channel._impl)
-    assert state is not None
-    assert sorted(state.deliveries) == tags[1:]
+    tags, state = consume_acking_the_first(channel, queue, 5)
     channel.basic_ack(tags[2], multiple=True)
     assert sorted(state.deliveries) == tags[3:]
     quiet_ack.check_acks_started_nothing()
