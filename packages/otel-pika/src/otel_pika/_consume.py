@@ -108,11 +108,7 @@ def _unsampled(
         return None
     context = telemetry.unsampled_consume(properties.headers)
     if context is not None and manual_ack:
-        # DeliveryLedger.track, without the call (as _TracedCallback)
-        deliveries = state.deliveries
-        deliveries[method.delivery_tag] = (context, method, state.queues.get(method.consumer_tag))
-        if len(deliveries) > deliveries.limit:
-            deliveries.drop_oldest()
+        state.keep_unsampled(context, method)
     return context
 
 
@@ -208,15 +204,7 @@ class _TracedCallback:
                 if telemetry is not None:
                     context = telemetry.unsampled_consume(properties.headers)
                     if context is not None and self.manual_ack:
-                        # its settle record (Unsampled): DeliveryLedger.track, without the call
-                        deliveries = state.deliveries
-                        deliveries[method.delivery_tag] = (
-                            context,
-                            method,
-                            state.queues.get(method.consumer_tag),
-                        )
-                        if len(deliveries) > deliveries.limit:
-                            deliveries.drop_oldest()
+                        state.keep_unsampled(context, method)
                 if context is not None:
                     token = attach(context)
                 else:

@@ -91,6 +91,14 @@ class ChannelState(Scope):
             for record in self.deliveries.take(delivery_tag, multiple)
         ]
 
+    def keep_unsampled(self, context: Context, method: Any) -> None:
+        """Keep the :data:`Unsampled` settle record of a manual-ack delivery on the fast path
+        (``DeliveryLedger.track`` written out: this runs per message)."""
+        deliveries = self.deliveries
+        deliveries[method.delivery_tag] = (context, method, self.queues.get(method.consumer_tag))
+        if len(deliveries) > deliveries.limit:
+            deliveries.drop_oldest()
+
     def _delivery(self, context: Context, method: Any, queue: str | None) -> Delivery:
         """The :class:`~otel_messaging_core.Delivery` of an :data:`Unsampled` record: what the
         general path keeps for a message whose trace is not sampled."""
